@@ -1,1 +1,72 @@
-fn main(){}
+//! The `d1-migrator` command: reads the configuration from the environment, runs, and maps the
+//! outcome to an exit status (0 success, 1 failure, 2 bad configuration or input, 3 differences).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use d1_migrator::config::{Config, VARIABLES};
+use d1_migrator::{fixture, log, run};
+
+#[derive(Parser)]
+#[command(version, about = "Moves a whole SQLite database into Cloudflare D1 and back again, exactly.",
+    after_help = variables_help())]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Writes one of the project's generated databases (sample, edge-cases) to PATH.
+    Generate {
+        #[arg(value_parser = ["sample", "edge-cases"])]
+        kind: String,
+        path: PathBuf,
+        /// Size multiplier of the sample.
+        #[arg(long, default_value_t = 1)]
+        scale: usize,
+    },
+}
+
+fn variables_help() -> String {
+    let mut out = String::from("Configuration (environment variables):\n");
+    for (name, meaning, default) in VARIABLES {
+        out.push_str(&format!("  {name:<28} {meaning} [default: {default}]\n"));
+    }
+    out.push_str("\nExit status: 0 success, 1 failure, 2 bad configuration or input (nothing written), 3 validation found differences.");
+    out
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Generate { kind, path, scale }) = cli.command {
+        let made = match kind.as_str() {
+            "sample" => fixture::sample(&path, scale),
+            _ => fixture::edge_cases(&path),
+        };
+        return match made {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let config = match Config::from_vars(std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    let outcome = run(&config);
+    if !config.quiet {
+        eprint!("{}", outcome.report.summary());
+    }
+    match &outcome.error {
+        None => log::info("migration succeeded"),
+        Some(e) => log::error(&format!("migration failed: {e}")),
+    }
+    ExitCode::from(outcome.exit_code())
+}

@@ -1,0 +1,342 @@
+//! Configuration in two phases: `envy` fills [`RawConfig`] from `MIGRATION_*` variables (plus
+//! wrangler's `CLOUDFLARE_ACCOUNT_ID` / `CLOUDFLARE_API_TOKEN`), then [`Config::from_raw`]
+//! validates every value and names the variable at fault. Stages never read the environment.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::d1::{Endpoint, RetryPolicy, Secret};
+use crate::error::{Error, Result};
+use crate::log::Level;
+use crate::pack::Limits;
+
+pub const DEFAULT_API_URL: &str = "https://api.cloudflare.com/client/v4";
+
+/// Every variable, its meaning and default: the source of `--help` and of README's table.
+pub const VARIABLES: &[(&str, &str, &str)] = &[
+    ("MIGRATION_SQLITE_PATH", "the SQLite file: the source (forward) or the file written (rollback)", "required"),
+    ("CLOUDFLARE_ACCOUNT_ID", "Cloudflare account id, as wrangler reads it", "required"),
+    ("CLOUDFLARE_API_TOKEN", "API token with D1 permissions, as wrangler reads it; never printed", "required"),
+    ("MIGRATION_D1_DATABASE_ID", "the D1 database id", "required"),
+    ("MIGRATION_D1_API_URL", "API base URL", DEFAULT_API_URL),
+    ("MIGRATION_DIRECTION", "sqlite-to-d1, or d1-to-sqlite for a rollback", "sqlite-to-d1"),
+    ("MIGRATION_ROLLBACK_MODE", "when the rollback's file exists: refuse, missing (add the rows it lacks) or replace (after a backup)", "refuse"),
+    ("MIGRATION_MODE", "migrate (copy, then validate) or validate (compare only, write nothing)", "migrate"),
+    ("MIGRATION_BATCH_SIZE", "rows read from the source per batch", "1000"),
+    ("MIGRATION_PARALLEL_TABLES", "tables worked on at once", "2"),
+    ("MIGRATION_CONCURRENCY", "HTTP requests in flight at once", "3"),
+    ("MIGRATION_REQUEST_BYTES", "target bytes of SQL per HTTP request", "1048576"),
+    ("MIGRATION_TIMEOUT", "per-request timeout, milliseconds", "60000"),
+    ("MIGRATION_MAX_RETRIES", "retries of one request before the run stops", "8"),
+    ("MIGRATION_RATE_LIMIT", "requests allowed per 5 minutes (Cloudflare allows 1200 per token); 0 for no limit", "1100"),
+    ("MIGRATION_TABLES", "comma-separated tables to copy", "all"),
+    ("MIGRATION_EXCLUDE_TABLES", "comma-separated tables to leave out", "none"),
+    ("MIGRATION_VALIDATE", "validate after migrating", "true"),
+    ("MIGRATION_VALIDATE_ALL_ROWS", "compare every row, not only counts and samples", "false"),
+    ("MIGRATION_SAMPLE_SIZE", "rows sampled per table by validation", "100"),
+    ("MIGRATION_SAMPLE_SEED", "seed choosing the sampled rows", "0"),
+    ("MIGRATION_REPORT", "path of a JSON report of the run", "none"),
+    ("MIGRATION_LOG", "error, warn, info or debug, to stderr", "info"),
+    ("MIGRATION_QUIET", "print nothing but errors", "false"),
+];
+
+/// The variables as read, unvalidated.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    sqlite_path: Option<String>,
+    d1_database_id: Option<String>,
+    d1_api_url: Option<String>,
+    direction: Option<String>,
+    rollback_mode: Option<String>,
+    mode: Option<String>,
+    batch_size: Option<String>,
+    parallel_tables: Option<String>,
+    concurrency: Option<String>,
+    request_bytes: Option<String>,
+    timeout: Option<String>,
+    max_retries: Option<String>,
+    rate_limit: Option<String>,
+    tables: Option<String>,
+    exclude_tables: Option<String>,
+    validate: Option<String>,
+    validate_all_rows: Option<String>,
+    sample_size: Option<String>,
+    sample_seed: Option<String>,
+    report: Option<String>,
+    log: Option<String>,
+    quiet: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Direction {
+    SqliteToD1,
+    D1ToSqlite,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RunMode {
+    Migrate,
+    Validate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RollbackMode {
+    Refuse,
+    Missing,
+    Replace,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub sqlite_path: PathBuf,
+    pub endpoint: Endpoint,
+    pub direction: Direction,
+    pub rollback_mode: RollbackMode,
+    pub mode: RunMode,
+    pub batch_size: usize,
+    pub parallel_tables: usize,
+    pub concurrency: usize,
+    pub limits: Limits,
+    pub retry: RetryPolicy,
+    pub tables: Vec<String>,
+    pub exclude_tables: Vec<String>,
+    pub validate: bool,
+    pub validate_all_rows: bool,
+    pub sample_size: usize,
+    pub sample_seed: u64,
+    pub report: Option<PathBuf>,
+    pub log_level: Level,
+    pub quiet: bool,
+}
+
+impl Config {
+    /// Reads the configuration from `(name, value)` pairs (the process environment in `main`).
+    pub fn from_vars<I: IntoIterator<Item = (String, String)>>(vars: I) -> Result<Config> {
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let raw: RawConfig = envy::prefixed("MIGRATION_")
+            .from_iter(vars.iter().filter(|(k, _)| k.starts_with("MIGRATION_")).cloned())
+            .map_err(|e| Error::Config(envy_message(e)))?;
+        let get = |name: &str| {
+            vars.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        Config::from_raw(
+            raw,
+            get("CLOUDFLARE_ACCOUNT_ID"),
+            get("CLOUDFLARE_API_TOKEN"),
+        )
+    }
+
+    pub fn from_raw(raw: RawConfig, account: Option<String>, token: Option<String>) -> Result<Config> {
+        let required = |value: Option<String>, name: &str| {
+            value
+                .filter(|v| !v.trim().is_empty())
+                .ok_or_else(|| Error::Config(format!("{name} is required")))
+        };
+        let sqlite_path = PathBuf::from(required(raw.sqlite_path, "MIGRATION_SQLITE_PATH")?);
+        let database_id = required(raw.d1_database_id, "MIGRATION_D1_DATABASE_ID")?;
+        let account_id = required(account, "CLOUDFLARE_ACCOUNT_ID")?;
+        let token = required(token, "CLOUDFLARE_API_TOKEN")?;
+        let api_url = raw.d1_api_url.unwrap_or_else(|| DEFAULT_API_URL.to_string());
+        if !(api_url.starts_with("http://") || api_url.starts_with("https://")) {
+            return Err(Error::Config(format!(
+                "MIGRATION_D1_API_URL must start with http:// or https://, got {api_url:?}"
+            )));
+        }
+        let direction = choice(
+            raw.direction,
+            "MIGRATION_DIRECTION",
+            &[("sqlite-to-d1", Direction::SqliteToD1), ("d1-to-sqlite", Direction::D1ToSqlite)],
+        )?;
+        let rollback_mode = choice(
+            raw.rollback_mode,
+            "MIGRATION_ROLLBACK_MODE",
+            &[
+                ("refuse", RollbackMode::Refuse),
+                ("missing", RollbackMode::Missing),
+                ("replace", RollbackMode::Replace),
+            ],
+        )?;
+        let mode = choice(
+            raw.mode,
+            "MIGRATION_MODE",
+            &[("migrate", RunMode::Migrate), ("validate", RunMode::Validate)],
+        )?;
+        let log_level = choice(
+            raw.log,
+            "MIGRATION_LOG",
+            &[
+                ("info", Level::Info),
+                ("error", Level::Error),
+                ("warn", Level::Warn),
+                ("debug", Level::Debug),
+            ],
+        )?;
+        let request_bytes = number(raw.request_bytes, "MIGRATION_REQUEST_BYTES", 1 << 20, 100_000, 100 << 20)?;
+        Ok(Config {
+            sqlite_path,
+            endpoint: Endpoint {
+                api_url,
+                account_id,
+                database_id,
+                token: Secret::new(token),
+            },
+            direction,
+            rollback_mode,
+            mode,
+            batch_size: number(raw.batch_size, "MIGRATION_BATCH_SIZE", 1000, 1, 1_000_000)?,
+            parallel_tables: number(raw.parallel_tables, "MIGRATION_PARALLEL_TABLES", 2, 1, 64)?,
+            concurrency: number(raw.concurrency, "MIGRATION_CONCURRENCY", 3, 1, 64)?,
+            limits: Limits {
+                request_bytes,
+                ..Limits::default()
+            },
+            retry: RetryPolicy {
+                max_retries: number(raw.max_retries, "MIGRATION_MAX_RETRIES", 8, 0, 100)? as u32,
+                timeout: Duration::from_millis(
+                    number(raw.timeout, "MIGRATION_TIMEOUT", 60_000, 100, 3_600_000)? as u64,
+                ),
+                rate_limit: number(raw.rate_limit, "MIGRATION_RATE_LIMIT", 1100, 0, 1_000_000)?,
+                ..RetryPolicy::default()
+            },
+            tables: list(raw.tables),
+            exclude_tables: list(raw.exclude_tables),
+            validate: boolean(raw.validate, "MIGRATION_VALIDATE", true)?,
+            validate_all_rows: boolean(raw.validate_all_rows, "MIGRATION_VALIDATE_ALL_ROWS", false)?,
+            sample_size: number(raw.sample_size, "MIGRATION_SAMPLE_SIZE", 100, 0, 10_000_000)?,
+            sample_seed: number(raw.sample_seed, "MIGRATION_SAMPLE_SEED", 0, 0, usize::MAX)? as u64,
+            report: raw.report.filter(|r| !r.is_empty()).map(PathBuf::from),
+            log_level,
+            quiet: boolean(raw.quiet, "MIGRATION_QUIET", false)?,
+        })
+    }
+}
+
+fn envy_message(e: envy::Error) -> String {
+    let text = e.to_string();
+    // serde says: unknown field `foo`, expected one of `a`, `b`
+    if let Some(rest) = text.strip_prefix("unknown field `") {
+        let name = rest.split('`').next().unwrap_or_default();
+        return format!(
+            "unknown variable MIGRATION_{}; `d1-migrator --help` lists the variables",
+            name.to_uppercase()
+        );
+    }
+    text
+}
+
+fn number(value: Option<String>, name: &str, default: usize, min: usize, max: usize) -> Result<usize> {
+    let Some(text) = value else {
+        return Ok(default);
+    };
+    let n: usize = text.trim().parse().map_err(|_| {
+        Error::Config(format!("{name} must be a whole number, got {text:?}"))
+    })?;
+    if n < min || n > max {
+        return Err(Error::Config(format!(
+            "{name} must be between {min} and {max}, got {n}"
+        )));
+    }
+    Ok(n)
+}
+
+fn boolean(value: Option<String>, name: &str, default: bool) -> Result<bool> {
+    match value.as_deref().map(|v| v.trim().to_ascii_lowercase()) {
+        None => Ok(default),
+        Some(v) if ["true", "1", "yes", "on"].contains(&v.as_str()) => Ok(true),
+        Some(v) if ["false", "0", "no", "off"].contains(&v.as_str()) => Ok(false),
+        Some(v) => Err(Error::Config(format!("{name} must be true or false, got {v:?}"))),
+    }
+}
+
+fn choice<T: Copy>(value: Option<String>, name: &str, options: &[(&str, T)]) -> Result<T> {
+    let Some(text) = value else {
+        return Ok(options[0].1);
+    };
+    options
+        .iter()
+        .find(|(o, _)| o.eq_ignore_ascii_case(text.trim()))
+        .map(|(_, v)| *v)
+        .ok_or_else(|| {
+            let names: Vec<&str> = options.iter().map(|(o, _)| *o).collect();
+            Error::Config(format!("{name} must be one of {}, got {text:?}", names.join(", ")))
+        })
+}
+
+fn list(value: Option<String>) -> Vec<String> {
+    value
+        .unwrap_or_default()
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = [
+            ("MIGRATION_SQLITE_PATH", "db.sqlite"),
+            ("MIGRATION_D1_DATABASE_ID", "db-id"),
+            ("CLOUDFLARE_ACCOUNT_ID", "acc"),
+            ("CLOUDFLARE_API_TOKEN", "tok-123"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        v.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        v
+    }
+
+    fn error(extra: &[(&str, &str)]) -> String {
+        Config::from_vars(vars(extra)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = Config::from_vars(vars(&[])).unwrap();
+        assert_eq!(c.batch_size, 1000);
+        assert_eq!(c.endpoint.api_url, DEFAULT_API_URL);
+        assert_eq!(c.retry.timeout, Duration::from_secs(60));
+        assert_eq!(c.direction, Direction::SqliteToD1);
+        assert!(c.validate);
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        assert!(error(&[("MIGRATION_BATCH_SIZE", "abc")]).contains("MIGRATION_BATCH_SIZE"));
+        assert!(error(&[("MIGRATION_BATCH_SIZE", "0")]).contains("between 1"));
+        assert!(error(&[("MIGRATION_VALIDATE", "maybe")]).contains("MIGRATION_VALIDATE"));
+        assert!(error(&[("MIGRATION_DIRECTION", "up")]).contains("MIGRATION_DIRECTION"));
+        assert!(error(&[("MIGRATION_D1_API_URL", "ftp://x")]).contains("MIGRATION_D1_API_URL"));
+    }
+
+    #[test]
+    fn unknown_variables_are_refused() {
+        let e = error(&[("MIGRATION_BATCHSIZE", "10")]);
+        assert!(e.contains("unknown variable MIGRATION_BATCHSIZE"), "{e}");
+    }
+
+    #[test]
+    fn missing_required_variables_are_named() {
+        let v: Vec<(String, String)> = vars(&[])
+            .into_iter()
+            .filter(|(k, _)| k != "CLOUDFLARE_API_TOKEN")
+            .collect();
+        let e = Config::from_vars(v).unwrap_err().to_string();
+        assert!(e.contains("CLOUDFLARE_API_TOKEN is required"), "{e}");
+    }
+
+    #[test]
+    fn the_token_is_not_in_debug_output() {
+        let c = Config::from_vars(vars(&[])).unwrap();
+        assert!(!format!("{c:?}").contains("tok-123"));
+    }
+}

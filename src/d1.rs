@@ -1,0 +1,530 @@
+//! The D1 HTTP client: posts statements to `/raw`, classifies every answer with one retry policy,
+//! retries what is transient (with full-jitter backoff and `Retry-After`), and keeps requests
+//! under Cloudflare's API rate limit.
+//!
+//! It talks to `api.cloudflare.com` and to `scripts/local-d1` alike; only the base URL differs.
+//! The token is only ever put in the `Authorization` header.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::Value as Json;
+
+use crate::error::D1Error;
+use crate::log;
+
+/// The API token; its `Debug` never shows it.
+#[derive(Clone, PartialEq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(token: String) -> Secret {
+        Secret(token)
+    }
+    fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(redacted)")
+    }
+}
+
+/// Where and how to reach one D1 database.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub api_url: String,
+    pub account_id: String,
+    pub database_id: String,
+    pub token: Secret,
+}
+
+/// Retries, backoff and rate limit.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub max_retries: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    /// Longest `Retry-After` honoured before giving up.
+    pub max_retry_after: Duration,
+    pub timeout: Duration,
+    /// Requests allowed per `rate_window` (0: no limit).
+    pub rate_limit: usize,
+    pub rate_window: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 8,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(10),
+            max_retry_after: Duration::from_secs(300),
+            timeout: Duration::from_secs(60),
+            rate_limit: 1100,
+            rate_window: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What one answer means.
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    Success,
+    /// Try the same request again (after at least `after`, when the server said so).
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
+    /// The request is too large for the engine: send it in smaller pieces.
+    Shrink { reason: String },
+    /// It can only fail again.
+    Fail,
+}
+
+const TRANSIENT: &[&str] = &[
+    "network connection lost",
+    "storage caused object to be reset",
+    "reset because its code was updated",
+    "transient issue on remote node",
+    "client disconnected",
+    "overloaded",
+    "sqlite_busy",
+    "exceeded timeout",
+];
+
+const TOO_LARGE: &[&str] = &[
+    "sqlite_nomem",
+    "statement too long",
+    "exceeded its memory limit",
+    "exceeded its cpu time limit",
+];
+
+/// The retry policy's classification of an HTTP status and D1's error messages.
+pub fn classify(status: u16, messages: &[String], retry_after: Option<Duration>) -> Verdict {
+    let joined = messages.join("; ");
+    let lower = joined.to_lowercase();
+    if (200..300).contains(&status) && messages.is_empty() {
+        return Verdict::Success;
+    }
+    if TOO_LARGE.iter().any(|m| lower.contains(m)) {
+        return Verdict::Shrink { reason: joined };
+    }
+    if status == 429 {
+        return Verdict::Retry {
+            reason: format!("HTTP 429 {joined}"),
+            after: retry_after.or(Some(Duration::from_secs(1))),
+        };
+    }
+    if TRANSIENT.iter().any(|m| lower.contains(m)) || (status >= 500 && !lower.contains("sqlite")) {
+        return Verdict::Retry {
+            reason: format!("HTTP {status} {joined}"),
+            after: retry_after,
+        };
+    }
+    Verdict::Fail
+}
+
+/// Rows and column names of one statement's result.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RawResult {
+    #[serde(default)]
+    pub columns: Vec<String>,
+    #[serde(default)]
+    pub rows: Vec<Vec<Json>>,
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    success: bool,
+    #[serde(default)]
+    errors: Vec<ApiMessage>,
+    #[serde(default)]
+    result: Option<Json>,
+}
+
+#[derive(Deserialize)]
+struct ApiMessage {
+    #[serde(default)]
+    code: i64,
+    #[serde(default)]
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct StatementResult {
+    #[serde(default)]
+    results: Option<RawResult>,
+}
+
+/// Counters shared by every thread using the client.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub requests: AtomicU64,
+    pub retries: AtomicU64,
+    pub bytes_sent: AtomicU64,
+}
+
+/// A D1 database behind the REST API.
+pub struct D1Client {
+    agent: ureq::Agent,
+    endpoint: Endpoint,
+    url: String,
+    policy: RetryPolicy,
+    window: Mutex<VecDeque<Instant>>,
+    pub counters: Counters,
+}
+
+impl fmt::Debug for D1Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("D1Client").field("url", &self.url).finish()
+    }
+}
+
+/// The result of an attempt that failed, with how to proceed.
+#[derive(Debug)]
+pub struct Failure {
+    pub error: D1Error,
+    pub shrink: bool,
+}
+
+impl D1Client {
+    pub fn new(endpoint: Endpoint, policy: RetryPolicy) -> D1Client {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(policy.timeout))
+            .http_status_as_error(false)
+            .max_idle_connections_per_host(16)
+            .build()
+            .into();
+        let url = format!(
+            "{}/accounts/{}/d1/database/{}/raw",
+            endpoint.api_url.trim_end_matches('/'),
+            endpoint.account_id,
+            endpoint.database_id
+        );
+        D1Client {
+            agent,
+            endpoint,
+            url,
+            policy,
+            window: Mutex::new(VecDeque::new()),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn database_id(&self) -> &str {
+        &self.endpoint.database_id
+    }
+
+    /// Runs `statements` as one request (one D1 transaction), retrying transient failures.
+    /// `Err(Failure { shrink: true, .. })` asks the caller to send smaller statements.
+    pub fn execute<S: AsRef<str>>(&self, statements: &[S]) -> Result<Vec<RawResult>, Failure> {
+        let body = batch_body(statements);
+        let mut attempt = 0u32;
+        loop {
+            self.wait_for_rate_limit();
+            self.counters.requests.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .bytes_sent
+                .fetch_add(body.len() as u64, Ordering::Relaxed);
+            let (verdict, outcome) = self.attempt(&body);
+            match verdict {
+                Verdict::Success => {
+                    return outcome.map_err(|error| Failure {
+                        error,
+                        shrink: false,
+                    })
+                }
+                Verdict::Shrink { reason } => {
+                    return Err(Failure {
+                        error: D1Error::Sql { message: reason },
+                        shrink: true,
+                    })
+                }
+                Verdict::Fail => {
+                    return Err(Failure {
+                        error: outcome.err().unwrap_or(D1Error::BadAnswer("no error".into())),
+                        shrink: false,
+                    })
+                }
+                Verdict::Retry { reason, after } => {
+                    if attempt >= self.policy.max_retries {
+                        return Err(Failure {
+                            error: D1Error::RetriesExhausted {
+                                attempts: attempt + 1,
+                                last: reason,
+                            },
+                            shrink: false,
+                        });
+                    }
+                    if after.is_some_and(|a| a > self.policy.max_retry_after) {
+                        return Err(Failure {
+                            error: D1Error::RetriesExhausted {
+                                attempts: attempt + 1,
+                                last: format!("{reason} (Retry-After beyond the limit)"),
+                            },
+                            shrink: false,
+                        });
+                    }
+                    let delay = self.backoff(attempt).max(after.unwrap_or_default());
+                    log::info(&format!(
+                        "retrying a request to D1 in {} ms (attempt {} of {}): {reason}",
+                        delay.as_millis(),
+                        attempt + 2,
+                        self.policy.max_retries + 1
+                    ));
+                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(delay);
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Runs one read-only statement and returns its rows.
+    pub fn query(&self, sql: &str) -> Result<RawResult, D1Error> {
+        self.execute(&[sql])
+            .map_err(|f| f.error)
+            .map(|mut r| r.pop().unwrap_or_default())
+    }
+
+    fn attempt(&self, body: &str) -> (Verdict, Result<Vec<RawResult>, D1Error>) {
+        let response = self
+            .agent
+            .post(&self.url)
+            .header("Authorization", &format!("Bearer {}", self.endpoint.token.expose()))
+            .header("Content-Type", "application/json")
+            .send(body);
+        let mut response = match response {
+            Ok(r) => r,
+            Err(e) => {
+                let message = transport_message(&e);
+                let error = D1Error::Unreachable {
+                    url: self.endpoint.api_url.clone(),
+                    message: message.clone(),
+                };
+                return (
+                    Verdict::Retry {
+                        reason: message,
+                        after: None,
+                    },
+                    Err(error),
+                );
+            }
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let text = match response
+            .body_mut()
+            .with_config()
+            .limit(1 << 31)
+            .read_to_string()
+        {
+            Ok(t) => t,
+            Err(e) => {
+                let message = transport_message(&e);
+                return (
+                    Verdict::Retry {
+                        reason: message.clone(),
+                        after: None,
+                    },
+                    Err(D1Error::BadAnswer(message)),
+                );
+            }
+        };
+        let envelope: Envelope = match serde_json::from_str(&text) {
+            Ok(e) => e,
+            Err(_) => {
+                let snippet: String = text.chars().take(200).collect();
+                let verdict = classify(status, &[snippet.clone()], retry_after);
+                return (verdict, Err(D1Error::Http { status, message: snippet }));
+            }
+        };
+        let mut messages: Vec<String> = envelope
+            .errors
+            .iter()
+            .map(|e| {
+                if e.code != 0 {
+                    format!("{} [code {}]", e.message, e.code)
+                } else {
+                    e.message.clone()
+                }
+            })
+            .collect();
+        let verdict = if envelope.success && (200..300).contains(&status) {
+            Verdict::Success
+        } else {
+            if messages.is_empty() {
+                messages.push(format!("HTTP {status} without an error message"));
+            }
+            classify(status, &messages, retry_after)
+        };
+        let outcome = if verdict == Verdict::Success {
+            parse_results(envelope.result)
+        } else {
+            let message = messages.join("; ");
+            Err(match status {
+                401 | 403 => D1Error::Auth { status, message },
+                404 => D1Error::NotFound { message },
+                400 => D1Error::Sql { message },
+                _ => D1Error::Http { status, message },
+            })
+        };
+        (verdict, outcome)
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let cap = self
+            .policy
+            .base_delay
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.policy.max_delay);
+        let jitter: f64 = rand::random();
+        cap.mul_f64(jitter).max(Duration::from_millis(10))
+    }
+
+    /// Waits until one more request keeps the count in the last window under the limit.
+    fn wait_for_rate_limit(&self) {
+        if self.policy.rate_limit == 0 {
+            return;
+        }
+        loop {
+            let mut window = self.window.lock().expect("rate-limit lock");
+            let now = Instant::now();
+            while window
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= self.policy.rate_window)
+            {
+                window.pop_front();
+            }
+            if window.len() < self.policy.rate_limit {
+                window.push_back(now);
+                return;
+            }
+            let wait = self.policy.rate_window - now.duration_since(window[0]);
+            drop(window);
+            log::info(&format!(
+                "rate limit of {} requests per {} s reached; waiting {} ms",
+                self.policy.rate_limit,
+                self.policy.rate_window.as_secs(),
+                wait.as_millis()
+            ));
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+fn transport_message(e: &ureq::Error) -> String {
+    match e {
+        ureq::Error::Timeout(_) => "timed out".to_string(),
+        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => {
+            format!("cannot connect: {e}")
+        }
+        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            format!("cannot connect: {io}")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// `{"batch":[{"sql":...},...]}`, the deferral pragma first so each request's foreign keys are
+/// checked at its commit.
+fn batch_body<S: AsRef<str>>(statements: &[S]) -> String {
+    let mut items = Vec::with_capacity(statements.len() + 1);
+    items.push(serde_json::json!({"sql": "PRAGMA defer_foreign_keys = on"}));
+    for s in statements {
+        items.push(serde_json::json!({"sql": s.as_ref()}));
+    }
+    serde_json::json!({ "batch": items }).to_string()
+}
+
+fn parse_results(result: Option<Json>) -> Result<Vec<RawResult>, D1Error> {
+    let Some(result) = result else {
+        return Ok(Vec::new());
+    };
+    let mut list: Vec<StatementResult> =
+        serde_json::from_value(result).map_err(|e| D1Error::BadAnswer(e.to_string()))?;
+    // The first result is the deferral pragma's.
+    if !list.is_empty() {
+        list.remove(0);
+    }
+    Ok(list
+        .into_iter()
+        .map(|r| r.results.unwrap_or_default())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msgs(m: &str) -> Vec<String> {
+        vec![m.to_string()]
+    }
+
+    #[test]
+    fn transient_answers_are_retried() {
+        assert!(matches!(
+            classify(429, &msgs("slow down"), Some(Duration::from_secs(3))),
+            Verdict::Retry { after: Some(a), .. } if a == Duration::from_secs(3)
+        ));
+        assert!(matches!(
+            classify(400, &msgs("Network connection lost. [code 7500]"), None),
+            Verdict::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(500, &msgs("Internal error in D1 DB storage caused object to be reset."), None),
+            Verdict::Retry { .. }
+        ));
+        assert!(matches!(classify(502, &msgs("<html>bad gateway"), None), Verdict::Retry { .. }));
+    }
+
+    #[test]
+    fn sql_and_auth_errors_are_not_retried() {
+        assert_eq!(
+            classify(400, &msgs("no such table: x: SQLITE_ERROR [code 7500]"), None),
+            Verdict::Fail
+        );
+        assert_eq!(classify(403, &msgs("Authentication error [code 10000]"), None), Verdict::Fail);
+        assert_eq!(classify(404, &msgs("not found [code 7404]"), None), Verdict::Fail);
+        assert_eq!(
+            classify(400, &msgs("FOREIGN KEY constraint failed: SQLITE_CONSTRAINT"), None),
+            Verdict::Fail
+        );
+    }
+
+    #[test]
+    fn engine_limits_ask_for_smaller_statements() {
+        assert!(matches!(
+            classify(400, &msgs("out of memory: SQLITE_NOMEM"), None),
+            Verdict::Shrink { .. }
+        ));
+        assert!(matches!(
+            classify(400, &msgs("statement too long: SQLITE_TOOBIG"), None),
+            Verdict::Shrink { .. }
+        ));
+    }
+
+    #[test]
+    fn the_token_never_shows_in_debug_output() {
+        let e = Endpoint {
+            api_url: "http://x".into(),
+            account_id: "a".into(),
+            database_id: "d".into(),
+            token: Secret::new("very-secret-token".into()),
+        };
+        assert!(!format!("{e:?}").contains("very-secret-token"));
+    }
+}

@@ -1,0 +1,323 @@
+//! Discovery: reads a database's catalog (tables, columns, keys, foreign keys, indexes, views,
+//! triggers, virtual tables, `sqlite_sequence`) into a [`Schema`].
+//!
+//! It works over any [`Catalog`], so the same code discovers a SQLite file (forward run) and a D1
+//! database through its API (rollback run). The `plan` stage turns a `Schema` into a load order.
+
+use crate::error::Result;
+use crate::value::{quote_ident, Value};
+
+/// Anything that answers read-only catalog queries with rows of values.
+pub trait Catalog {
+    fn query(&self, sql: &str) -> Result<Vec<Vec<Value>>>;
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TableKind {
+    /// A table with a rowid (`rowid_alias` names its INTEGER PRIMARY KEY column, if any).
+    Rowid { rowid_alias: Option<String> },
+    WithoutRowid,
+    /// A virtual table of the named module (fts5, rtree, ...).
+    Virtual { module: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Column {
+    pub name: String,
+    pub decl_type: String,
+    pub not_null: bool,
+    /// Position in the primary key (1-based), 0 when not part of it.
+    pub pk: i64,
+    /// 0 ordinary, 1 hidden (virtual tables), 2 and 3 generated (virtual, stored).
+    pub hidden: i64,
+}
+
+impl Column {
+    /// Columns whose values are inserted: not generated, not hidden.
+    pub fn is_stored_data(&self) -> bool {
+        self.hidden == 0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForeignKey {
+    pub parent: String,
+    pub columns: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Table {
+    pub name: String,
+    pub sql: String,
+    pub kind: TableKind,
+    pub columns: Vec<Column>,
+    pub foreign_keys: Vec<ForeignKey>,
+}
+
+impl Table {
+    /// The columns copied as data, in table order.
+    pub fn data_columns(&self) -> Vec<&Column> {
+        self.columns.iter().filter(|c| c.is_stored_data()).collect()
+    }
+
+    /// The name under which the rowid is selected and inserted, if the table has a rowid that is
+    /// not already a column: `rowid`, `_rowid_` or `oid`, whichever no column shadows.
+    pub fn hidden_rowid(&self) -> Option<&'static str> {
+        match &self.kind {
+            TableKind::Rowid { rowid_alias: Some(_) } | TableKind::WithoutRowid => None,
+            TableKind::Rowid { rowid_alias: None } | TableKind::Virtual { .. } => {
+                ["rowid", "_rowid_", "oid"].into_iter().find(|alias| {
+                    !self
+                        .columns
+                        .iter()
+                        .any(|c| c.name.eq_ignore_ascii_case(alias))
+                })
+            }
+        }
+    }
+
+    /// The columns that identify a row, in key order, as SQL expressions.
+    pub fn key_columns(&self) -> Vec<String> {
+        match &self.kind {
+            TableKind::Rowid {
+                rowid_alias: Some(alias),
+            } => vec![quote_ident(alias)],
+            TableKind::WithoutRowid => {
+                let mut pk: Vec<&Column> = self.columns.iter().filter(|c| c.pk > 0).collect();
+                pk.sort_by_key(|c| c.pk);
+                pk.iter().map(|c| quote_ident(&c.name)).collect()
+            }
+            _ => vec![self.hidden_rowid().unwrap_or("rowid").to_string()],
+        }
+    }
+
+    pub fn is_virtual(&self) -> bool {
+        matches!(self.kind, TableKind::Virtual { .. })
+    }
+}
+
+/// An index, view or trigger, created after the data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchemaObject {
+    pub kind: String,
+    pub name: String,
+    pub table: String,
+    pub sql: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SequenceRow {
+    pub rowid: i64,
+    pub name: String,
+    pub seq: Value,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Schema {
+    /// Tables with data to copy, in catalog order (ordinary and virtual).
+    pub tables: Vec<Table>,
+    /// Indexes, views and triggers, in catalog order.
+    pub objects: Vec<SchemaObject>,
+    pub sequence: Vec<SequenceRow>,
+    /// Tables left out, with why (internal, D1's own, shadow tables).
+    pub skipped: Vec<(String, String)>,
+}
+
+impl Schema {
+    pub fn table(&self, name: &str) -> Option<&Table> {
+        self.tables
+            .iter()
+            .find(|t| t.name.eq_ignore_ascii_case(name))
+    }
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Text(b) | Value::Blob(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::Integer(i) => i.to_string(),
+        Value::Real(r) => r.to_string(),
+        Value::Null => String::new(),
+    }
+}
+
+fn int(v: &Value) -> i64 {
+    match v {
+        Value::Integer(i) => *i,
+        Value::Real(r) => *r as i64,
+        other => text(other).parse().unwrap_or(0),
+    }
+}
+
+/// True for names D1 reserves for itself.
+pub fn is_d1_internal(name: &str) -> bool {
+    name.len() >= 4 && name[..4].eq_ignore_ascii_case("_cf_")
+}
+
+/// Reads the whole catalog.
+pub fn discover(db: &dyn Catalog) -> Result<Schema> {
+    let mut schema = Schema::default();
+    // PRAGMA table_list tells shadow tables and virtual tables apart (SQLite 3.37+, allowed on D1).
+    let list = db.query("SELECT name, type, wr FROM pragma_table_list WHERE schema = 'main'")?;
+    let kind_of = |name: &str| {
+        list.iter()
+            .find(|r| text(&r[0]) == name)
+            .map(|r| (text(&r[1]), int(&r[2]) != 0))
+    };
+
+    let rows = db.query(
+        "SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY rowid",
+    )?;
+    for row in rows {
+        let (kind, name, table, sql) = (text(&row[0]), text(&row[1]), text(&row[2]), text(&row[3]));
+        if kind != "table" {
+            if sql.is_empty() || is_d1_internal(&table) || table.starts_with("sqlite_") {
+                continue; // automatic indexes, and objects of internal tables
+            }
+            schema.objects.push(SchemaObject { kind, name, table, sql });
+            continue;
+        }
+        if name == "sqlite_sequence" {
+            continue;
+        }
+        if name.starts_with("sqlite_") {
+            schema.skipped.push((name, "SQLite internal table".into()));
+            continue;
+        }
+        if is_d1_internal(&name) {
+            schema.skipped.push((name, "D1's own table".into()));
+            continue;
+        }
+        let (list_type, without_rowid) = kind_of(&name).unwrap_or(("table".into(), false));
+        if list_type == "shadow" {
+            schema
+                .skipped
+                .push((name, "shadow table of a virtual table".into()));
+            continue;
+        }
+        let columns = columns(db, &name)?;
+        let kind = if list_type == "virtual" || sql.to_ascii_uppercase().starts_with("CREATE VIRTUAL") {
+            TableKind::Virtual {
+                module: virtual_module(&sql),
+            }
+        } else if without_rowid {
+            TableKind::WithoutRowid
+        } else {
+            TableKind::Rowid {
+                rowid_alias: rowid_alias(&columns),
+            }
+        };
+        let foreign_keys = if matches!(kind, TableKind::Virtual { .. }) {
+            Vec::new()
+        } else {
+            foreign_keys(db, &name)?
+        };
+        schema.tables.push(Table {
+            name,
+            sql,
+            kind,
+            columns,
+            foreign_keys,
+        });
+    }
+
+    let has_sequence = list.iter().any(|r| text(&r[0]) == "sqlite_sequence");
+    if has_sequence {
+        for row in db.query("SELECT rowid, name, seq FROM sqlite_sequence ORDER BY rowid")? {
+            schema.sequence.push(SequenceRow {
+                rowid: int(&row[0]),
+                name: text(&row[1]),
+                seq: row[2].clone(),
+            });
+        }
+    }
+    Ok(schema)
+}
+
+fn columns(db: &dyn Catalog, table: &str) -> Result<Vec<Column>> {
+    let sql = format!(
+        "SELECT name, type, \"notnull\", pk, hidden FROM pragma_table_xinfo({})",
+        crate::value::quote_text(table)
+    );
+    Ok(db
+        .query(&sql)?
+        .iter()
+        .map(|r| Column {
+            name: text(&r[0]),
+            decl_type: text(&r[1]),
+            not_null: int(&r[2]) != 0,
+            pk: int(&r[3]),
+            hidden: int(&r[4]),
+        })
+        .collect())
+}
+
+fn foreign_keys(db: &dyn Catalog, table: &str) -> Result<Vec<ForeignKey>> {
+    let sql = format!(
+        "SELECT id, \"table\", \"from\" FROM pragma_foreign_key_list({}) ORDER BY id, seq",
+        crate::value::quote_text(table)
+    );
+    let mut out: Vec<(i64, ForeignKey)> = Vec::new();
+    for r in db.query(&sql)? {
+        let id = int(&r[0]);
+        match out.last_mut() {
+            Some((last, fk)) if *last == id => fk.columns.push(text(&r[2])),
+            _ => out.push((
+                id,
+                ForeignKey {
+                    parent: text(&r[1]),
+                    columns: vec![text(&r[2])],
+                },
+            )),
+        }
+    }
+    Ok(out.into_iter().map(|(_, fk)| fk).collect())
+}
+
+/// The INTEGER PRIMARY KEY column that is the rowid, if any.
+fn rowid_alias(columns: &[Column]) -> Option<String> {
+    let pk: Vec<&Column> = columns.iter().filter(|c| c.pk > 0).collect();
+    match pk.as_slice() {
+        [only] if only.decl_type.eq_ignore_ascii_case("INTEGER") => Some(only.name.clone()),
+        _ => None,
+    }
+}
+
+/// The module name of `CREATE VIRTUAL TABLE x USING module(...)`.
+fn virtual_module(sql: &str) -> String {
+    let upper = sql.to_ascii_uppercase();
+    upper
+        .find(" USING ")
+        .map(|at| {
+            sql[at + 7..]
+                .trim_start()
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect::<String>()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_name_is_read_from_the_ddl() {
+        assert_eq!(
+            virtual_module("CREATE VIRTUAL TABLE docs USING fts5(title, body)"),
+            "fts5"
+        );
+        assert_eq!(
+            virtual_module("create virtual table r using RTree_i32(id, a, b)"),
+            "rtree_i32"
+        );
+    }
+
+    #[test]
+    fn d1_internal_names_are_case_insensitive() {
+        assert!(is_d1_internal("_cf_KV"));
+        assert!(is_d1_internal("_CF_metadata"));
+        assert!(!is_d1_internal("cf_table"));
+    }
+}

@@ -1,0 +1,96 @@
+//! The error types at the tool's boundaries, and how each maps to an exit status.
+//!
+//! Exit statuses: 0 success, 2 bad configuration or input (nothing written), 3 validation found
+//! differences, 1 any other failure. No error ever carries the API token.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// What went wrong talking to D1's HTTP API.
+#[derive(Debug, Error)]
+pub enum D1Error {
+    #[error("D1 refused the API token (HTTP {status}): {message}; check CLOUDFLARE_API_TOKEN and its D1 permissions")]
+    Auth { status: u16, message: String },
+    #[error("D1 database not found (HTTP 404): {message}; check MIGRATION_D1_DATABASE_ID and CLOUDFLARE_ACCOUNT_ID")]
+    NotFound { message: String },
+    #[error("D1 rejected the SQL: {message}")]
+    Sql { message: String },
+    #[error("D1 answered HTTP {status}: {message}")]
+    Http { status: u16, message: String },
+    #[error("cannot reach the D1 API at {url}: {message}")]
+    Unreachable { url: String, message: String },
+    #[error("gave up after {attempts} attempts; last: {last}")]
+    RetriesExhausted { attempts: u32, last: String },
+    #[error("D1's answer could not be read: {0}")]
+    BadAnswer(String),
+}
+
+impl D1Error {
+    /// True when the error says the input (token, database id, URL) is wrong, not the run.
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            D1Error::Auth { .. } | D1Error::NotFound { .. } => true,
+            D1Error::RetriesExhausted { last, .. } => last.starts_with("cannot connect"),
+            _ => false,
+        }
+    }
+}
+
+/// The tool's top-level error.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("source database {path}: {message}")]
+    Source { path: PathBuf, message: String },
+    #[error("table {table}: {source}")]
+    Table {
+        table: String,
+        #[source]
+        source: Box<Error>,
+    },
+    #[error("table {table}, row {key}: {message}")]
+    Row {
+        table: String,
+        key: String,
+        message: String,
+    },
+    #[error(transparent)]
+    D1(#[from] D1Error),
+    #[error("SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl Error {
+    /// Wraps an error with the table it happened in.
+    pub fn in_table(self, table: &str) -> Error {
+        match self {
+            e @ (Error::Table { .. } | Error::Row { .. }) => e,
+            e => Error::Table {
+                table: table.to_string(),
+                source: Box::new(e),
+            },
+        }
+    }
+
+    /// The process exit status for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) | Error::Source { .. } | Error::Refused(_) => 2,
+            Error::D1(e) if e.is_bad_input() => 2,
+            Error::Table { source, .. } => source.exit_code(),
+            _ => 1,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

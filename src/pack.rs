@@ -1,0 +1,545 @@
+//! Transform and pack: rows in, D1 statements out, with no I/O.
+//!
+//! Rows (cells in the order of [`Shape::columns`]) become multi-row
+//! `INSERT ... VALUES (...),(...) ON CONFLICT DO NOTHING` statements, each within D1's limits: at
+//! most `statement_bytes` of SQL (D1: 100,000) and `statement_cells` rows × (columns + 1), which
+//! keeps the engine under its 25,000 VDBE-op cap (`SQLITE_NOMEM` otherwise). Inserts are
+//! idempotent (a row whose key exists is left alone), so a request sent twice adds nothing.
+//!
+//! A row too large for one statement is inserted with its largest values empty and then grown by
+//! `UPDATE ... SET c = c || X'..' WHERE key AND length(c) = <length so far>` pieces; the guard makes
+//! each piece idempotent too. The pieces form one [`Unit`], which always travels in one request,
+//! so D1 commits the whole row or nothing. Statements are grouped into requests by
+//! [`RequestBuilder`]; the `migrate` stage sends them.
+
+use crate::discover::{Table, TableKind};
+use crate::plan::DeferredKey;
+use crate::value::{quote_ident, write_hex_literal, Value};
+
+/// D1's limits as the packer applies them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Bytes of SQL in one statement (D1: 100,000).
+    pub statement_bytes: usize,
+    /// Rows × (columns + 1) in one statement.
+    pub statement_cells: usize,
+    /// Target bytes of SQL in one HTTP request.
+    pub request_bytes: usize,
+    /// Statements in one HTTP request, at most.
+    pub request_statements: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            statement_bytes: 100_000,
+            statement_cells: 12_000,
+            request_bytes: 1 << 20,
+            request_statements: 10_000,
+        }
+    }
+}
+
+/// How a table's rows are written: its INSERT column list and where its key is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shape {
+    pub table: String,
+    /// Quoted column names of the INSERT, the hidden rowid first when there is one.
+    pub columns: Vec<String>,
+    /// Positions in `columns` of the key, and the key's SQL expressions.
+    pub key_positions: Vec<usize>,
+    pub key_exprs: Vec<String>,
+    /// Positions loaded NULL and set by the update pass (deferred foreign keys).
+    pub deferred: Vec<usize>,
+    pub is_virtual: bool,
+}
+
+impl Shape {
+    pub fn new(table: &Table, deferred: &[DeferredKey]) -> Shape {
+        let mut columns = Vec::new();
+        if let Some(rowid) = table.hidden_rowid() {
+            columns.push(rowid.to_string());
+        }
+        let data = table.data_columns();
+        columns.extend(data.iter().map(|c| quote_ident(&c.name)));
+        let key_exprs = table.key_columns();
+        let key_positions = key_exprs
+            .iter()
+            .map(|k| {
+                columns
+                    .iter()
+                    .position(|c| c.eq_ignore_ascii_case(k))
+                    .expect("key columns are inserted")
+            })
+            .collect();
+        let deferred = deferred
+            .iter()
+            .flat_map(|d| d.columns.iter())
+            .filter_map(|name| {
+                let q = quote_ident(name);
+                columns.iter().position(|c| c.eq_ignore_ascii_case(&q))
+            })
+            .collect();
+        Shape {
+            table: table.name.clone(),
+            columns,
+            key_positions,
+            key_exprs,
+            deferred,
+            is_virtual: matches!(table.kind, TableKind::Virtual { .. }),
+        }
+    }
+
+    /// The SELECT list that reads rows in this shape.
+    pub fn select_list(&self) -> String {
+        self.columns.join(", ")
+    }
+
+    /// `k1 = v1 AND k2 = v2` for the row's key.
+    pub fn key_predicate(&self, row: &[Value]) -> String {
+        let mut out = String::new();
+        for (i, (&pos, expr)) in self.key_positions.iter().zip(&self.key_exprs).enumerate() {
+            if i > 0 {
+                out.push_str(" AND ");
+            }
+            out.push_str(expr);
+            out.push_str(" = ");
+            row[pos].write_literal(&mut out);
+        }
+        out
+    }
+
+    /// The row's key as text, for messages and reports.
+    pub fn key_text(&self, row: &[Value]) -> String {
+        let parts: Vec<String> = self.key_positions.iter().map(|&p| row[p].literal()).collect();
+        parts.join(", ")
+    }
+
+    fn insert_head(&self) -> String {
+        let verb = if self.is_virtual {
+            "INSERT OR REPLACE INTO"
+        } else {
+            "INSERT INTO"
+        };
+        format!(
+            "{verb} {} ({}) VALUES ",
+            quote_ident(&self.table),
+            self.columns.join(",")
+        )
+    }
+
+    fn insert_tail(&self) -> &'static str {
+        if self.is_virtual {
+            ""
+        } else {
+            " ON CONFLICT DO NOTHING"
+        }
+    }
+}
+
+/// One SQL statement; inserts remember where each row's tuple sits so they can be split.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statement {
+    pub sql: String,
+    /// For multi-row inserts: byte length of the head, and the end offset of each row tuple.
+    rows: Option<(usize, Vec<usize>)>,
+}
+
+impl Statement {
+    pub fn plain(sql: String) -> Statement {
+        Statement { sql, rows: None }
+    }
+
+    /// Number of row tuples (0 for statements that are not multi-row inserts).
+    pub fn row_count(&self) -> usize {
+        self.rows.as_ref().map_or(0, |(_, ends)| ends.len())
+    }
+
+    /// Splits a multi-row insert into two halves; `None` when it holds one row or is not one.
+    pub fn split(&self) -> Option<(Statement, Statement)> {
+        let (head, ends) = self.rows.as_ref()?;
+        if ends.len() < 2 {
+            return None;
+        }
+        let tail = &self.sql[*ends.last().expect("rows")..];
+        let mid = ends.len() / 2;
+        let build = |from: usize, range: &[usize]| {
+            let mut sql = String::with_capacity(self.sql.len() / 2 + head + tail.len());
+            sql.push_str(&self.sql[..*head]);
+            let mut start = from;
+            let mut out_ends = Vec::with_capacity(range.len());
+            for (i, &end) in range.iter().enumerate() {
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&self.sql[start..end]);
+                out_ends.push(sql.len());
+                start = end + 1; // skip the comma between tuples
+            }
+            sql.push_str(tail);
+            Statement {
+                sql,
+                rows: Some((*head, out_ends)),
+            }
+        };
+        Some((build(*head, &ends[..mid]), build(ends[mid - 1] + 1, &ends[mid..])))
+    }
+}
+
+/// Statements that must be committed together (one row and its pieces), or a single statement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unit {
+    pub statements: Vec<Statement>,
+    pub rows: usize,
+}
+
+impl Unit {
+    pub fn bytes(&self) -> usize {
+        self.statements.iter().map(|s| s.sql.len()).sum()
+    }
+}
+
+/// Builds multi-row inserts for one table.
+pub struct InsertPacker {
+    shape: Shape,
+    limits: Limits,
+    head: String,
+    tail: &'static str,
+    current: String,
+    ends: Vec<usize>,
+    scratch: String,
+}
+
+impl InsertPacker {
+    pub fn new(shape: Shape, limits: Limits) -> InsertPacker {
+        let head = shape.insert_head();
+        let tail = shape.insert_tail();
+        InsertPacker {
+            shape,
+            limits,
+            head,
+            tail,
+            current: String::new(),
+            ends: Vec::new(),
+            scratch: String::new(),
+        }
+    }
+
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    fn rows_per_statement(&self) -> usize {
+        (self.limits.statement_cells / (self.shape.columns.len() + 1)).max(1)
+    }
+
+    /// Adds a row; returns the units completed by it (zero, one, or two when a large row
+    /// closes the statement in progress and stands alone).
+    pub fn push(&mut self, row: &[Value], out: &mut Vec<Unit>) {
+        self.scratch.clear();
+        write_tuple(row, &self.shape.deferred, &mut self.scratch);
+        let fixed = self.head.len() + self.tail.len();
+        if fixed + self.scratch.len() > self.limits.statement_bytes {
+            self.flush(out);
+            out.push(self.large_row(row));
+            return;
+        }
+        let full = !self.ends.is_empty()
+            && (self.current.len() + 1 + self.scratch.len() + self.tail.len()
+                > self.limits.statement_bytes
+                || self.ends.len() >= self.rows_per_statement());
+        if full {
+            self.flush(out);
+        }
+        if self.ends.is_empty() {
+            self.current.push_str(&self.head);
+        } else {
+            self.current.push(',');
+        }
+        self.current.push_str(&self.scratch);
+        self.ends.push(self.current.len());
+    }
+
+    /// Closes the statement in progress.
+    pub fn flush(&mut self, out: &mut Vec<Unit>) {
+        if self.ends.is_empty() {
+            return;
+        }
+        let mut sql = std::mem::take(&mut self.current);
+        sql.push_str(self.tail);
+        let ends = std::mem::take(&mut self.ends);
+        let rows = ends.len();
+        out.push(Unit {
+            statements: vec![Statement {
+                sql,
+                rows: Some((self.head.len(), ends)),
+            }],
+            rows,
+        });
+    }
+
+    /// A row that does not fit one statement: insert it with its largest values empty, then
+    /// append those values in guarded pieces.
+    fn large_row(&self, row: &[Value]) -> Unit {
+        let mut order: Vec<usize> = (0..row.len())
+            .filter(|i| !self.shape.key_positions.contains(i))
+            .collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(row[i].size()));
+        let mut slim: Vec<Value> = row.to_vec();
+        let mut moved = Vec::new();
+        let budget = self.limits.statement_bytes - self.head.len() - self.tail.len();
+        for i in order {
+            let mut probe = String::new();
+            write_tuple(&slim, &self.shape.deferred, &mut probe);
+            if probe.len() <= budget {
+                break;
+            }
+            if matches!(row[i], Value::Text(_) | Value::Blob(_)) {
+                slim[i] = row[i].empty_like();
+                moved.push(i);
+            }
+        }
+        let mut sql = self.head.clone();
+        let tuple_start = sql.len();
+        write_tuple(&slim, &self.shape.deferred, &mut sql);
+        let end = sql.len();
+        sql.push_str(self.tail);
+        let _ = tuple_start;
+        let mut statements = vec![Statement {
+            sql,
+            rows: Some((self.head.len(), vec![end])),
+        }];
+        let predicate = self.shape.key_predicate(row);
+        for i in moved {
+            let column = &self.shape.columns[i];
+            let (bytes, is_text) = match &row[i] {
+                Value::Text(b) => (b, true),
+                Value::Blob(b) => (b, false),
+                _ => unreachable!("only TEXT and BLOB values are moved"),
+            };
+            let overhead = 2 * column.len() + predicate.len() + 120;
+            let piece = (self.limits.statement_bytes.saturating_sub(overhead) / 2).max(1);
+            let mut done = 0usize;
+            for chunk in bytes.chunks(piece) {
+                let mut sql = format!("UPDATE {} SET {column} = {column} || ", quote_ident(&self.shape.table));
+                if is_text {
+                    sql.push_str("CAST(");
+                    write_hex_literal(chunk, &mut sql);
+                    sql.push_str(" AS TEXT)");
+                } else {
+                    write_hex_literal(chunk, &mut sql);
+                }
+                sql.push_str(&format!(
+                    " WHERE {predicate} AND length(CAST({column} AS BLOB)) = {done}"
+                ));
+                done += chunk.len();
+                statements.push(Statement::plain(sql));
+            }
+        }
+        Unit {
+            statements,
+            rows: 1,
+        }
+    }
+}
+
+/// `(v1,v2,...)`, with deferred positions written as NULL.
+fn write_tuple(row: &[Value], deferred: &[usize], out: &mut String) {
+    out.push('(');
+    for (i, v) in row.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        if deferred.contains(&i) {
+            out.push_str("NULL");
+        } else {
+            v.write_literal(out);
+        }
+    }
+    out.push(')');
+}
+
+/// The update that sets a row's deferred foreign-key columns.
+pub fn deferred_update(shape: &Shape, row: &[Value]) -> Option<Unit> {
+    let sets: Vec<String> = shape
+        .deferred
+        .iter()
+        .filter(|&&p| row[p] != Value::Null)
+        .map(|&p| format!("{} = {}", shape.columns[p], row[p].literal()))
+        .collect();
+    if sets.is_empty() {
+        return None;
+    }
+    let sql = format!(
+        "UPDATE {} SET {} WHERE {}",
+        quote_ident(&shape.table),
+        sets.join(", "),
+        shape.key_predicate(row)
+    );
+    Some(Unit {
+        statements: vec![Statement::plain(sql)],
+        rows: 0,
+    })
+}
+
+/// A group of units sent as one HTTP request (one D1 transaction).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Request {
+    pub statements: Vec<Statement>,
+    pub rows: usize,
+    pub bytes: usize,
+}
+
+/// Groups units into requests of about `request_bytes` each.
+pub struct RequestBuilder {
+    limits: Limits,
+    current: Request,
+}
+
+impl RequestBuilder {
+    pub fn new(limits: Limits) -> RequestBuilder {
+        RequestBuilder {
+            limits,
+            current: Request::default(),
+        }
+    }
+
+    /// Adds a unit; returns a full request when the unit closed one.
+    pub fn push(&mut self, unit: Unit) -> Option<Request> {
+        let bytes = unit.bytes();
+        let full = !self.current.statements.is_empty()
+            && (self.current.bytes + bytes > self.limits.request_bytes
+                || self.current.statements.len() + unit.statements.len()
+                    > self.limits.request_statements);
+        let done = if full { self.take() } else { None };
+        self.current.bytes += bytes;
+        self.current.rows += unit.rows;
+        self.current.statements.extend(unit.statements);
+        done
+    }
+
+    /// The request in progress, if it holds anything.
+    pub fn take(&mut self) -> Option<Request> {
+        if self.current.statements.is_empty() {
+            None
+        } else {
+            Some(std::mem::take(&mut self.current))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discover::Column;
+
+    fn col(name: &str, pk: i64) -> Column {
+        Column {
+            name: name.into(),
+            decl_type: if pk > 0 { "INTEGER".into() } else { String::new() },
+            not_null: false,
+            pk,
+            hidden: 0,
+        }
+    }
+
+    fn shape() -> Shape {
+        let t = Table {
+            name: "t x".into(),
+            sql: String::new(),
+            kind: TableKind::Rowid { rowid_alias: None },
+            columns: vec![col("a", 0), col("b", 0)],
+            foreign_keys: vec![],
+        };
+        Shape::new(&t, &[])
+    }
+
+    fn row(i: i64) -> Vec<Value> {
+        vec![Value::Integer(i), Value::Integer(i * 10), Value::Text(b"x".to_vec())]
+    }
+
+    fn pack(rows: impl IntoIterator<Item = Vec<Value>>, limits: Limits) -> Vec<Unit> {
+        let mut p = InsertPacker::new(shape(), limits);
+        let mut out = Vec::new();
+        for r in rows {
+            p.push(&r, &mut out);
+        }
+        p.flush(&mut out);
+        out
+    }
+
+    #[test]
+    fn rows_become_one_idempotent_insert_with_the_hidden_rowid() {
+        let units = pack((1..=2).map(row), Limits::default());
+        assert_eq!(units.len(), 1);
+        assert_eq!(
+            units[0].statements[0].sql,
+            "INSERT INTO \"t x\" (rowid,\"a\",\"b\") VALUES (1,10,'x'),(2,20,'x') ON CONFLICT DO NOTHING"
+        );
+    }
+
+    #[test]
+    fn statements_respect_byte_and_cell_limits() {
+        let limits = Limits {
+            statement_bytes: 300,
+            statement_cells: 40,
+            ..Limits::default()
+        };
+        let units = pack((0..1000).map(row), limits);
+        let total: usize = units.iter().map(|u| u.rows).sum();
+        assert_eq!(total, 1000);
+        for u in &units {
+            let s = &u.statements[0];
+            assert!(s.sql.len() <= 300, "{} bytes", s.sql.len());
+            assert!(s.row_count() * 4 <= 40);
+        }
+    }
+
+    #[test]
+    fn split_keeps_every_row_once() {
+        let units = pack((0..7).map(row), Limits::default());
+        let (a, b) = units[0].statements[0].split().unwrap();
+        assert_eq!(a.row_count() + b.row_count(), 7);
+        assert!(a.sql.starts_with("INSERT INTO \"t x\" (rowid,\"a\",\"b\") VALUES (0,0,'x'),"));
+        assert!(a.sql.ends_with("(2,20,'x') ON CONFLICT DO NOTHING"), "{}", a.sql);
+        assert!(b.sql.contains("VALUES (3,30,'x'),(4,40,'x')"), "{}", b.sql);
+        assert!(b.sql.ends_with("(6,60,'x') ON CONFLICT DO NOTHING"));
+        let (c, d) = b.split().unwrap();
+        assert_eq!((c.row_count(), d.row_count()), (2, 2));
+        assert!(c.split().unwrap().0.split().is_none());
+    }
+
+    #[test]
+    fn a_large_value_is_appended_in_guarded_pieces_within_one_unit() {
+        let big: Vec<u8> = (0..250_000u32).map(|i| (i % 251) as u8).collect();
+        let r = vec![Value::Integer(7), Value::Blob(big), Value::Text(b"small".to_vec())];
+        let units = pack([row(1), r, row(8)], Limits::default());
+        assert_eq!(units.len(), 3, "the large row stands alone between the others");
+        let large = &units[1];
+        assert_eq!(large.rows, 1);
+        assert!(large.statements.len() >= 6);
+        assert!(large.statements.iter().all(|s| s.sql.len() <= 100_000));
+        assert!(large.statements[0].sql.contains("(7,X'','small')"));
+        assert!(large.statements[1]
+            .sql
+            .ends_with("WHERE rowid = 7 AND length(CAST(\"a\" AS BLOB)) = 0"));
+    }
+
+    #[test]
+    fn requests_group_units_up_to_the_byte_target() {
+        let limits = Limits {
+            statement_bytes: 200,
+            request_bytes: 1000,
+            ..Limits::default()
+        };
+        let mut b = RequestBuilder::new(limits);
+        let mut requests = Vec::new();
+        for u in pack((0..500).map(row), limits) {
+            requests.extend(b.push(u));
+        }
+        requests.extend(b.take());
+        assert_eq!(requests.iter().map(|r| r.rows).sum::<usize>(), 500);
+        assert!(requests.iter().all(|r| r.bytes <= 1000));
+        assert!(requests.len() > 10);
+    }
+}

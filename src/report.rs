@@ -1,0 +1,142 @@
+//! Counts of a run, summed from every worker, and the JSON report (`MIGRATION_REPORT`).
+//!
+//! The report's shape is versioned by `schema_version`; README.md documents its fields.
+
+use std::ops::AddAssign;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// What happened to one table.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct TableStats {
+    pub table: String,
+    pub rows_read: u64,
+    pub rows_written: u64,
+    pub rows_failed: u64,
+    pub requests: u64,
+    pub bytes_sent: u64,
+    pub statements: u64,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl AddAssign<&TableStats> for TableStats {
+    fn add_assign(&mut self, o: &TableStats) {
+        self.rows_read += o.rows_read;
+        self.rows_written += o.rows_written;
+        self.rows_failed += o.rows_failed;
+        self.requests += o.requests;
+        self.bytes_sent += o.bytes_sent;
+        self.statements += o.statements;
+        self.duration_ms += o.duration_ms;
+    }
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub schema_version: u32,
+    pub tool_version: String,
+    pub direction: String,
+    pub mode: String,
+    pub success: bool,
+    pub started_at_unix_ms: u64,
+    pub duration_ms: u64,
+    pub tables: Vec<TableStats>,
+    pub totals: TableStats,
+    pub http_requests: u64,
+    pub retries: u64,
+    pub bytes_sent: u64,
+    pub objects_created: Vec<String>,
+    pub skipped: Vec<Skipped>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    pub name: String,
+    pub reason: String,
+}
+
+impl Report {
+    pub fn new(direction: &str, mode: &str) -> Report {
+        Report {
+            schema_version: SCHEMA_VERSION,
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            direction: direction.to_string(),
+            mode: mode.to_string(),
+            started_at_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            ..Report::default()
+        }
+    }
+
+    /// Sums the tables into `totals`.
+    pub fn total(&mut self) {
+        let mut totals = TableStats {
+            table: "(all)".into(),
+            ..TableStats::default()
+        };
+        for t in &self.tables {
+            totals += t;
+        }
+        self.totals = totals;
+    }
+
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).expect("a report serialises");
+        std::fs::write(path, text + "\n").map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// The summary table printed at the end of a run.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!(
+            "{:<28} {:>10} {:>10} {:>7} {:>9} {:>9}\n",
+            "table", "read", "written", "failed", "requests", "seconds"
+        ));
+        for t in self.tables.iter().chain(std::iter::once(&self.totals)) {
+            out.push_str(&format!(
+                "{:<28} {:>10} {:>10} {:>7} {:>9} {:>9.2}\n",
+                truncate(&t.table, 28),
+                t.rows_read,
+                t.rows_written,
+                t.rows_failed,
+                t.requests,
+                t.duration_ms as f64 / 1000.0
+            ));
+        }
+        out.push_str(&format!(
+            "HTTP requests {}, retries {}, {:.1} MB sent, {:.2} s\n",
+            self.http_requests,
+            self.retries,
+            self.bytes_sent as f64 / 1e6,
+            self.duration_ms as f64 / 1000.0
+        ));
+        out
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n - 1).collect();
+        t.push('…');
+        t
+    }
+}

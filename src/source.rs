@@ -1,0 +1,156 @@
+//! The SQLite side: opening a source file read-only, answering catalog queries, and reading a
+//! table's rows in key order, batch by batch (keyset pagination: `WHERE key > last ORDER BY key`).
+//!
+//! Feeds `pack` in the forward run and `validate` in both directions.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OpenFlags};
+
+use crate::discover::Catalog;
+use crate::error::{Error, Result};
+use crate::pack::Shape;
+use crate::value::{quote_ident, Value};
+
+/// Opens an existing SQLite file read-only and checks that it is a readable database.
+pub fn open_read_only(path: &Path) -> Result<Connection> {
+    let bad = |message: String| Error::Source {
+        path: path.to_path_buf(),
+        message,
+    };
+    if !path.is_file() {
+        return Err(bad("no such file (MIGRATION_SQLITE_PATH)".into()));
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(|e| bad(e.to_string()))?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(|e| bad(e.to_string()))?;
+    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0))
+        .map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DatabaseBusy => {
+                bad("the database is locked by another writer; retry when it is free".into())
+            }
+            other => bad(format!("not a readable SQLite database: {other}")),
+        })?;
+    Ok(conn)
+}
+
+pub fn value(v: ValueRef<'_>) -> Value {
+    match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::Integer(i),
+        ValueRef::Real(r) => Value::Real(r),
+        ValueRef::Text(t) => Value::Text(t.to_vec()),
+        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+    }
+}
+
+/// Catalog queries over a SQLite connection.
+pub struct SqliteCatalog<'a>(pub &'a Connection);
+
+impl Catalog for SqliteCatalog<'_> {
+    fn query(&self, sql: &str) -> Result<Vec<Vec<Value>>> {
+        let mut stmt = self.0.prepare(sql)?;
+        let n = stmt.column_count();
+        let rows = stmt.query_map([], |r| {
+            (0..n).map(|i| r.get_ref(i).map(value)).collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+}
+
+/// Number of rows in a table.
+pub fn count_rows(conn: &Connection, table: &str) -> Result<u64> {
+    let n: i64 = conn.query_row(&format!("SELECT count(*) FROM {}", quote_ident(table)), [], |r| {
+        r.get(0)
+    })?;
+    Ok(n as u64)
+}
+
+/// The keyset query of a shape: the first page when `after` is `None`, else the page after it.
+pub fn page_sql(shape: &Shape, columns: &str, filter: &str, has_after: bool, limit: usize) -> String {
+    let keys = shape.key_exprs.join(", ");
+    let mut conditions = Vec::new();
+    if has_after {
+        let marks = vec!["?"; shape.key_exprs.len()].join(", ");
+        conditions.push(format!("({keys}) > ({marks})"));
+    }
+    if !filter.is_empty() {
+        conditions.push(filter.to_string());
+    }
+    let mut sql = format!("SELECT {columns} FROM {}", quote_ident(&shape.table));
+    if !conditions.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conditions.join(" AND "));
+    }
+    sql.push_str(&format!(" ORDER BY {keys} LIMIT {limit}"));
+    sql
+}
+
+/// Reads rows of `shape` in key order after `after` (exclusive), `batch` rows at a time,
+/// handing each batch to `each` until the table ends or `each` returns false.
+pub fn read_batches(
+    conn: &Connection,
+    shape: &Shape,
+    filter: &str,
+    batch: usize,
+    mut after: Option<Vec<Value>>,
+    mut each: impl FnMut(Vec<Vec<Value>>) -> Result<bool>,
+) -> Result<()> {
+    let first = page_sql(shape, &shape.select_list(), filter, false, batch);
+    let next = page_sql(shape, &shape.select_list(), filter, true, batch);
+    let mut stmt_first = conn.prepare(&first)?;
+    let mut stmt_next = conn.prepare(&next)?;
+    loop {
+        let rows = match &after {
+            None => collect(&mut stmt_first, &[])?,
+            Some(key) => {
+                let params: Vec<rusqlite::types::Value> = key.iter().map(to_sql).collect();
+                let refs: Vec<&dyn rusqlite::ToSql> =
+                    params.iter().map(|p| p as &dyn rusqlite::ToSql).collect();
+                collect(&mut stmt_next, &refs)?
+            }
+        };
+        let Some(last) = rows.last() else {
+            return Ok(());
+        };
+        let full = rows.len() == batch;
+        after = Some(shape.key_positions.iter().map(|&p| last[p].clone()).collect());
+        if !each(rows)? || !full {
+            return Ok(());
+        }
+    }
+}
+
+fn collect(stmt: &mut rusqlite::Statement<'_>, params: &[&dyn rusqlite::ToSql]) -> Result<Vec<Vec<Value>>> {
+    let n = stmt.column_count();
+    let mut out = Vec::new();
+    let mut rows = stmt.query(params)?;
+    while let Some(r) = rows.next()? {
+        let mut row = Vec::with_capacity(n);
+        for i in 0..n {
+            row.push(value(r.get_ref(i)?));
+        }
+        out.push(row);
+    }
+    Ok(out)
+}
+
+pub fn to_sql(v: &Value) -> rusqlite::types::Value {
+    use rusqlite::types::Value as V;
+    match v {
+        Value::Null => V::Null,
+        Value::Integer(i) => V::Integer(*i),
+        Value::Real(r) => V::Real(*r),
+        Value::Text(b) => match String::from_utf8(b.clone()) {
+            Ok(s) => V::Text(s),
+            Err(_) => V::Blob(b.clone()),
+        },
+        Value::Blob(b) => V::Blob(b.clone()),
+    }
+}
