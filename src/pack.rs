@@ -300,11 +300,9 @@ impl InsertPacker {
             }
         }
         let mut sql = self.head.clone();
-        let tuple_start = sql.len();
         write_tuple(&slim, &self.shape.deferred, &mut sql);
         let end = sql.len();
         sql.push_str(self.tail);
-        let _ = tuple_start;
         let mut statements = vec![Statement {
             sql,
             rows: Some((self.head.len(), vec![end])),
@@ -321,14 +319,10 @@ impl InsertPacker {
             let piece = (self.limits.statement_bytes.saturating_sub(overhead) / 2).max(1);
             let mut done = 0usize;
             for chunk in bytes.chunks(piece) {
-                let mut sql = format!("UPDATE {} SET {column} = {column} || ", quote_ident(&self.shape.table));
-                if is_text {
-                    sql.push_str("CAST(");
-                    write_hex_literal(chunk, &mut sql);
-                    sql.push_str(" AS TEXT)");
-                } else {
-                    write_hex_literal(chunk, &mut sql);
-                }
+                // `||` always yields TEXT: the result is cast back to the value's own type.
+                let mut sql = format!("UPDATE {} SET {column} = CAST({column} || ", quote_ident(&self.shape.table));
+                write_hex_literal(chunk, &mut sql);
+                sql.push_str(if is_text { " AS TEXT)" } else { " AS BLOB)" });
                 sql.push_str(&format!(
                     " WHERE {predicate} AND length(CAST({column} AS BLOB)) = {done}"
                 ));

@@ -13,6 +13,7 @@
 //   LOCAL_D1_ACCOUNT    account id accepted (default: any)
 //   LOCAL_D1_FAULTS     e.g. "429=0.05,500=0.05,drop=0.02,lost=0.01,latency_ms=30,seed=7,retry_after=1"
 //   LOCAL_D1_LOG        file to append one JSON line per request to (default: none)
+//   LOCAL_D1_STOP_ON_EOF  stop when standard input closes (used by test harnesses)
 
 import http from "node:http";
 import fs from "node:fs";
@@ -92,16 +93,8 @@ const mf = new Miniflare({
 });
 await mf.ready;
 
-// Touch each database so its file exists, and tell where it is.
-const files = {};
-for (const [i, id] of databaseIds.entries()) {
-  const db = await mf.getD1Database(`DB_${i}`);
-  await db.prepare("SELECT 1").all();
-  files[id] = databaseFile(id);
-  if (!fs.existsSync(files[id])) {
-    console.error(`local-d1: expected the file of database ${id} at ${files[id]}, but it is not there`);
-  }
-}
+// Where each database's file is (created on its first request).
+const files = Object.fromEntries(databaseIds.map((id) => [id, databaseFile(id)]));
 fs.writeFileSync(path.join(persist, "databases.json"), JSON.stringify(files, null, 2) + "\n");
 
 const log = logPath ? fs.createWriteStream(logPath, { flags: "a" }) : null;
@@ -179,3 +172,8 @@ async function stop() {
 }
 process.on("SIGTERM", stop);
 process.on("SIGINT", stop);
+// Test harnesses hold our stdin open; when they exit, so do we.
+if (env.LOCAL_D1_STOP_ON_EOF) {
+  process.stdin.on("end", stop);
+  process.stdin.resume();
+}
