@@ -1,1 +1,80 @@
-fn main(){}
+//! The hot parts on their own: value encoding and statement packing, and SQLite reading.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use d1_migrator::discover::{Column, Table, TableKind};
+use d1_migrator::pack::{InsertPacker, Limits, Shape, Unit};
+use d1_migrator::value::Value;
+
+fn rows(n: usize) -> Vec<Vec<Value>> {
+    (0..n)
+        .map(|i| {
+            vec![
+                Value::Integer(i as i64),
+                Value::Integer((i * 7) as i64),
+                Value::Real(i as f64 * 1.25),
+                Value::Text(format!("product name {i} with 'quotes'").into_bytes()),
+                Value::Blob(vec![i as u8; 16]),
+            ]
+        })
+        .collect()
+}
+
+fn shape() -> Shape {
+    let col = |name: &str, pk: i64| Column {
+        name: name.into(),
+        decl_type: if pk > 0 { "INTEGER".into() } else { String::new() },
+        not_null: false,
+        pk,
+        hidden: 0,
+    };
+    let table = Table {
+        name: "Order Details".into(),
+        sql: String::new(),
+        kind: TableKind::Rowid { rowid_alias: Some("id".into()) },
+        columns: vec![col("id", 1), col("qty", 0), col("price", 0), col("name", 0), col("tag", 0)],
+        foreign_keys: vec![],
+    };
+    Shape::new(&table, &[])
+}
+
+fn packing(c: &mut Criterion) {
+    let data = rows(100_000);
+    let mut group = c.benchmark_group("pack");
+    group.throughput(Throughput::Elements(data.len() as u64));
+    group.bench_function("100k rows into statements", |b| {
+        b.iter(|| {
+            let mut packer = InsertPacker::new(shape(), Limits::default());
+            let mut out: Vec<Unit> = Vec::new();
+            for r in &data {
+                packer.push(r, &mut out);
+            }
+            packer.flush(&mut out);
+            out.len()
+        })
+    });
+    group.finish();
+}
+
+fn reading(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bench.sqlite");
+    d1_migrator::fixture::sample(&path, 10).unwrap();
+    let conn = d1_migrator::source::open_read_only(&path).unwrap();
+    let schema = d1_migrator::discover::discover(&d1_migrator::source::SqliteCatalog(&conn)).unwrap();
+    let table = schema.table("order_lines").unwrap().clone();
+    let shape = Shape::new(&table, &[]);
+    c.bench_function("read order_lines in batches of 1000", |b| {
+        b.iter(|| {
+            let mut n = 0;
+            d1_migrator::source::read_batches(&conn, &shape, "", 1000, None, |batch| {
+                n += batch.len();
+                Ok(true)
+            })
+            .unwrap();
+            n
+        })
+    });
+}
+
+criterion_group!(benches, packing, reading);
+criterion_main!(benches);

@@ -84,7 +84,7 @@ pub fn forward(config: &Config, client: &D1Client, progress: &Progress, report: 
             parents: tp.parents.iter().map(|p| position[p]).collect(),
         });
     }
-    let mut stats = run_work(config, client, progress, &work)?;
+    run_work(config, client, progress, &work, &mut report.tables)?;
 
     let deferred: Vec<Work> = plan
         .tables
@@ -97,7 +97,7 @@ pub fn forward(config: &Config, client: &D1Client, progress: &Progress, report: 
             parents: Vec::new(),
         })
         .collect();
-    merge(&mut stats, run_work(config, client, progress, &deferred)?);
+    run_work(config, client, progress, &deferred, &mut report.tables)?;
 
     copy_sequence(client, &schema)?;
 
@@ -112,10 +112,9 @@ pub fn forward(config: &Config, client: &D1Client, progress: &Progress, report: 
             parents: Vec::new(),
         })
         .collect();
-    merge(&mut stats, run_work(config, client, progress, &fill)?);
+    run_work(config, client, progress, &fill, &mut report.tables)?;
 
     create_missing(client, ordered_objects(&schema).map(|o| (o.kind.as_str(), o.name.as_str(), o.sql.as_str())), &existing, report)?;
-    report.tables = stats;
     Ok(())
 }
 
@@ -126,12 +125,15 @@ pub fn ordered_objects(schema: &Schema) -> impl Iterator<Item = &SchemaObject> {
         .flat_map(move |kind| schema.objects.iter().filter(move |o| o.kind == kind))
 }
 
-fn merge(into: &mut Vec<TableStats>, more: Vec<TableStats>) {
-    for s in more {
-        match into.iter_mut().find(|t| t.table == s.table) {
-            Some(t) => *t += &s,
-            None => into.push(s),
+fn merge(into: &mut Vec<TableStats>, s: TableStats) {
+    match into.iter_mut().find(|t| t.table == s.table) {
+        Some(t) => {
+            *t += &s;
+            if s.error.is_some() {
+                t.error = s.error;
+            }
         }
+        None => into.push(s),
     }
 }
 
@@ -182,11 +184,11 @@ fn execute_named(client: &D1Client, items: &[(&str, &str)]) -> Result<()> {
     if items.is_empty() {
         return Ok(());
     }
-    let sqls: Vec<&str> = items.iter().map(|(_, s)| *s).collect();
+    let sqls: Vec<String> = items.iter().map(|(_, s)| if_not_exists(s)).collect();
     match client.execute(&sqls) {
         Ok(_) => Ok(()),
         Err(Failure { error: D1Error::Sql { .. }, .. }) if items.len() > 1 => {
-            for (name, sql) in items {
+            for ((name, _), sql) in items.iter().zip(&sqls) {
                 client.execute(&[sql]).map_err(|f| Error::Refused(format!("creating {name:?} on D1: {}", f.error)))?;
             }
             Ok(())
@@ -196,6 +198,31 @@ fn execute_named(client: &D1Client, items: &[(&str, &str)]) -> Result<()> {
         }
         Err(f) => Err(f.error.into()),
     }
+}
+
+/// The DDL with `IF NOT EXISTS`, so that a request whose answer was lost can be sent again.
+/// SQLite drops the clause from the text it keeps in `sqlite_schema`, so the stored DDL stays the
+/// source's.
+pub fn if_not_exists(sql: &str) -> String {
+    let words: Vec<&str> = sql.split_whitespace().take(6).collect();
+    let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
+    let kind_words = match upper.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["CREATE", "VIRTUAL", "TABLE", ..] | ["CREATE", "UNIQUE", "INDEX", ..] => 3,
+        ["CREATE", "TABLE" | "INDEX" | "VIEW" | "TRIGGER", ..] => 2,
+        _ => return sql.to_string(),
+    };
+    if upper.get(kind_words).map(String::as_str) == Some("IF") {
+        return sql.to_string();
+    }
+    // Find the end of the kind words in the original text.
+    let mut rest = sql.trim_start();
+    for _ in 0..kind_words {
+        rest = rest.trim_start();
+        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        rest = &rest[end..];
+    }
+    let head = &sql[..sql.len() - rest.len()];
+    format!("{head} IF NOT EXISTS{rest}")
 }
 
 /// Sets the target's `sqlite_sequence` rows of the copied tables to the source's, rowids
@@ -250,14 +277,20 @@ struct Sent {
 
 /// Runs a list of table work items: tables start when their parents are done, at most
 /// `parallel_tables` at once; requests go through `concurrency` senders.
-fn run_work(config: &Config, client: &D1Client, progress: &Progress, work: &[Work]) -> Result<Vec<TableStats>> {
+/// Each table's counts are merged into `stats` as it finishes, failed or not.
+fn run_work(
+    config: &Config,
+    client: &D1Client,
+    progress: &Progress,
+    work: &[Work],
+    stats: &mut Vec<TableStats>,
+) -> Result<()> {
     if work.is_empty() {
-        return Ok(Vec::new());
+        return Ok(());
     }
     let cancel = AtomicBool::new(false);
     let (job_tx, job_rx) = bounded::<Job>(config.concurrency);
-    let (done_tx, done_rx) = unbounded::<(usize, Result<TableStats>)>();
-    let mut results: Vec<Option<TableStats>> = (0..work.len()).map(|_| None).collect();
+    let (done_tx, done_rx) = unbounded::<(usize, TableStats, Option<Error>)>();
     let mut first_error: Option<Error> = None;
 
     std::thread::scope(|scope| {
@@ -282,8 +315,8 @@ fn run_work(config: &Config, client: &D1Client, progress: &Progress, work: &[Wor
                         let (job_tx, done_tx, cancel) = (job_tx.clone(), done_tx.clone(), &cancel);
                         let item = &work[i];
                         scope.spawn(move || {
-                            let result = copy_table(config, item, progress, &job_tx, cancel);
-                            let _ = done_tx.send((i, result));
+                            let (stats, error) = copy_table(config, item, progress, &job_tx, cancel);
+                            let _ = done_tx.send((i, stats, error));
                         });
                     }
                 }
@@ -291,27 +324,51 @@ fn run_work(config: &Config, client: &D1Client, progress: &Progress, work: &[Wor
             if running == 0 {
                 break;
             }
-            let (i, result) = done_rx.recv().expect("a table worker reports");
+            let (i, table_stats, error) = done_rx.recv().expect("a table worker reports");
             running -= 1;
             finished[i] = true;
-            match result {
-                Ok(stats) => results[i] = Some(stats),
-                Err(e) => {
-                    cancel.store(true, Ordering::Relaxed);
-                    first_error.get_or_insert(e);
-                }
+            merge(stats, table_stats);
+            if let Some(e) = error {
+                cancel.store(true, Ordering::Relaxed);
+                first_error.get_or_insert(e);
             }
         }
         drop(job_tx);
     });
     match first_error {
         Some(e) => Err(e),
-        None => Ok(results.into_iter().flatten().collect()),
+        None => Ok(()),
     }
 }
 
 /// Reads one table in batches, packs it, and sends its requests; waits for every answer.
-fn copy_table(config: &Config, work: &Work, progress: &Progress, jobs: &Sender<Job>, cancel: &AtomicBool) -> Result<TableStats> {
+/// Returns the table's counts, and the error that stopped it, if any.
+fn copy_table(
+    config: &Config,
+    work: &Work,
+    progress: &Progress,
+    jobs: &Sender<Job>,
+    cancel: &AtomicBool,
+) -> (TableStats, Option<Error>) {
+    let mut stats = TableStats {
+        table: work.shape.table.clone(),
+        ..TableStats::default()
+    };
+    let error = copy_rows(config, work, progress, jobs, cancel, &mut stats).err();
+    if let Some(e) = &error {
+        stats.error = Some(e.to_string());
+    }
+    (stats, error.map(|e| e.in_table(&work.shape.table)))
+}
+
+fn copy_rows(
+    config: &Config,
+    work: &Work,
+    progress: &Progress,
+    jobs: &Sender<Job>,
+    cancel: &AtomicBool,
+    stats: &mut TableStats,
+) -> Result<()> {
     let started = Instant::now();
     let shape = &work.shape;
     let table = shape.table.clone();
@@ -327,10 +384,6 @@ fn copy_table(config: &Config, work: &Work, progress: &Progress, jobs: &Sender<J
     };
     let total = count_rows(&conn, &table).map_err(|e| e.in_table(&table))?;
     let mut bar = progress.table(&table, if work.pass == Pass::Insert { total } else { 0 });
-    let mut stats = TableStats {
-        table: table.clone(),
-        ..TableStats::default()
-    };
     let (ack_tx, ack_rx) = unbounded::<Result<Sent>>();
     let mut in_flight = 0usize;
     let mut error: Option<Error> = None;
@@ -380,7 +433,7 @@ fn copy_table(config: &Config, work: &Work, progress: &Progress, jobs: &Sender<J
         }
         for unit in units.drain(..) {
             if let Some(request) = builder.push(unit) {
-                send(request, &mut in_flight, &mut stats, &mut error);
+                send(request, &mut in_flight, stats, &mut error);
             }
         }
         Ok(error.is_none() && !cancel.load(Ordering::Relaxed))
@@ -392,18 +445,18 @@ fn copy_table(config: &Config, work: &Work, progress: &Progress, jobs: &Sender<J
         packer.flush(&mut units);
         for unit in units.drain(..) {
             if let Some(request) = builder.push(unit) {
-                send(request, &mut in_flight, &mut stats, &mut error);
+                send(request, &mut in_flight, stats, &mut error);
             }
         }
         if let Some(request) = builder.take() {
-            send(request, &mut in_flight, &mut stats, &mut error);
+            send(request, &mut in_flight, stats, &mut error);
         }
     }
     drop(send);
     while in_flight > 0 {
         let ack = ack_rx.recv().expect("senders answer every job");
         in_flight -= 1;
-        on_ack(ack, &mut stats, &mut error);
+        on_ack(ack, stats, &mut error);
     }
     if work.pass == Pass::SetDeferred {
         stats.rows_read = 0;
@@ -411,8 +464,8 @@ fn copy_table(config: &Config, work: &Work, progress: &Progress, jobs: &Sender<J
     }
     stats.duration_ms = started.elapsed().as_millis() as u64;
     match error {
-        Some(e) => Err(e.in_table(&table)),
-        None => Ok(stats),
+        Some(e) => Err(e),
+        None => Ok(()),
     }
 }
 
@@ -482,6 +535,20 @@ fn row_text(sql: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ddl_becomes_idempotent() {
+        assert_eq!(if_not_exists("CREATE TABLE \"a b\"(x)"), "CREATE TABLE IF NOT EXISTS \"a b\"(x)");
+        assert_eq!(
+            if_not_exists("create unique index i on t(x)"),
+            "create unique index IF NOT EXISTS i on t(x)"
+        );
+        assert_eq!(
+            if_not_exists("CREATE VIRTUAL TABLE docs USING fts5(a)"),
+            "CREATE VIRTUAL TABLE IF NOT EXISTS docs USING fts5(a)"
+        );
+        assert_eq!(if_not_exists("CREATE VIEW IF NOT EXISTS v AS SELECT 1"), "CREATE VIEW IF NOT EXISTS v AS SELECT 1");
+    }
 
     #[test]
     fn a_row_is_named_by_its_tuple() {

@@ -1,0 +1,172 @@
+//! Forward migration, SQLite → D1: exact copies judged by `sqldiff`, runs under faults, reruns,
+//! the report, and bad input refused before anything is written.
+
+use crate::harness::{dataset, generated, read_json, sqldiff, stderr, LocalD1, Run, TOKEN};
+
+fn migrate_and_compare(source: &std::path::Path) -> serde_json::Value {
+    let d1 = LocalD1::shared();
+    let db = d1.fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    Run::new(d1, &db, source).env("MIGRATION_REPORT", &report).ok();
+    let diff = sqldiff(source, d1.file(&db));
+    assert!(diff.is_empty(), "differences after migrating {}:\n{}", source.display(), diff.join("\n"));
+    read_json(&report)
+}
+
+#[test]
+fn the_sample_arrives_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = migrate_and_compare(&generated(dir.path(), "sample"));
+    assert_eq!(report["success"], true);
+    assert_eq!(report["schema_version"], 1);
+    let customers = report["tables"].as_array().unwrap().iter().find(|t| t["table"] == "customers").unwrap();
+    assert_eq!(customers["rows_read"], 200);
+    assert_eq!(customers["rows_written"], 200);
+    assert!(report["http_requests"].as_u64().unwrap() >= 5);
+    assert!(report["bytes_sent"].as_u64().unwrap() > 100_000);
+    assert!(report["totals"]["duration_ms"].is_u64());
+}
+
+#[test]
+fn every_edge_case_arrives_exactly_except_d1s_reserved_names() {
+    let d1 = LocalD1::shared();
+    let db = d1.fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let source = generated(dir.path(), "edge-cases");
+    Run::new(d1, &db, &source).ok();
+    // _cf_legacy is the one table D1 forbids; everything else, FTS5 and sqlite_sequence
+    // included, is identical.
+    let diff = sqldiff(&source, d1.file(&db));
+    assert!(diff.is_empty(), "{}", diff.join("\n"));
+    let tables = d1.sql(&db, &["SELECT name FROM sqlite_schema WHERE name LIKE '\\_cf\\_legacy%' ESCAPE '\\'"]);
+    assert_eq!(tables[0], serde_json::json!([]));
+}
+
+#[test]
+fn chinook_arrives_exactly() {
+    if let Some(source) = dataset("chinook.sqlite") {
+        migrate_and_compare(&source);
+    }
+}
+
+#[test]
+fn northwind_arrives_exactly() {
+    if let Some(source) = dataset("northwind.db") {
+        let report = migrate_and_compare(&source);
+        // Data requests carry hundreds of kilobytes each, not a row or a statement.
+        let totals = &report["totals"];
+        let per_request = totals["bytes_sent"].as_u64().unwrap() / totals["requests"].as_u64().unwrap();
+        assert!(per_request > 500_000, "{per_request} bytes per request");
+    }
+}
+
+#[test]
+fn a_run_under_faults_ends_exact_and_counts_its_retries() {
+    let ids = vec!["faulty".to_string()];
+    let d1 = LocalD1::start(&ids, Some("429=0.1,500=0.1,drop=0.05,lost=0.05,seed=5,retry_after=0"));
+    let dir = tempfile::tempdir().unwrap();
+    let source = generated(dir.path(), "edge-cases");
+    let report = dir.path().join("report.json");
+    Run::new(&d1, "faulty", &source)
+        .env("MIGRATION_REPORT", &report)
+        .env("MIGRATION_MAX_RETRIES", "30")
+        .env("MIGRATION_REQUEST_BYTES", "100000")
+        .ok();
+    let diff = sqldiff(&source, d1.file("faulty"));
+    assert!(diff.is_empty(), "{}", diff.join("\n"));
+    let report = read_json(&report);
+    assert!(report["retries"].as_u64().unwrap() > 0, "{report}");
+}
+
+#[test]
+fn running_again_adds_nothing_and_changes_nothing() {
+    let d1 = LocalD1::shared();
+    let db = d1.fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let source = generated(dir.path(), "sample");
+    Run::new(d1, &db, &source).ok();
+    Run::new(d1, &db, &source).ok();
+    assert!(sqldiff(&source, d1.file(&db)).is_empty());
+}
+
+#[test]
+fn bad_configuration_is_refused_with_status_2_naming_the_variable() {
+    let d1 = LocalD1::shared();
+    let db = d1.fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let source = generated(dir.path(), "sample");
+    let cases = [
+        ("MIGRATION_BATCH_SIZE", "lots", "MIGRATION_BATCH_SIZE"),
+        ("MIGRATION_TIMEOUT", "-5", "MIGRATION_TIMEOUT"),
+        ("MIGRATION_FROBNICATE", "1", "unknown variable MIGRATION_FROBNICATE"),
+        ("MIGRATION_TABLES", "customers,nope", "\"nope\""),
+    ];
+    for (key, value, expected) in cases {
+        let out = Run::new(d1, &db, &source).env(key, value).output();
+        assert_eq!(out.status.code(), Some(2), "{key}={value}: {}", stderr(&out));
+        assert!(stderr(&out).contains(expected), "{key}={value}: {}", stderr(&out));
+    }
+    let tables = d1.sql(&db, &["SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE '\\_cf\\_%' ESCAPE '\\'"]);
+    assert_eq!(tables[0], serde_json::json!([[0]]), "nothing was written");
+}
+
+#[test]
+fn a_missing_or_non_sqlite_source_is_refused() {
+    let d1 = LocalD1::shared();
+    let db = d1.fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.sqlite");
+    let out = Run::new(d1, &db, &missing).output();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("missing.sqlite"), "{}", stderr(&out));
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "this is not a database, just words\n".repeat(100)).unwrap();
+    let out = Run::new(d1, &db, &text).output();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("not a readable SQLite database"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_wrong_token_is_refused_and_never_printed() {
+    let d1 = LocalD1::shared();
+    let db = d1.fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let source = generated(dir.path(), "sample");
+    let report = dir.path().join("report.json");
+    let secret = "wrong-token-SHOULD-NOT-LEAK-91c3";
+    let out = Run::new(d1, &db, &source)
+        .env("CLOUDFLARE_API_TOKEN", secret)
+        .env("MIGRATION_REPORT", &report)
+        .env("MIGRATION_LOG", "debug")
+        .output();
+    assert_eq!(out.status.code(), Some(2));
+    let all = format!("{}{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout), std::fs::read_to_string(&report).unwrap());
+    assert!(all.contains("refused the API token"), "{all}");
+    assert!(!all.contains(secret));
+    assert!(!all.contains(TOKEN));
+}
+
+#[test]
+fn an_unknown_database_id_is_refused() {
+    let d1 = LocalD1::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let source = generated(dir.path(), "sample");
+    let out = Run::new(d1, "no-such-database", &source).output();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
+}
+
+#[test]
+fn an_unreachable_api_is_refused() {
+    let d1 = LocalD1::shared();
+    let db = d1.fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let source = generated(dir.path(), "sample");
+    let out = Run::new(d1, &db, &source)
+        .env("MIGRATION_D1_API_URL", "http://127.0.0.1:9/client/v4")
+        .env("MIGRATION_MAX_RETRIES", "1")
+        .output();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
+}

@@ -1,0 +1,15 @@
+//! d1-migrator's integration tests, all against the real local D1 (`scripts/local-d1`).
+//!
+//! Table of contents:
+//! - `local_d1`: the local D1 server speaks D1's REST API, enforces D1's limits, injects faults.
+//! - `forward`: SQLite → D1 copies are exact (`sqldiff`), under faults too, and bad input is
+//!   refused before anything is written.
+
+#[path = "suite/harness.rs"]
+mod harness;
+
+#[path = "suite/local_d1.rs"]
+mod local_d1;
+
+#[path = "suite/forward.rs"]
+mod forward;
