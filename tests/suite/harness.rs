@@ -23,7 +23,7 @@ pub struct LocalD1 {
     pub api_url: String,
     pub files: HashMap<String, PathBuf>,
     pub log: PathBuf,
-    pub dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     next: AtomicUsize,
     ids: Vec<String>,
 }
@@ -74,7 +74,7 @@ impl LocalD1 {
             api_url,
             files,
             log,
-            dir,
+            _dir: dir,
             next: AtomicUsize::new(0),
             ids: ids.to_vec(),
         }
