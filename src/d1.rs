@@ -224,9 +224,19 @@ impl D1Client {
     }
 
     /// Runs `statements` as one request (one D1 transaction), retrying transient failures.
-    /// `Err(Failure { shrink: true, .. })` asks the caller to send smaller statements.
+    /// Foreign keys are checked at the request's end. `Err(Failure { shrink: true, .. })` asks
+    /// the caller to send smaller statements.
     pub fn execute<S: AsRef<str>>(&self, statements: &[S]) -> Result<Vec<RawResult>, Failure> {
-        let body = batch_body(statements);
+        self.send(statements, true)
+    }
+
+    /// Runs read-only statements as one request, retrying transient failures.
+    pub fn read<S: AsRef<str>>(&self, statements: &[S]) -> Result<Vec<RawResult>, D1Error> {
+        self.send(statements, false).map_err(|f| f.error)
+    }
+
+    fn send<S: AsRef<str>>(&self, statements: &[S], defer_keys: bool) -> Result<Vec<RawResult>, Failure> {
+        let body = batch_body(statements, defer_keys);
         let mut attempt = 0u32;
         loop {
             self.wait_for_rate_limit();
@@ -234,7 +244,7 @@ impl D1Client {
             self.counters
                 .bytes_sent
                 .fetch_add(body.len() as u64, Ordering::Relaxed);
-            let (verdict, outcome) = self.attempt(&body);
+            let (verdict, outcome) = self.attempt(&body, defer_keys);
             match verdict {
                 Verdict::Success => {
                     return outcome.map_err(|error| Failure {
@@ -290,12 +300,10 @@ impl D1Client {
 
     /// Runs one read-only statement and returns its rows.
     pub fn query(&self, sql: &str) -> Result<RawResult, D1Error> {
-        self.execute(&[sql])
-            .map_err(|f| f.error)
-            .map(|mut r| r.pop().unwrap_or_default())
+        self.read(&[sql]).map(|mut r| r.pop().unwrap_or_default())
     }
 
-    fn attempt(&self, body: &str) -> (Verdict, Result<Vec<RawResult>, D1Error>) {
+    fn attempt(&self, body: &str, defer_keys: bool) -> (Verdict, Result<Vec<RawResult>, D1Error>) {
         let response = self
             .agent
             .post(&self.url)
@@ -372,7 +380,7 @@ impl D1Client {
             classify(status, &messages, retry_after)
         };
         let outcome = if verdict == Verdict::Success {
-            parse_results(envelope.result)
+            parse_results(envelope.result, defer_keys)
         } else {
             let message = messages.join("; ");
             Err(match status {
@@ -439,25 +447,27 @@ fn transport_message(e: &ureq::Error) -> String {
     }
 }
 
-/// `{"batch":[{"sql":...},...]}`, the deferral pragma first so each request's foreign keys are
-/// checked at its commit.
-fn batch_body<S: AsRef<str>>(statements: &[S]) -> String {
+/// `{"batch":[{"sql":...},...]}`; for writes the deferral pragma first, so each request's
+/// foreign keys are checked at its commit.
+fn batch_body<S: AsRef<str>>(statements: &[S], defer_keys: bool) -> String {
     let mut items = Vec::with_capacity(statements.len() + 1);
-    items.push(serde_json::json!({"sql": "PRAGMA defer_foreign_keys = on"}));
+    if defer_keys {
+        items.push(serde_json::json!({"sql": "PRAGMA defer_foreign_keys = on"}));
+    }
     for s in statements {
         items.push(serde_json::json!({"sql": s.as_ref()}));
     }
     serde_json::json!({ "batch": items }).to_string()
 }
 
-fn parse_results(result: Option<Json>) -> Result<Vec<RawResult>, D1Error> {
+fn parse_results(result: Option<Json>, defer_keys: bool) -> Result<Vec<RawResult>, D1Error> {
     let Some(result) = result else {
         return Ok(Vec::new());
     };
     let mut list: Vec<StatementResult> =
         serde_json::from_value(result).map_err(|e| D1Error::BadAnswer(e.to_string()))?;
     // The first result is the deferral pragma's.
-    if !list.is_empty() {
+    if defer_keys && !list.is_empty() {
         list.remove(0);
     }
     Ok(list

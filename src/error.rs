@@ -68,6 +68,8 @@ pub enum Error {
     },
     #[error("{0}")]
     Refused(String),
+    #[error("validation found differences: {0}")]
+    Differences(String),
 }
 
 impl Error {
@@ -88,6 +90,7 @@ impl Error {
             Error::Config(_) | Error::Source { .. } | Error::Refused(_) => 2,
             Error::D1(e) if e.is_bad_input() => 2,
             Error::Table { source, .. } => source.exit_code(),
+            Error::Differences(_) => 3,
             _ => 1,
         }
     }

@@ -19,6 +19,7 @@ pub mod progress;
 pub mod remote;
 pub mod report;
 pub mod source;
+pub mod validate;
 pub mod value;
 
 use std::time::Instant;
@@ -45,6 +46,39 @@ impl Outcome {
     }
 }
 
+/// Compares the SQLite file and the D1 database, source against target.
+fn validation(config: &Config, client: &D1Client) -> Result<validate::Validation, Error> {
+    let sqlite_label = match config.direction {
+        Direction::SqliteToD1 => "source (SQLite)",
+        Direction::D1ToSqlite => "target (SQLite)",
+    };
+    let sqlite = source::SqliteSide::new(&config.sqlite_path, sqlite_label)?;
+    let sqlite_schema = {
+        let conn = source::open_read_only(&config.sqlite_path)?;
+        discover::discover(&source::SqliteCatalog(&conn))?
+    };
+    let d1_label = match config.direction {
+        Direction::SqliteToD1 => "target (D1)",
+        Direction::D1ToSqlite => "source (D1)",
+    };
+    let d1 = remote::D1Side { client, label: d1_label };
+    let d1_schema = discover::discover(&remote::D1Catalog(client))?;
+    let options = validate::Options {
+        sample_size: config.sample_size,
+        seed: config.sample_seed,
+        all_rows: config.validate_all_rows,
+        page: 5000,
+        max_examples: 10,
+    };
+    let (mut source_schema, target_schema, source_side, target_side): (_, _, &dyn validate::RowSide, &dyn validate::RowSide) =
+        match config.direction {
+            Direction::SqliteToD1 => (sqlite_schema, d1_schema, &sqlite, &d1),
+            Direction::D1ToSqlite => (d1_schema, sqlite_schema, &d1, &sqlite),
+        };
+    migrate::select_tables(&mut source_schema, &config.tables, &config.exclude_tables)?;
+    validate::validate(source_side, target_side, &source_schema, &target_schema, options, config.parallel_tables)
+}
+
 /// Runs what the configuration asks for and writes the report.
 pub fn run(config: &Config) -> Outcome {
     log::set_level(if config.quiet { log::Level::Error } else { config.log_level });
@@ -60,12 +94,34 @@ pub fn run(config: &Config) -> Outcome {
     let mut report = Report::new(direction, mode);
     let progress = Progress::new(Mode::detect(config.quiet), 0);
     let client = D1Client::new(config.endpoint.clone(), config.retry.clone());
-    let result = match (config.direction, config.mode) {
+    let copied = match (config.direction, config.mode) {
+        (_, RunMode::Validate) => Ok(()),
         (Direction::SqliteToD1, RunMode::Migrate) => migrate::forward(config, &client, &progress, &mut report),
-        _ => Err(Error::Config(format!(
-            "MIGRATION_DIRECTION={direction} with MIGRATION_MODE={mode} is not available yet"
-        ))),
+        (Direction::D1ToSqlite, RunMode::Migrate) => Err(Error::Config(
+            "MIGRATION_DIRECTION=d1-to-sqlite is not available yet".into(),
+        )),
     };
+    let result = copied.and_then(|()| {
+        if config.mode == RunMode::Validate || config.validate {
+            let validation = validation(config, &client)?;
+            let ok = validation.ok;
+            let differing: Vec<String> = validation
+                .tables
+                .iter()
+                .filter(|t| !t.ok)
+                .map(|t| t.table.clone())
+                .collect();
+            report.validation = Some(validation);
+            if !ok {
+                return Err(Error::Differences(if differing.is_empty() {
+                    "indexes differ".into()
+                } else {
+                    format!("tables {}", differing.join(", "))
+                }));
+            }
+        }
+        Ok(())
+    });
     progress.finish();
     let counters = &client.counters;
     report.http_requests = counters.requests.load(std::sync::atomic::Ordering::Relaxed);

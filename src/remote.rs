@@ -45,25 +45,34 @@ pub fn json_value(v: Json) -> Value {
     }
 }
 
-/// The two select expressions that read `column` exactly: its type, and its value as text.
+/// TEXT and BLOB values longer than this are read in pieces of this many bytes (their hex must
+/// stay under D1's 2,000,000-byte value limit).
+const PIECE: usize = 500_000;
+
+/// The two select expressions that read `column` exactly: its type, and its value as text
+/// (`#<length>` for a value to be read in pieces).
 pub fn exact_select(column: &str) -> String {
     format!(
         "typeof({c}), CASE typeof({c}) WHEN 'integer' THEN CAST({c} AS TEXT) \
-         WHEN 'real' THEN {real} WHEN 'null' THEN NULL ELSE hex({c}) END",
+         WHEN 'real' THEN {real} WHEN 'null' THEN NULL \
+         ELSE CASE WHEN length(CAST({c} AS BLOB)) > {PIECE} THEN '#' || length(CAST({c} AS BLOB)) \
+         ELSE hex({c}) END END",
         c = column,
         real = real_bits_sql(column)
     )
 }
 
-/// SQL giving the 16 hex digits of a REAL's IEEE-754 bits, using only arithmetic (D1 has no
-/// function for it): sign, exponent by repeated scaling, and the 52-bit fraction as an integer.
+/// SQL giving a REAL exactly, as `±<integer>p<exponent>` (value = integer × 2^exponent), `±0`
+/// or `±inf`. Decimal printing in SQL is not exact for every double; scaling by powers of two is.
+/// The exponent comes from `log2` with two bits of slack, so the integer is exact whichever way
+/// `log2` rounds; the scale factor is split in two so neither overflows.
 fn real_bits_sql(c: &str) -> String {
-    // printf('%!.17g') loses -0.0 and is only as exact as the engine's printf; the bits are exact.
-    // Sign: x < 0, or x = 0 and 1/x... SQLite gives NULL for 1/0, so -0.0 is told by atan2.
+    let e = format!("(CAST(floor(log2(abs({c}))) AS INTEGER) - 54)");
     format!(
-        "(CASE WHEN {c} < 0 OR ({c} = 0 AND atan2({c}, -1) < 0) THEN '-' ELSE '+' END) || \
-         CASE WHEN {c} = 0 THEN '0' WHEN abs({c}) > 1.7976931348623157e308 THEN 'inf' \
-         ELSE printf('%!.17g', abs({c})) END"
+        "CASE WHEN {c} = 0 THEN (CASE WHEN atan2({c}, -1) < 0 THEN '-0' ELSE '+0' END) \
+         WHEN abs({c}) = 9e999 THEN (CASE WHEN {c} < 0 THEN '-inf' ELSE '+inf' END) \
+         ELSE (CASE WHEN {c} < 0 THEN '-' ELSE '+' END) || \
+         CAST(abs({c}) * pow(2, -{e} / 2) * pow(2, -{e} - (-{e} / 2)) AS INTEGER) || 'p' || {e} END"
     )
 }
 
@@ -78,6 +87,16 @@ pub fn decode_cell(kind: &Json, text: &Json, context: &dyn Fn() -> String) -> Re
                 .ok_or_else(|| bad("an integer"))?,
         ),
         "real" => Value::Real(decode_real(t.ok_or_else(|| bad("a real"))?).ok_or_else(|| bad("a real"))?),
+        "text" | "blob" if t.is_some_and(|t| t.starts_with('#')) => {
+            // A large value, read in pieces by the caller; its length for now.
+            let len: usize = t.and_then(|t| t[1..].parse().ok()).ok_or_else(|| bad("a length"))?;
+            let placeholder = vec![0u8; len];
+            if kind.as_str() == Some("text") {
+                Value::Text(placeholder)
+            } else {
+                Value::Blob(placeholder)
+            }
+        }
         "text" => Value::Text(t.and_then(decode_hex).ok_or_else(|| bad("a text"))?),
         "blob" => Value::Blob(t.and_then(decode_hex).ok_or_else(|| bad("a blob"))?),
         other => return Err(bad(&format!("a value of type {other}"))),
@@ -89,9 +108,22 @@ fn decode_real(text: &str) -> Option<f64> {
     let magnitude = match rest {
         "0" => 0.0,
         "inf" => f64::INFINITY,
-        digits => digits.parse::<f64>().ok()?,
+        scaled => {
+            let (m, e) = scaled.split_once('p')?;
+            let m: u64 = m.parse().ok()?;
+            let e: i32 = e.parse().ok()?;
+            // m < 2^56 is exact as a double; two exact power-of-two steps keep every
+            // intermediate in the normal range, so the product is the value itself.
+            let half = e / 2;
+            (m as f64) * power_of_two(half) * power_of_two(e - half)
+        }
     };
     Some(if sign == "-" { -magnitude } else { magnitude })
+}
+
+/// 2^k exactly, for k in the normal range.
+fn power_of_two(k: i32) -> f64 {
+    f64::from_bits(((k + 1023) as u64) << 52)
 }
 
 #[cfg(test)]
@@ -103,6 +135,95 @@ mod tests {
         assert_eq!(decode_real("-0").unwrap().to_bits(), (-0.0f64).to_bits());
         assert_eq!(decode_real("+inf").unwrap(), f64::INFINITY);
         assert_eq!(decode_real("-inf").unwrap(), f64::NEG_INFINITY);
-        assert_eq!(decode_real("+0.10000000000000001").unwrap(), 0.1);
+        assert_eq!(decode_real("+7205759403792794p-56").unwrap(), 0.1);
+        assert_eq!(decode_real("+18014398509481984p-1128").unwrap(), 5e-324);
+    }
+}
+
+/// A D1 database as one side of a validation (or the source of a rollback): exact reads.
+pub struct D1Side<'a> {
+    pub client: &'a D1Client,
+    pub label: &'static str,
+}
+
+/// Statements per request when reading.
+const READS_PER_REQUEST: usize = 50;
+
+impl D1Side<'_> {
+    /// Fills in a large TEXT or BLOB value piece by piece.
+    fn read_large(&self, shape: &crate::pack::Shape, row: &mut [Value], column: usize) -> Result<()> {
+        let len = row[column].size();
+        let predicate = shape.key_predicate(row);
+        let c = &shape.columns[column];
+        let table = crate::value::quote_ident(&shape.table);
+        let sqls: Vec<String> = (0..len)
+            .step_by(PIECE)
+            .map(|at| format!("SELECT hex(substr(CAST({c} AS BLOB), {}, {PIECE})) FROM {table} WHERE {predicate}", at + 1))
+            .collect();
+        let mut bytes = Vec::with_capacity(len);
+        for chunk in sqls.chunks(4) {
+            for result in self.client.read(chunk)? {
+                let hex = result.rows.first().and_then(|r| r.first()).and_then(|v| v.as_str()).unwrap_or_default();
+                bytes.extend(decode_hex(hex).ok_or_else(|| {
+                    Error::Refused(format!("table {}, column {c}: cannot read a large value from D1", shape.table))
+                })?);
+            }
+        }
+        row[column] = match row[column] {
+            Value::Text(_) => Value::Text(bytes),
+            _ => Value::Blob(bytes),
+        };
+        Ok(())
+    }
+}
+
+impl crate::validate::RowSide for D1Side<'_> {
+    fn label(&self) -> &'static str {
+        self.label
+    }
+
+    fn count(&self, table: &str) -> Result<u64> {
+        let r = self
+            .client
+            .query(&format!("SELECT count(*) FROM {}", crate::value::quote_ident(table)))?;
+        Ok(r.rows
+            .first()
+            .and_then(|row| row.first())
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0))
+    }
+
+    fn select(&self, shape: &crate::pack::Shape, tails: &[String]) -> Result<Vec<Vec<Vec<Value>>>> {
+        let list: Vec<String> = shape.columns.iter().map(|c| exact_select(c)).collect();
+        let head = format!(
+            "SELECT {} FROM {}",
+            list.join(", "),
+            crate::value::quote_ident(&shape.table)
+        );
+        let mut out = Vec::with_capacity(tails.len());
+        for chunk in tails.chunks(READS_PER_REQUEST) {
+            let sqls: Vec<String> = chunk.iter().map(|t| format!("{head} {t}")).collect();
+            let results = self.client.read(&sqls)?;
+            for result in results {
+                let mut rows = Vec::with_capacity(result.rows.len());
+                let mut large = Vec::new();
+                for raw in &result.rows {
+                    let mut row = Vec::with_capacity(shape.columns.len());
+                    for (i, pair) in raw.chunks(2).enumerate() {
+                        let context = || format!("table {}, column {}", shape.table, shape.columns[i]);
+                        if pair[1].as_str().is_some_and(|t| t.starts_with('#')) {
+                            large.push((rows.len(), i));
+                        }
+                        row.push(decode_cell(&pair[0], &pair[1], &context)?);
+                    }
+                    rows.push(row);
+                }
+                for (r, c) in large {
+                    self.read_large(shape, &mut rows[r], c)?;
+                }
+                out.push(rows);
+            }
+        }
+        Ok(out)
     }
 }

@@ -56,7 +56,7 @@ pub struct Report {
     pub objects_created: Vec<String>,
     pub skipped: Vec<Skipped>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub validation: Option<serde_json::Value>,
+    pub validation: Option<crate::validate::Validation>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -119,6 +119,9 @@ impl Report {
                 t.requests,
                 t.duration_ms as f64 / 1000.0
             ));
+        }
+        if let Some(v) = &self.validation {
+            out.push_str(&v.summary());
         }
         out.push_str(&format!(
             "HTTP requests {}, retries {}, {:.1} MB sent, {:.2} s\n",

@@ -30,6 +30,14 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
     .map_err(|e| bad(e.to_string()))?;
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(|e| bad(e.to_string()))?;
+    // Literals of extreme REALs are written `m*pow(2,e)`, as for D1; this SQLite build lacks pow.
+    conn.create_scalar_function(
+        "pow",
+        2,
+        rusqlite::functions::FunctionFlags::SQLITE_DETERMINISTIC | rusqlite::functions::FunctionFlags::SQLITE_UTF8,
+        |ctx| Ok(ctx.get::<f64>(0)?.powf(ctx.get::<f64>(1)?)),
+    )
+    .map_err(|e| bad(e.to_string()))?;
     conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0))
         .map_err(|e| match e {
             rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DatabaseBusy => {
@@ -152,5 +160,57 @@ pub fn to_sql(v: &Value) -> rusqlite::types::Value {
             Err(_) => V::Blob(b.clone()),
         },
         Value::Blob(b) => V::Blob(b.clone()),
+    }
+}
+
+/// A SQLite file as one side of a validation: a small pool of read-only connections.
+pub struct SqliteSide {
+    path: std::path::PathBuf,
+    label: &'static str,
+    pool: std::sync::Mutex<Vec<Connection>>,
+}
+
+impl SqliteSide {
+    pub fn new(path: &Path, label: &'static str) -> Result<SqliteSide> {
+        let first = open_read_only(path)?;
+        Ok(SqliteSide {
+            path: path.to_path_buf(),
+            label,
+            pool: std::sync::Mutex::new(vec![first]),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.pool.lock().expect("pool").pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => open_read_only(&self.path)?,
+        };
+        let result = f(&conn);
+        self.pool.lock().expect("pool").push(conn);
+        result
+    }
+}
+
+impl crate::validate::RowSide for SqliteSide {
+    fn label(&self) -> &'static str {
+        self.label
+    }
+
+    fn count(&self, table: &str) -> Result<u64> {
+        self.with(|c| count_rows(c, table))
+    }
+
+    fn select(&self, shape: &Shape, tails: &[String]) -> Result<Vec<Vec<Vec<Value>>>> {
+        self.with(|c| {
+            tails
+                .iter()
+                .map(|tail| {
+                    let sql = format!("SELECT {} FROM {} {tail}", shape.select_list(), quote_ident(&shape.table));
+                    let mut stmt = c.prepare_cached(&sql)?;
+                    collect(&mut stmt, &[])
+                })
+                .collect()
+        })
     }
 }

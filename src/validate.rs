@@ -1,0 +1,489 @@
+//! Validation: proves that source and target hold the same data, and names the rows that differ.
+//!
+//! Works over two [`RowSide`]s (SQLite file, D1 database), so it serves both directions. Per
+//! table: row counts; a sample of rows chosen across the whole key range, reproducible from a seed,
+//! compared by blake3 hashes of their canonical encoding; and on request a full comparison that
+//! walks the source in key pages, hashes the same key range on both sides (on the client: D1 has
+//! no hash function), and only where the hashes differ matches rows key by key. Memory is one page
+//! per side, whatever the table size. Also compares columns and indexes.
+
+use std::collections::HashMap;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::discover::{Schema, Table, TableKind};
+use crate::error::Result;
+use crate::pack::Shape;
+use crate::value::Value;
+
+/// One side of a comparison: reads rows exactly, in key order.
+pub trait RowSide: Sync {
+    fn label(&self) -> &'static str;
+    fn count(&self, table: &str) -> Result<u64>;
+    /// For each tail (`WHERE ... ORDER BY ... LIMIT ...`), the rows of `shape` it selects.
+    fn select(&self, shape: &Shape, tails: &[String]) -> Result<Vec<Vec<Vec<Value>>>>;
+}
+
+/// What validation is asked to do.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub sample_size: usize,
+    pub seed: u64,
+    pub all_rows: bool,
+    pub page: usize,
+    /// How many differing keys are described in detail per table.
+    pub max_examples: usize,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FieldDiff {
+    pub column: String,
+    pub source: String,
+    pub target: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Difference {
+    pub key: String,
+    /// "mismatch", "missing" (in the target) or "extra" (only in the target).
+    pub kind: String,
+    pub fields: Vec<FieldDiff>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct TableValidation {
+    pub table: String,
+    pub source_rows: u64,
+    pub target_rows: u64,
+    pub sampled: u64,
+    pub compared: u64,
+    pub mismatched: u64,
+    pub missing: u64,
+    pub extra: u64,
+    pub differences: Vec<Difference>,
+    pub schema_problems: Vec<String>,
+    pub warnings: Vec<String>,
+    pub ok: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Validation {
+    pub ok: bool,
+    pub full: bool,
+    pub tables: Vec<TableValidation>,
+    /// Indexes present on one side only.
+    pub index_problems: Vec<String>,
+}
+
+/// Validates every table of `source_schema` (with data) against the target.
+pub fn validate(
+    source: &dyn RowSide,
+    target: &dyn RowSide,
+    source_schema: &Schema,
+    target_schema: &Schema,
+    options: Options,
+    parallel: usize,
+) -> Result<Validation> {
+    let tables: Vec<&Table> = source_schema.tables.iter().collect();
+    let results: Vec<Result<TableValidation>> = {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for (i, t) in tables.iter().enumerate() {
+            tx.send((i, *t)).expect("queue");
+        }
+        drop(tx);
+        let out = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for _ in 0..parallel.max(1) {
+                let rx = rx.clone();
+                let out = &out;
+                scope.spawn(move || {
+                    for (i, table) in rx {
+                        let result = validate_table(source, target, table, target_schema, options)
+                            .map_err(|e| e.in_table(&table.name));
+                        out.lock().expect("results").push((i, result));
+                    }
+                });
+            }
+        });
+        let mut out = out.into_inner().expect("results");
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter().map(|(_, r)| r).collect()
+    };
+    let tables = results.into_iter().collect::<Result<Vec<_>>>()?;
+    let index_problems = compare_indexes(source_schema, target_schema);
+    Ok(Validation {
+        ok: tables.iter().all(|t| t.ok) && index_problems.is_empty(),
+        full: options.all_rows,
+        tables,
+        index_problems,
+    })
+}
+
+fn validate_table(
+    source: &dyn RowSide,
+    target: &dyn RowSide,
+    table: &Table,
+    target_schema: &Schema,
+    options: Options,
+) -> Result<TableValidation> {
+    let shape = Shape::new(table, &[]);
+    let mut v = TableValidation {
+        table: table.name.clone(),
+        ..TableValidation::default()
+    };
+    let Some(target_table) = target_schema.table(&table.name) else {
+        v.schema_problems.push(format!("{} has no table {:?}", target.label(), table.name));
+        return Ok(v);
+    };
+    v.schema_problems = compare_schema(table, target_table, target.label());
+    v.source_rows = source.count(&table.name)?;
+    v.target_rows = target.count(&table.name)?;
+    let comparison = Comparison {
+        source,
+        target,
+        shape: &shape,
+        table,
+        options,
+    };
+    if options.all_rows {
+        comparison.full(&mut v)?;
+    } else {
+        comparison.sample(&mut v)?;
+    }
+    v.ok = v.schema_problems.is_empty()
+        && v.source_rows == v.target_rows
+        && v.mismatched == 0
+        && v.missing == 0
+        && v.extra == 0;
+    Ok(v)
+}
+
+fn compare_schema(source: &Table, target: &Table, label: &str) -> Vec<String> {
+    let cols = |t: &Table| -> Vec<(String, String)> {
+        t.columns
+            .iter()
+            .map(|c| (c.name.clone(), c.decl_type.to_ascii_uppercase()))
+            .collect()
+    };
+    let mut problems = Vec::new();
+    if cols(source) != cols(target) {
+        problems.push(format!(
+            "columns differ: source {:?}, {label} {:?}",
+            cols(source),
+            cols(target)
+        ));
+    }
+    if std::mem::discriminant(&source.kind) != std::mem::discriminant(&target.kind)
+        || matches!((&source.kind, &target.kind), (TableKind::Rowid { rowid_alias: a }, TableKind::Rowid { rowid_alias: b }) if a != b)
+    {
+        problems.push(format!("table kind differs: source {:?}, {label} {:?}", source.kind, target.kind));
+    }
+    problems
+}
+
+/// Indexes that exist on one side and not the other.
+fn compare_indexes(source: &Schema, target: &Schema) -> Vec<String> {
+    let names = |s: &Schema| -> Vec<String> {
+        let mut n: Vec<String> = s
+            .objects
+            .iter()
+            .filter(|o| o.kind == "index" && source.table(&o.table).is_some())
+            .map(|o| o.name.to_lowercase())
+            .collect();
+        n.sort();
+        n
+    };
+    let (a, b) = (names(source), names(target));
+    let mut problems = Vec::new();
+    for n in &a {
+        if !b.contains(n) {
+            problems.push(format!("index {n:?} is missing from the target"));
+        }
+    }
+    for n in &b {
+        if !a.contains(n) {
+            problems.push(format!("index {n:?} exists only on the target"));
+        }
+    }
+    problems
+}
+
+/// The canonical bytes of a row, and of its key.
+fn canonical(row: &[Value]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(b"d1m-row-v1");
+    for v in row {
+        v.write_canonical(&mut out);
+    }
+    out
+}
+
+fn key_of(shape: &Shape, row: &[Value]) -> Vec<u8> {
+    let key: Vec<Value> = shape.key_positions.iter().map(|&p| row[p].clone()).collect();
+    canonical(&key)
+}
+
+fn describe(v: &Value) -> String {
+    let text = match v {
+        Value::Text(b) => format!("text {:?}", String::from_utf8_lossy(b)),
+        Value::Blob(b) => format!("blob of {} bytes ({})", b.len(), blake3::hash(b).to_hex()),
+        Value::Real(r) => format!("real {r:?} (bits {:016x})", r.to_bits()),
+        Value::Integer(i) => format!("integer {i}"),
+        Value::Null => "null".into(),
+    };
+    if text.len() > 120 {
+        let mut end = 120;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &text[..end])
+    } else {
+        text
+    }
+}
+
+struct Comparison<'a> {
+    source: &'a dyn RowSide,
+    target: &'a dyn RowSide,
+    shape: &'a Shape,
+    table: &'a Table,
+    options: Options,
+}
+
+impl Comparison<'_> {
+    fn keys_sql(&self) -> String {
+        self.shape.key_exprs.join(", ")
+    }
+
+    fn key_tuple(&self, row: &[Value]) -> String {
+        let parts: Vec<String> = self.shape.key_positions.iter().map(|&p| row[p].literal()).collect();
+        format!("({})", parts.join(", "))
+    }
+
+    /// Rows of the source spread over the key range, then the same keys on the target.
+    fn sample(&self, v: &mut TableValidation) -> Result<()> {
+        let n = self.options.sample_size;
+        if n == 0 || v.source_rows == 0 {
+            return Ok(());
+        }
+        let mut rng = StdRng::seed_from_u64(self.options.seed ^ table_seed(&self.table.name));
+        let keys = self.keys_sql();
+        let tails: Vec<String> = if self.single_integer_key() {
+            let ends = self.source.select(
+                self.shape,
+                &[format!("ORDER BY {keys} LIMIT 1"), format!("ORDER BY {keys} DESC LIMIT 1")],
+            )?;
+            let bound = |rows: &Vec<Vec<Value>>| match rows.first().map(|r| &r[self.shape.key_positions[0]]) {
+                Some(Value::Integer(i)) => *i,
+                _ => 0,
+            };
+            let (lo, hi) = (bound(&ends[0]), bound(&ends[1]));
+            (0..n)
+                .map(|_| format!("WHERE {keys} >= {} ORDER BY {keys} LIMIT 1", rng.random_range(lo..=hi)))
+                .collect()
+        } else {
+            (0..n.min(v.source_rows as usize))
+                .map(|_| format!("ORDER BY {keys} LIMIT 1 OFFSET {}", rng.random_range(0..v.source_rows)))
+                .collect()
+        };
+        let mut rows: Vec<Vec<Value>> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for found in self.source.select(self.shape, &tails)? {
+            for row in found {
+                if seen.insert(key_of(self.shape, &row)) {
+                    rows.push(row);
+                }
+            }
+        }
+        v.sampled = rows.len() as u64;
+        self.check_json(&rows, v);
+        for chunk in rows.chunks(50) {
+            let tuples: Vec<String> = chunk.iter().map(|r| self.key_tuple(r)).collect();
+            let tail = format!("WHERE ({keys}) IN (VALUES {}) ORDER BY {keys}", tuples.join(", "));
+            let target_rows = self.target.select(self.shape, &[tail])?.pop().unwrap_or_default();
+            self.match_rows(chunk, &target_rows, false, v);
+        }
+        Ok(())
+    }
+
+    fn single_integer_key(&self) -> bool {
+        matches!(self.table.kind, TableKind::Rowid { .. } | TableKind::Virtual { .. })
+    }
+
+    /// Every row: source pages in key order; the same key range read from the target; rows
+    /// matched key by key only when the two pages' hashes differ. What the target holds beyond
+    /// the source's last key is extra.
+    fn full(&self, v: &mut TableValidation) -> Result<()> {
+        let keys = self.keys_sql();
+        let page = self.options.page;
+        let mut after: Option<String> = None;
+        let lower = |after: &Option<String>| {
+            after
+                .as_ref()
+                .map(|k| format!("WHERE ({keys}) > {k}"))
+                .unwrap_or_default()
+        };
+        loop {
+            let tail = format!("{} ORDER BY {keys} LIMIT {page}", lower(&after));
+            let source_rows = self.source.select(self.shape, &[tail.clone()])?.pop().unwrap_or_default();
+            let Some(last) = source_rows.last() else {
+                loop {
+                    let tail = format!("{} ORDER BY {keys} LIMIT {page}", lower(&after));
+                    let extra = self.target.select(self.shape, &[tail])?.pop().unwrap_or_default();
+                    let Some(last) = extra.last() else {
+                        return Ok(());
+                    };
+                    after = Some(self.key_tuple(last));
+                    self.match_rows(&[], &extra, true, v);
+                }
+            };
+            let upper = self.key_tuple(last);
+            let range = match &after {
+                Some(k) => format!("WHERE ({keys}) > {k} AND ({keys}) <= {upper}"),
+                None => format!("WHERE ({keys}) <= {upper}"),
+            };
+            let target_rows = self
+                .target
+                .select(self.shape, &[format!("{range} ORDER BY {keys}")])?
+                .pop()
+                .unwrap_or_default();
+            self.check_json(&source_rows, v);
+            if page_hash(&source_rows) == page_hash(&target_rows) {
+                v.compared += source_rows.len() as u64;
+            } else {
+                self.match_rows(&source_rows, &target_rows, true, v);
+            }
+            after = Some(upper);
+        }
+    }
+
+    /// Source values of JSON-declared columns that are not valid JSON: a warning, not a mismatch
+    /// (they are copied as they are).
+    fn check_json(&self, rows: &[Vec<Value>], v: &mut TableValidation) {
+        let json: Vec<usize> = self
+            .shape
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| {
+                self.table
+                    .columns
+                    .iter()
+                    .any(|t| crate::value::quote_ident(&t.name) == **c && t.decl_type.to_ascii_uppercase().contains("JSON"))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        for row in rows {
+            for &i in &json {
+                if let Value::Text(b) = &row[i] {
+                    if serde_json::from_slice::<serde_json::Value>(b).is_err() && v.warnings.len() < self.options.max_examples {
+                        v.warnings.push(format!(
+                            "key {}: column {} holds text that is not valid JSON",
+                            self.shape.key_text(row),
+                            self.shape.columns[i]
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Matches source rows with target rows by key and records what differs.
+    fn match_rows(&self, source: &[Vec<Value>], target: &[Vec<Value>], count_extra: bool, v: &mut TableValidation) {
+        let mut by_key: HashMap<Vec<u8>, &Vec<Value>> =
+            target.iter().map(|r| (key_of(self.shape, r), r)).collect();
+        for row in source {
+            v.compared += 1;
+            match by_key.remove(&key_of(self.shape, row)) {
+                None => {
+                    v.missing += 1;
+                    self.example(v, row, "missing", Vec::new());
+                }
+                Some(other) if blake3::hash(&canonical(row)) != blake3::hash(&canonical(other)) => {
+                    v.mismatched += 1;
+                    let fields = self
+                        .shape
+                        .columns
+                        .iter()
+                        .zip(row.iter().zip(other.iter()))
+                        .filter(|(_, (a, b))| canonical(&[(*a).clone()]) != canonical(&[(*b).clone()]))
+                        .map(|(c, (a, b))| FieldDiff {
+                            column: c.clone(),
+                            source: describe(a),
+                            target: describe(b),
+                        })
+                        .collect();
+                    self.example(v, row, "mismatch", fields);
+                }
+                Some(_) => {}
+            }
+        }
+        if count_extra {
+            let mut extra: Vec<&Vec<Value>> = by_key.into_values().collect();
+            extra.sort_by_key(|r| self.shape.key_text(r));
+            for row in extra {
+                v.extra += 1;
+                self.example(v, row, "extra", Vec::new());
+            }
+        }
+    }
+
+    fn example(&self, v: &mut TableValidation, row: &[Value], kind: &str, fields: Vec<FieldDiff>) {
+        if v.differences.len() < self.options.max_examples {
+            v.differences.push(Difference {
+                key: self.shape.key_text(row),
+                kind: kind.to_string(),
+                fields,
+            });
+        }
+    }
+}
+
+fn page_hash(rows: &[Vec<Value>]) -> blake3::Hash {
+    let mut hasher = blake3::Hasher::new();
+    for r in rows {
+        hasher.update(&canonical(r));
+    }
+    hasher.finalize()
+}
+
+fn table_seed(name: &str) -> u64 {
+    let h = blake3::hash(name.as_bytes());
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+impl Validation {
+    /// A short text for the end-of-run summary.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        for p in &self.index_problems {
+            out.push_str(&format!("validate: {p}\n"));
+        }
+        for t in &self.tables {
+            let verdict = if t.ok { "ok" } else { "DIFFERS" };
+            out.push_str(&format!(
+                "validate {:<24} {verdict}: rows {} / {}, {} {}, {} mismatched, {} missing, {} extra\n",
+                t.table,
+                t.source_rows,
+                t.target_rows,
+                if self.full { t.compared } else { t.sampled },
+                if self.full { "compared" } else { "sampled" },
+                t.mismatched,
+                t.missing,
+                t.extra
+            ));
+            for p in &t.schema_problems {
+                out.push_str(&format!("  schema: {p}\n"));
+            }
+            for d in &t.differences {
+                out.push_str(&format!("  {} key {}\n", d.kind, d.key));
+                for f in &d.fields {
+                    out.push_str(&format!("    {}: source {} / target {}\n", f.column, f.source, f.target));
+                }
+            }
+        }
+        out
+    }
+}
