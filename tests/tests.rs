@@ -4,6 +4,7 @@
 //! - `local_d1`: the local D1 server speaks D1's REST API, enforces D1's limits, injects faults.
 //! - `forward`: SQLite → D1 copies are exact (`sqldiff`), under faults too, and bad input is
 //!   refused before anything is written.
+//! - `validate`: clean copies pass; each kind of tampering is caught and named.
 
 #[path = "suite/harness.rs"]
 mod harness;
@@ -13,3 +14,6 @@ mod local_d1;
 
 #[path = "suite/forward.rs"]
 mod forward;
+
+#[path = "suite/validate.rs"]
+mod validate;
