@@ -22,7 +22,11 @@ fn rows(n: usize) -> Vec<Vec<Value>> {
 fn shape() -> Shape {
     let col = |name: &str, pk: i64| Column {
         name: name.into(),
-        decl_type: if pk > 0 { "INTEGER".into() } else { String::new() },
+        decl_type: if pk > 0 {
+            "INTEGER".into()
+        } else {
+            String::new()
+        },
         not_null: false,
         pk,
         hidden: 0,
@@ -30,8 +34,16 @@ fn shape() -> Shape {
     let table = Table {
         name: "Order Details".into(),
         sql: String::new(),
-        kind: TableKind::Rowid { rowid_alias: Some("id".into()) },
-        columns: vec![col("id", 1), col("qty", 0), col("price", 0), col("name", 0), col("tag", 0)],
+        kind: TableKind::Rowid {
+            rowid_alias: Some("id".into()),
+        },
+        columns: vec![
+            col("id", 1),
+            col("qty", 0),
+            col("price", 0),
+            col("name", 0),
+            col("tag", 0),
+        ],
         foreign_keys: vec![],
     };
     Shape::new(&table, &[])
@@ -60,7 +72,8 @@ fn reading(c: &mut Criterion) {
     let path = dir.path().join("bench.sqlite");
     d1_migrator::fixture::sample(&path, 10).unwrap();
     let conn = d1_migrator::source::open_read_only(&path).unwrap();
-    let schema = d1_migrator::discover::discover(&d1_migrator::source::SqliteCatalog(&conn)).unwrap();
+    let schema =
+        d1_migrator::discover::discover(&d1_migrator::source::SqliteCatalog(&conn)).unwrap();
     let table = schema.table("order_lines").unwrap().clone();
     let shape = Shape::new(&table, &[]);
     c.bench_function("read order_lines in batches of 1000", |b| {

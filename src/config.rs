@@ -118,13 +118,13 @@ impl Config {
     pub fn from_vars<I: IntoIterator<Item = (String, String)>>(vars: I) -> Result<Config> {
         let vars: Vec<(String, String)> = vars.into_iter().collect();
         let raw: RawConfig = envy::prefixed("MIGRATION_")
-            .from_iter(vars.iter().filter(|(k, _)| k.starts_with("MIGRATION_")).cloned())
+            .from_iter(
+                vars.iter()
+                    .filter(|(k, _)| k.starts_with("MIGRATION_"))
+                    .cloned(),
+            )
             .map_err(|e| Error::Config(envy_message(e)))?;
-        let get = |name: &str| {
-            vars.iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        };
+        let get = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         Config::from_raw(
             raw,
             get("CLOUDFLARE_ACCOUNT_ID"),
@@ -132,7 +132,11 @@ impl Config {
         )
     }
 
-    pub fn from_raw(raw: RawConfig, account: Option<String>, token: Option<String>) -> Result<Config> {
+    pub fn from_raw(
+        raw: RawConfig,
+        account: Option<String>,
+        token: Option<String>,
+    ) -> Result<Config> {
         let required = |value: Option<String>, name: &str| {
             value
                 .filter(|v| !v.trim().is_empty())
@@ -142,7 +146,9 @@ impl Config {
         let database_id = required(raw.d1_database_id, "MIGRATION_D1_DATABASE_ID")?;
         let account_id = required(account, "CLOUDFLARE_ACCOUNT_ID")?;
         let token = required(token, "CLOUDFLARE_API_TOKEN")?;
-        let api_url = raw.d1_api_url.unwrap_or_else(|| DEFAULT_API_URL.to_string());
+        let api_url = raw
+            .d1_api_url
+            .unwrap_or_else(|| DEFAULT_API_URL.to_string());
         if !(api_url.starts_with("http://") || api_url.starts_with("https://")) {
             return Err(Error::Config(format!(
                 "MIGRATION_D1_API_URL must start with http:// or https://, got {api_url:?}"
@@ -151,7 +157,10 @@ impl Config {
         let direction = choice(
             raw.direction,
             "MIGRATION_DIRECTION",
-            &[("sqlite-to-d1", Direction::SqliteToD1), ("d1-to-sqlite", Direction::D1ToSqlite)],
+            &[
+                ("sqlite-to-d1", Direction::SqliteToD1),
+                ("d1-to-sqlite", Direction::D1ToSqlite),
+            ],
         )?;
         let rollback_mode = choice(
             raw.rollback_mode,
@@ -165,7 +174,10 @@ impl Config {
         let mode = choice(
             raw.mode,
             "MIGRATION_MODE",
-            &[("migrate", RunMode::Migrate), ("validate", RunMode::Validate)],
+            &[
+                ("migrate", RunMode::Migrate),
+                ("validate", RunMode::Validate),
+            ],
         )?;
         let log_level = choice(
             raw.log,
@@ -177,7 +189,13 @@ impl Config {
                 ("debug", Level::Debug),
             ],
         )?;
-        let request_bytes = number(raw.request_bytes, "MIGRATION_REQUEST_BYTES", 1 << 20, 100_000, 100 << 20)?;
+        let request_bytes = number(
+            raw.request_bytes,
+            "MIGRATION_REQUEST_BYTES",
+            1 << 20,
+            100_000,
+            100 << 20,
+        )?;
         Ok(Config {
             sqlite_path,
             endpoint: Endpoint {
@@ -198,16 +216,24 @@ impl Config {
             },
             retry: RetryPolicy {
                 max_retries: number(raw.max_retries, "MIGRATION_MAX_RETRIES", 8, 0, 100)? as u32,
-                timeout: Duration::from_millis(
-                    number(raw.timeout, "MIGRATION_TIMEOUT", 60_000, 100, 3_600_000)? as u64,
-                ),
+                timeout: Duration::from_millis(number(
+                    raw.timeout,
+                    "MIGRATION_TIMEOUT",
+                    60_000,
+                    100,
+                    3_600_000,
+                )? as u64),
                 rate_limit: number(raw.rate_limit, "MIGRATION_RATE_LIMIT", 1100, 0, 1_000_000)?,
                 ..RetryPolicy::default()
             },
             tables: list(raw.tables),
             exclude_tables: list(raw.exclude_tables),
             validate: boolean(raw.validate, "MIGRATION_VALIDATE", true)?,
-            validate_all_rows: boolean(raw.validate_all_rows, "MIGRATION_VALIDATE_ALL_ROWS", false)?,
+            validate_all_rows: boolean(
+                raw.validate_all_rows,
+                "MIGRATION_VALIDATE_ALL_ROWS",
+                false,
+            )?,
             sample_size: number(raw.sample_size, "MIGRATION_SAMPLE_SIZE", 100, 0, 10_000_000)?,
             sample_seed: number(raw.sample_seed, "MIGRATION_SAMPLE_SEED", 0, 0, usize::MAX)? as u64,
             report: raw.report.filter(|r| !r.is_empty()).map(PathBuf::from),
@@ -230,13 +256,20 @@ fn envy_message(e: envy::Error) -> String {
     text
 }
 
-fn number(value: Option<String>, name: &str, default: usize, min: usize, max: usize) -> Result<usize> {
+fn number(
+    value: Option<String>,
+    name: &str,
+    default: usize,
+    min: usize,
+    max: usize,
+) -> Result<usize> {
     let Some(text) = value else {
         return Ok(default);
     };
-    let n: usize = text.trim().parse().map_err(|_| {
-        Error::Config(format!("{name} must be a whole number, got {text:?}"))
-    })?;
+    let n: usize = text
+        .trim()
+        .parse()
+        .map_err(|_| Error::Config(format!("{name} must be a whole number, got {text:?}")))?;
     if n < min || n > max {
         return Err(Error::Config(format!(
             "{name} must be between {min} and {max}, got {n}"
@@ -250,7 +283,9 @@ fn boolean(value: Option<String>, name: &str, default: bool) -> Result<bool> {
         None => Ok(default),
         Some(v) if ["true", "1", "yes", "on"].contains(&v.as_str()) => Ok(true),
         Some(v) if ["false", "0", "no", "off"].contains(&v.as_str()) => Ok(false),
-        Some(v) => Err(Error::Config(format!("{name} must be true or false, got {v:?}"))),
+        Some(v) => Err(Error::Config(format!(
+            "{name} must be true or false, got {v:?}"
+        ))),
     }
 }
 
@@ -264,7 +299,10 @@ fn choice<T: Copy>(value: Option<String>, name: &str, options: &[(&str, T)]) -> 
         .map(|(_, v)| *v)
         .ok_or_else(|| {
             let names: Vec<&str> = options.iter().map(|(o, _)| *o).collect();
-            Error::Config(format!("{name} must be one of {}, got {text:?}", names.join(", ")))
+            Error::Config(format!(
+                "{name} must be one of {}, got {text:?}",
+                names.join(", ")
+            ))
         })
 }
 

@@ -83,7 +83,9 @@ pub enum Verdict {
         after: Option<Duration>,
     },
     /// The request is too large for the engine: send it in smaller pieces.
-    Shrink { reason: String },
+    Shrink {
+        reason: String,
+    },
     /// It can only fail again.
     Fail,
 }
@@ -235,7 +237,11 @@ impl D1Client {
         self.send(statements, false).map_err(|f| f.error)
     }
 
-    fn send<S: AsRef<str>>(&self, statements: &[S], defer_keys: bool) -> Result<Vec<RawResult>, Failure> {
+    fn send<S: AsRef<str>>(
+        &self,
+        statements: &[S],
+        defer_keys: bool,
+    ) -> Result<Vec<RawResult>, Failure> {
         let body = batch_body(statements, defer_keys);
         let mut attempt = 0u32;
         loop {
@@ -260,7 +266,9 @@ impl D1Client {
                 }
                 Verdict::Fail => {
                     return Err(Failure {
-                        error: outcome.err().unwrap_or(D1Error::BadAnswer("no error".into())),
+                        error: outcome
+                            .err()
+                            .unwrap_or(D1Error::BadAnswer("no error".into())),
                         shrink: false,
                     })
                 }
@@ -307,7 +315,10 @@ impl D1Client {
         let response = self
             .agent
             .post(&self.url)
-            .header("Authorization", &format!("Bearer {}", self.endpoint.token.expose()))
+            .header(
+                "Authorization",
+                &format!("Bearer {}", self.endpoint.token.expose()),
+            )
             .header("Content-Type", "application/json")
             .send(body);
         let mut response = match response {
@@ -357,7 +368,13 @@ impl D1Client {
             Err(_) => {
                 let snippet: String = text.chars().take(200).collect();
                 let verdict = classify(status, &[snippet.clone()], retry_after);
-                return (verdict, Err(D1Error::Http { status, message: snippet }));
+                return (
+                    verdict,
+                    Err(D1Error::Http {
+                        status,
+                        message: snippet,
+                    }),
+                );
             }
         };
         let mut messages: Vec<String> = envelope
@@ -495,22 +512,43 @@ mod tests {
             Verdict::Retry { .. }
         ));
         assert!(matches!(
-            classify(500, &msgs("Internal error in D1 DB storage caused object to be reset."), None),
+            classify(
+                500,
+                &msgs("Internal error in D1 DB storage caused object to be reset."),
+                None
+            ),
             Verdict::Retry { .. }
         ));
-        assert!(matches!(classify(502, &msgs("<html>bad gateway"), None), Verdict::Retry { .. }));
+        assert!(matches!(
+            classify(502, &msgs("<html>bad gateway"), None),
+            Verdict::Retry { .. }
+        ));
     }
 
     #[test]
     fn sql_and_auth_errors_are_not_retried() {
         assert_eq!(
-            classify(400, &msgs("no such table: x: SQLITE_ERROR [code 7500]"), None),
+            classify(
+                400,
+                &msgs("no such table: x: SQLITE_ERROR [code 7500]"),
+                None
+            ),
             Verdict::Fail
         );
-        assert_eq!(classify(403, &msgs("Authentication error [code 10000]"), None), Verdict::Fail);
-        assert_eq!(classify(404, &msgs("not found [code 7404]"), None), Verdict::Fail);
         assert_eq!(
-            classify(400, &msgs("FOREIGN KEY constraint failed: SQLITE_CONSTRAINT"), None),
+            classify(403, &msgs("Authentication error [code 10000]"), None),
+            Verdict::Fail
+        );
+        assert_eq!(
+            classify(404, &msgs("not found [code 7404]"), None),
+            Verdict::Fail
+        );
+        assert_eq!(
+            classify(
+                400,
+                &msgs("FOREIGN KEY constraint failed: SQLITE_CONSTRAINT"),
+                None
+            ),
             Verdict::Fail
         );
     }

@@ -15,10 +15,14 @@ pub trait Catalog {
 #[derive(Debug, Clone, PartialEq)]
 pub enum TableKind {
     /// A table with a rowid (`rowid_alias` names its INTEGER PRIMARY KEY column, if any).
-    Rowid { rowid_alias: Option<String> },
+    Rowid {
+        rowid_alias: Option<String>,
+    },
     WithoutRowid,
     /// A virtual table of the named module (fts5, rtree, ...).
-    Virtual { module: String },
+    Virtual {
+        module: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -64,7 +68,10 @@ impl Table {
     /// not already a column: `rowid`, `_rowid_` or `oid`, whichever no column shadows.
     pub fn hidden_rowid(&self) -> Option<&'static str> {
         match &self.kind {
-            TableKind::Rowid { rowid_alias: Some(_) } | TableKind::WithoutRowid => None,
+            TableKind::Rowid {
+                rowid_alias: Some(_),
+            }
+            | TableKind::WithoutRowid => None,
             TableKind::Rowid { rowid_alias: None } | TableKind::Virtual { .. } => {
                 ["rowid", "_rowid_", "oid"].into_iter().find(|alias| {
                     !self
@@ -164,16 +171,19 @@ pub fn discover(db: &dyn Catalog) -> Result<Schema> {
             .map(|r| (text(&r[1]), int(&r[2]) != 0))
     };
 
-    let rows = db.query(
-        "SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY rowid",
-    )?;
+    let rows = db.query("SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY rowid")?;
     for row in rows {
         let (kind, name, table, sql) = (text(&row[0]), text(&row[1]), text(&row[2]), text(&row[3]));
         if kind != "table" {
             if sql.is_empty() || is_d1_internal(&table) || table.starts_with("sqlite_") {
                 continue; // automatic indexes, and objects of internal tables
             }
-            schema.objects.push(SchemaObject { kind, name, table, sql });
+            schema.objects.push(SchemaObject {
+                kind,
+                name,
+                table,
+                sql,
+            });
             continue;
         }
         if name == "sqlite_sequence" {
@@ -195,17 +205,18 @@ pub fn discover(db: &dyn Catalog) -> Result<Schema> {
             continue;
         }
         let columns = columns(db, &name)?;
-        let kind = if list_type == "virtual" || sql.to_ascii_uppercase().starts_with("CREATE VIRTUAL") {
-            TableKind::Virtual {
-                module: virtual_module(&sql),
-            }
-        } else if without_rowid {
-            TableKind::WithoutRowid
-        } else {
-            TableKind::Rowid {
-                rowid_alias: rowid_alias(&columns),
-            }
-        };
+        let kind =
+            if list_type == "virtual" || sql.to_ascii_uppercase().starts_with("CREATE VIRTUAL") {
+                TableKind::Virtual {
+                    module: virtual_module(&sql),
+                }
+            } else if without_rowid {
+                TableKind::WithoutRowid
+            } else {
+                TableKind::Rowid {
+                    rowid_alias: rowid_alias(&columns),
+                }
+            };
         let foreign_keys = if matches!(kind, TableKind::Virtual { .. }) {
             Vec::new()
         } else {

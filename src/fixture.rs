@@ -62,7 +62,9 @@ pub fn sample(path: &Path, scale: usize) -> Result<()> {
         let mut c = tx.prepare("INSERT INTO customers (id, name, email, referred_by, created_at) VALUES (?, ?, ?, ?, ?)")?;
         for id in 1..=customers as i64 {
             // Some customers were referred by customers with a higher id (imported later).
-            let referred: Option<i64> = rng.random_bool(0.3).then(|| rng.random_range(1..=customers as i64));
+            let referred: Option<i64> = rng
+                .random_bool(0.3)
+                .then(|| rng.random_range(1..=customers as i64));
             c.execute(params![
                 id,
                 format!("Customer {id} O'Brien"),
@@ -74,14 +76,28 @@ pub fn sample(path: &Path, scale: usize) -> Result<()> {
         let products = 50 * scale;
         let mut p = tx.prepare("INSERT INTO products (name, price, picture) VALUES (?, ?, ?)")?;
         for id in 1..=products {
-            let picture: Vec<u8> = (0..rng.random_range(0..512)).map(|_| rng.random()).collect();
-            p.execute(params![format!("Product №{id}"), rng.random_range(1.0..500.0f64), picture])?;
+            let picture: Vec<u8> = (0..rng.random_range(0..512))
+                .map(|_| rng.random())
+                .collect();
+            p.execute(params![
+                format!("Product №{id}"),
+                rng.random_range(1.0..500.0f64),
+                picture
+            ])?;
         }
-        let mut o = tx.prepare("INSERT INTO orders (id, customer_id, placed_at, note) VALUES (?, ?, ?, ?)")?;
+        let mut o = tx
+            .prepare("INSERT INTO orders (id, customer_id, placed_at, note) VALUES (?, ?, ?, ?)")?;
         let mut l = tx.prepare("INSERT OR IGNORE INTO order_lines VALUES (?, ?, ?, ?)")?;
         for id in 1..=(1000 * scale) as i64 {
-            let note = rng.random_bool(0.1).then_some("leave at the door; ring twice\r\nthanks");
-            o.execute(params![id, rng.random_range(1..=customers as i64), "2024-02-01", note])?;
+            let note = rng
+                .random_bool(0.1)
+                .then_some("leave at the door; ring twice\r\nthanks");
+            o.execute(params![
+                id,
+                rng.random_range(1..=customers as i64),
+                "2024-02-01",
+                note
+            ])?;
             for _ in 0..rng.random_range(1..5) {
                 l.execute(params![
                     id,
@@ -163,7 +179,9 @@ pub fn edge_cases(path: &Path) -> Result<()> {
         "#,
     )?;
     {
-        let mut v = tx.prepare(r#"INSERT INTO "values" (id, anything, i, r, t, b, n) VALUES (?, ?, ?, ?, ?, ?, ?)"#)?;
+        let mut v = tx.prepare(
+            r#"INSERT INTO "values" (id, anything, i, r, t, b, n) VALUES (?, ?, ?, ?, ?, ?, ?)"#,
+        )?;
         let texts: Vec<&str> = vec![
             "",
             "it's \"quoted\"",
@@ -190,7 +208,16 @@ pub fn edge_cases(path: &Path) -> Result<()> {
             123456789.12345679,
             -1.5e-310,
         ];
-        let ints = [0, 1, -1, i64::MIN, i64::MAX, (1 << 53) + 1, -(1 << 53) - 1, 1 << 62];
+        let ints = [
+            0,
+            1,
+            -1,
+            i64::MIN,
+            i64::MAX,
+            (1 << 53) + 1,
+            -(1 << 53) - 1,
+            1 << 62,
+        ];
         let mut id = 1i64;
         let mut rng = StdRng::seed_from_u64(7);
         for (k, &r) in reals.iter().enumerate() {
@@ -207,7 +234,15 @@ pub fn edge_cases(path: &Path) -> Result<()> {
                     break x;
                 }
             };
-            v.execute(params![id, r, rng.random::<i64>(), r, format!("{r:e}"), rng.random::<[u8; 16]>().to_vec(), r])?;
+            v.execute(params![
+                id,
+                r,
+                rng.random::<i64>(),
+                r,
+                format!("{r:e}"),
+                rng.random::<[u8; 16]>().to_vec(),
+                r
+            ])?;
             id += 1;
         }
         // Values that defy their column's affinity, and TEXT that is not plain.
@@ -229,7 +264,11 @@ pub fn edge_cases(path: &Path) -> Result<()> {
         big.execute(params![3, blob(250_000), "x".repeat(120_000)])?;
         // The largest row D1 accepts is 2,000,000 bytes.
         big.execute(params![4, blob(1_990_000), "end"])?;
-        big.execute(params![5, Option::<Vec<u8>>::None, format!("{}\0{}", "é".repeat(60_000), "tail")])?;
+        big.execute(params![
+            5,
+            Option::<Vec<u8>>::None,
+            format!("{}\0{}", "é".repeat(60_000), "tail")
+        ])?;
     }
     tx.commit()?;
     db.execute_batch(

@@ -18,6 +18,7 @@ pub mod plan;
 pub mod progress;
 pub mod remote;
 pub mod report;
+pub mod rollback;
 pub mod source;
 pub mod validate;
 pub mod value;
@@ -61,7 +62,10 @@ fn validation(config: &Config, client: &D1Client) -> Result<validate::Validation
         Direction::SqliteToD1 => "target (D1)",
         Direction::D1ToSqlite => "source (D1)",
     };
-    let d1 = remote::D1Side { client, label: d1_label };
+    let d1 = remote::D1Side {
+        client,
+        label: d1_label,
+    };
     let d1_schema = discover::discover(&remote::D1Catalog(client))?;
     let options = validate::Options {
         sample_size: config.sample_size,
@@ -70,18 +74,33 @@ fn validation(config: &Config, client: &D1Client) -> Result<validate::Validation
         page: 5000,
         max_examples: 10,
     };
-    let (mut source_schema, target_schema, source_side, target_side): (_, _, &dyn validate::RowSide, &dyn validate::RowSide) =
-        match config.direction {
-            Direction::SqliteToD1 => (sqlite_schema, d1_schema, &sqlite, &d1),
-            Direction::D1ToSqlite => (d1_schema, sqlite_schema, &d1, &sqlite),
-        };
+    let (mut source_schema, target_schema, source_side, target_side): (
+        _,
+        _,
+        &dyn validate::RowSide,
+        &dyn validate::RowSide,
+    ) = match config.direction {
+        Direction::SqliteToD1 => (sqlite_schema, d1_schema, &sqlite, &d1),
+        Direction::D1ToSqlite => (d1_schema, sqlite_schema, &d1, &sqlite),
+    };
     migrate::select_tables(&mut source_schema, &config.tables, &config.exclude_tables)?;
-    validate::validate(source_side, target_side, &source_schema, &target_schema, options, config.parallel_tables)
+    validate::validate(
+        source_side,
+        target_side,
+        &source_schema,
+        &target_schema,
+        options,
+        config.parallel_tables,
+    )
 }
 
 /// Runs what the configuration asks for and writes the report.
 pub fn run(config: &Config) -> Outcome {
-    log::set_level(if config.quiet { log::Level::Error } else { config.log_level });
+    log::set_level(if config.quiet {
+        log::Level::Error
+    } else {
+        config.log_level
+    });
     let started = Instant::now();
     let direction = match config.direction {
         Direction::SqliteToD1 => "sqlite-to-d1",
@@ -96,10 +115,12 @@ pub fn run(config: &Config) -> Outcome {
     let client = D1Client::new(config.endpoint.clone(), config.retry.clone());
     let copied = match (config.direction, config.mode) {
         (_, RunMode::Validate) => Ok(()),
-        (Direction::SqliteToD1, RunMode::Migrate) => migrate::forward(config, &client, &progress, &mut report),
-        (Direction::D1ToSqlite, RunMode::Migrate) => Err(Error::Config(
-            "MIGRATION_DIRECTION=d1-to-sqlite is not available yet".into(),
-        )),
+        (Direction::SqliteToD1, RunMode::Migrate) => {
+            migrate::forward(config, &client, &progress, &mut report)
+        }
+        (Direction::D1ToSqlite, RunMode::Migrate) => {
+            rollback::rollback(config, &client, &progress, &mut report)
+        }
     };
     let result = copied.and_then(|()| {
         if config.mode == RunMode::Validate || config.validate {
@@ -126,7 +147,9 @@ pub fn run(config: &Config) -> Outcome {
     let counters = &client.counters;
     report.http_requests = counters.requests.load(std::sync::atomic::Ordering::Relaxed);
     report.retries = counters.retries.load(std::sync::atomic::Ordering::Relaxed);
-    report.bytes_sent = counters.bytes_sent.load(std::sync::atomic::Ordering::Relaxed);
+    report.bytes_sent = counters
+        .bytes_sent
+        .load(std::sync::atomic::Ordering::Relaxed);
     report.duration_ms = started.elapsed().as_millis() as u64;
     report.total();
     report.success = result.is_ok();

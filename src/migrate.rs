@@ -46,15 +46,28 @@ pub fn select_tables(schema: &mut Schema, include: &[String], exclude: &[String]
     schema
         .objects
         .retain(|o| o.kind == "view" || kept(&o.table));
-    schema.sequence.retain(|s| kept(&s.name) && schema.tables.iter().any(|t| t.name.eq_ignore_ascii_case(&s.name)));
+    schema.sequence.retain(|s| {
+        kept(&s.name)
+            && schema
+                .tables
+                .iter()
+                .any(|t| t.name.eq_ignore_ascii_case(&s.name))
+    });
     for name in dropped {
-        schema.skipped.push((name, "excluded by configuration".into()));
+        schema
+            .skipped
+            .push((name, "excluded by configuration".into()));
     }
     Ok(())
 }
 
 /// Runs the forward migration, filling `report`.
-pub fn forward(config: &Config, client: &D1Client, progress: &Progress, report: &mut Report) -> Result<()> {
+pub fn forward(
+    config: &Config,
+    client: &D1Client,
+    progress: &Progress,
+    report: &mut Report,
+) -> Result<()> {
     let source = open_read_only(&config.sqlite_path)?;
     let mut schema = discover(&SqliteCatalog(&source))?;
     select_tables(&mut schema, &config.tables, &config.exclude_tables)?;
@@ -70,11 +83,27 @@ pub fn forward(config: &Config, client: &D1Client, progress: &Progress, report: 
 
     // Reading the target's catalog first also proves the token, account and database id.
     let existing = target_objects(client)?;
-    let ordinary: Vec<&Table> = plan.tables.iter().map(|t| &schema.tables[t.table]).collect();
-    create_missing(client, ordinary.iter().map(|t| ("table", t.name.as_str(), t.sql.as_str())), &existing, report)?;
+    let ordinary: Vec<&Table> = plan
+        .tables
+        .iter()
+        .map(|t| &schema.tables[t.table])
+        .collect();
+    create_missing(
+        client,
+        ordinary
+            .iter()
+            .map(|t| ("table", t.name.as_str(), t.sql.as_str())),
+        &existing,
+        report,
+    )?;
 
     let mut work: Vec<Work> = Vec::new();
-    let position: HashMap<usize, usize> = plan.tables.iter().enumerate().map(|(i, t)| (t.table, i)).collect();
+    let position: HashMap<usize, usize> = plan
+        .tables
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.table, i))
+        .collect();
     for tp in &plan.tables {
         let table = &schema.tables[tp.table];
         work.push(Work {
@@ -101,8 +130,19 @@ pub fn forward(config: &Config, client: &D1Client, progress: &Progress, report: 
 
     copy_sequence(client, &schema)?;
 
-    let virtual_tables: Vec<&Table> = plan.virtual_tables.iter().map(|&i| &schema.tables[i]).collect();
-    create_missing(client, virtual_tables.iter().map(|t| ("table", t.name.as_str(), t.sql.as_str())), &existing, report)?;
+    let virtual_tables: Vec<&Table> = plan
+        .virtual_tables
+        .iter()
+        .map(|&i| &schema.tables[i])
+        .collect();
+    create_missing(
+        client,
+        virtual_tables
+            .iter()
+            .map(|t| ("table", t.name.as_str(), t.sql.as_str())),
+        &existing,
+        report,
+    )?;
     let fill: Vec<Work> = virtual_tables
         .iter()
         .map(|t| Work {
@@ -114,7 +154,12 @@ pub fn forward(config: &Config, client: &D1Client, progress: &Progress, report: 
         .collect();
     run_work(config, client, progress, &fill, &mut report.tables)?;
 
-    create_missing(client, ordered_objects(&schema).map(|o| (o.kind.as_str(), o.name.as_str(), o.sql.as_str())), &existing, report)?;
+    create_missing(
+        client,
+        ordered_objects(&schema).map(|o| (o.kind.as_str(), o.name.as_str(), o.sql.as_str())),
+        &existing,
+        report,
+    )?;
     Ok(())
 }
 
@@ -144,7 +189,12 @@ pub fn target_objects(client: &D1Client) -> Result<HashMap<String, (String, Stri
         .rows
         .into_iter()
         .map(|r| {
-            let s = |i: usize| r.get(i).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+            let s = |i: usize| {
+                r.get(i)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
             (s(1).to_lowercase(), (s(0), s(2)))
         })
         .collect())
@@ -175,7 +225,9 @@ fn create_missing<'a>(
         }
     }
     execute_named(client, &todo)?;
-    report.objects_created.extend(todo.iter().map(|(n, _)| n.to_string()));
+    report
+        .objects_created
+        .extend(todo.iter().map(|(n, _)| n.to_string()));
     Ok(())
 }
 
@@ -187,15 +239,21 @@ fn execute_named(client: &D1Client, items: &[(&str, &str)]) -> Result<()> {
     let sqls: Vec<String> = items.iter().map(|(_, s)| if_not_exists(s)).collect();
     match client.execute(&sqls) {
         Ok(_) => Ok(()),
-        Err(Failure { error: D1Error::Sql { .. }, .. }) if items.len() > 1 => {
+        Err(Failure {
+            error: D1Error::Sql { .. },
+            ..
+        }) if items.len() > 1 => {
             for ((name, _), sql) in items.iter().zip(&sqls) {
-                client.execute(&[sql]).map_err(|f| Error::Refused(format!("creating {name:?} on D1: {}", f.error)))?;
+                client
+                    .execute(&[sql])
+                    .map_err(|f| Error::Refused(format!("creating {name:?} on D1: {}", f.error)))?;
             }
             Ok(())
         }
-        Err(f) if matches!(f.error, D1Error::Sql { .. }) => {
-            Err(Error::Refused(format!("creating {:?} on D1: {}", items[0].0, f.error)))
-        }
+        Err(f) if matches!(f.error, D1Error::Sql { .. }) => Err(Error::Refused(format!(
+            "creating {:?} on D1: {}",
+            items[0].0, f.error
+        ))),
         Err(f) => Err(f.error.into()),
     }
 }
@@ -206,7 +264,12 @@ fn execute_named(client: &D1Client, items: &[(&str, &str)]) -> Result<()> {
 pub fn if_not_exists(sql: &str) -> String {
     let words: Vec<&str> = sql.split_whitespace().take(6).collect();
     let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
-    let kind_words = match upper.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    let kind_words = match upper
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["CREATE", "VIRTUAL", "TABLE", ..] | ["CREATE", "UNIQUE", "INDEX", ..] => 3,
         ["CREATE", "TABLE" | "INDEX" | "VIEW" | "TRIGGER", ..] => 2,
         _ => return sql.to_string(),
@@ -231,14 +294,31 @@ fn copy_sequence(client: &D1Client, schema: &Schema) -> Result<()> {
     if schema.sequence.is_empty() {
         return Ok(());
     }
-    let names: Vec<String> = schema.sequence.iter().map(|s| quote_text(&s.name)).collect();
+    let names: Vec<String> = schema
+        .sequence
+        .iter()
+        .map(|s| quote_text(&s.name))
+        .collect();
     let values: Vec<String> = schema
         .sequence
         .iter()
-        .map(|s| format!("({}, {}, {})", s.rowid, quote_text(&s.name), s.seq.literal()))
+        .map(|s| {
+            format!(
+                "({}, {}, {})",
+                s.rowid,
+                quote_text(&s.name),
+                s.seq.literal()
+            )
+        })
         .collect();
-    let delete = format!("DELETE FROM sqlite_sequence WHERE name IN ({})", names.join(", "));
-    let insert = format!("INSERT INTO sqlite_sequence (rowid, name, seq) VALUES {}", values.join(", "));
+    let delete = format!(
+        "DELETE FROM sqlite_sequence WHERE name IN ({})",
+        names.join(", ")
+    );
+    let insert = format!(
+        "INSERT INTO sqlite_sequence (rowid, name, seq) VALUES {}",
+        values.join(", ")
+    );
     client
         .execute(&[delete, insert])
         .map_err(|f| Error::Refused(format!("setting sqlite_sequence on D1: {}", f.error)))?;
@@ -315,7 +395,8 @@ fn run_work(
                         let (job_tx, done_tx, cancel) = (job_tx.clone(), done_tx.clone(), &cancel);
                         let item = &work[i];
                         scope.spawn(move || {
-                            let (stats, error) = copy_table(config, item, progress, &job_tx, cancel);
+                            let (stats, error) =
+                                copy_table(config, item, progress, &job_tx, cancel);
                             let _ = done_tx.send((i, stats, error));
                         });
                     }
@@ -387,25 +468,29 @@ fn copy_rows(
     let (ack_tx, ack_rx) = unbounded::<Result<Sent>>();
     let mut in_flight = 0usize;
     let mut error: Option<Error> = None;
-    let mut on_ack = |ack: Result<Sent>, stats: &mut TableStats, error: &mut Option<Error>| match ack {
-        Ok(sent) => {
-            stats.rows_written += sent.rows;
-            stats.statements += sent.statements;
-            stats.bytes_sent += sent.bytes;
-            stats.requests += sent.requests;
-            if work.pass == Pass::Insert {
-                bar.add(sent.rows);
+    let mut on_ack =
+        |ack: Result<Sent>, stats: &mut TableStats, error: &mut Option<Error>| match ack {
+            Ok(sent) => {
+                stats.rows_written += sent.rows;
+                stats.statements += sent.statements;
+                stats.bytes_sent += sent.bytes;
+                stats.requests += sent.requests;
+                if work.pass == Pass::Insert {
+                    bar.add(sent.rows);
+                }
             }
-        }
-        Err(e) => {
-            error.get_or_insert(e);
-        }
-    };
+            Err(e) => {
+                error.get_or_insert(e);
+            }
+        };
 
     let mut packer = InsertPacker::new(shape.clone(), config.limits);
     let mut builder = RequestBuilder::new(config.limits);
     let mut units: Vec<Unit> = Vec::new();
-    let mut send = |request: Request, in_flight: &mut usize, stats: &mut TableStats, error: &mut Option<Error>| {
+    let mut send = |request: Request,
+                    in_flight: &mut usize,
+                    stats: &mut TableStats,
+                    error: &mut Option<Error>| {
         let job = Job {
             table: table.clone(),
             request,
@@ -416,7 +501,11 @@ fn copy_rows(
         }
         // A table whose rows reference each other through a NOT NULL key goes one request at a time.
         while *in_flight > 0 {
-            let ack = if work.sequential { ack_rx.recv().ok() } else { ack_rx.try_recv().ok() };
+            let ack = if work.sequential {
+                ack_rx.recv().ok()
+            } else {
+                ack_rx.try_recv().ok()
+            };
             let Some(ack) = ack else { break };
             *in_flight -= 1;
             on_ack(ack, stats, error);
@@ -473,17 +562,23 @@ fn copy_rows(
 fn sender(client: &D1Client, jobs: Receiver<Job>) {
     for job in jobs {
         let mut sent = Sent::default();
-        let result = send_statements(client, &job.table, &job.request.statements, &mut sent).map(|()| {
-            sent.rows = job.request.rows as u64;
-            sent
-        });
+        let result =
+            send_statements(client, &job.table, &job.request.statements, &mut sent).map(|()| {
+                sent.rows = job.request.rows as u64;
+                sent
+            });
         let _ = job.ack.send(result);
     }
 }
 
 /// Sends statements as one request. When D1 says they are too large, or rejects them, sends
 /// halves instead, down to the single row at fault, which is then named in the error.
-fn send_statements(client: &D1Client, table: &str, statements: &[Statement], sent: &mut Sent) -> Result<()> {
+fn send_statements(
+    client: &D1Client,
+    table: &str,
+    statements: &[Statement],
+    sent: &mut Sent,
+) -> Result<()> {
     let sqls: Vec<&str> = statements.iter().map(|s| s.sql.as_str()).collect();
     sent.requests += 1;
     match client.execute(&sqls) {
@@ -538,7 +633,10 @@ mod tests {
 
     #[test]
     fn ddl_becomes_idempotent() {
-        assert_eq!(if_not_exists("CREATE TABLE \"a b\"(x)"), "CREATE TABLE IF NOT EXISTS \"a b\"(x)");
+        assert_eq!(
+            if_not_exists("CREATE TABLE \"a b\"(x)"),
+            "CREATE TABLE IF NOT EXISTS \"a b\"(x)"
+        );
         assert_eq!(
             if_not_exists("create unique index i on t(x)"),
             "create unique index IF NOT EXISTS i on t(x)"
@@ -547,7 +645,10 @@ mod tests {
             if_not_exists("CREATE VIRTUAL TABLE docs USING fts5(a)"),
             "CREATE VIRTUAL TABLE IF NOT EXISTS docs USING fts5(a)"
         );
-        assert_eq!(if_not_exists("CREATE VIEW IF NOT EXISTS v AS SELECT 1"), "CREATE VIEW IF NOT EXISTS v AS SELECT 1");
+        assert_eq!(
+            if_not_exists("CREATE VIEW IF NOT EXISTS v AS SELECT 1"),
+            "CREATE VIEW IF NOT EXISTS v AS SELECT 1"
+        );
     }
 
     #[test]

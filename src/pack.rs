@@ -111,7 +111,11 @@ impl Shape {
 
     /// The row's key as text, for messages and reports.
     pub fn key_text(&self, row: &[Value]) -> String {
-        let parts: Vec<String> = self.key_positions.iter().map(|&p| row[p].literal()).collect();
+        let parts: Vec<String> = self
+            .key_positions
+            .iter()
+            .map(|&p| row[p].literal())
+            .collect();
         parts.join(", ")
     }
 
@@ -182,7 +186,10 @@ impl Statement {
                 rows: Some((*head, out_ends)),
             }
         };
-        Some((build(*head, &ends[..mid]), build(ends[mid - 1] + 1, &ends[mid..])))
+        Some((
+            build(*head, &ends[..mid]),
+            build(ends[mid - 1] + 1, &ends[mid..]),
+        ))
     }
 }
 
@@ -320,7 +327,10 @@ impl InsertPacker {
             let mut done = 0usize;
             for chunk in bytes.chunks(piece) {
                 // `||` always yields TEXT: the result is cast back to the value's own type.
-                let mut sql = format!("UPDATE {} SET {column} = CAST({column} || ", quote_ident(&self.shape.table));
+                let mut sql = format!(
+                    "UPDATE {} SET {column} = CAST({column} || ",
+                    quote_ident(&self.shape.table)
+                );
                 write_hex_literal(chunk, &mut sql);
                 sql.push_str(if is_text { " AS TEXT)" } else { " AS BLOB)" });
                 sql.push_str(&format!(
@@ -430,7 +440,11 @@ mod tests {
     fn col(name: &str, pk: i64) -> Column {
         Column {
             name: name.into(),
-            decl_type: if pk > 0 { "INTEGER".into() } else { String::new() },
+            decl_type: if pk > 0 {
+                "INTEGER".into()
+            } else {
+                String::new()
+            },
             not_null: false,
             pk,
             hidden: 0,
@@ -449,7 +463,11 @@ mod tests {
     }
 
     fn row(i: i64) -> Vec<Value> {
-        vec![Value::Integer(i), Value::Integer(i * 10), Value::Text(b"x".to_vec())]
+        vec![
+            Value::Integer(i),
+            Value::Integer(i * 10),
+            Value::Text(b"x".to_vec()),
+        ]
     }
 
     fn pack(rows: impl IntoIterator<Item = Vec<Value>>, limits: Limits) -> Vec<Unit> {
@@ -494,8 +512,14 @@ mod tests {
         let units = pack((0..7).map(row), Limits::default());
         let (a, b) = units[0].statements[0].split().unwrap();
         assert_eq!(a.row_count() + b.row_count(), 7);
-        assert!(a.sql.starts_with("INSERT INTO \"t x\" (rowid,\"a\",\"b\") VALUES (0,0,'x'),"));
-        assert!(a.sql.ends_with("(2,20,'x') ON CONFLICT DO NOTHING"), "{}", a.sql);
+        assert!(a
+            .sql
+            .starts_with("INSERT INTO \"t x\" (rowid,\"a\",\"b\") VALUES (0,0,'x'),"));
+        assert!(
+            a.sql.ends_with("(2,20,'x') ON CONFLICT DO NOTHING"),
+            "{}",
+            a.sql
+        );
         assert!(b.sql.contains("VALUES (3,30,'x'),(4,40,'x')"), "{}", b.sql);
         assert!(b.sql.ends_with("(6,60,'x') ON CONFLICT DO NOTHING"));
         let (c, d) = b.split().unwrap();
@@ -506,9 +530,17 @@ mod tests {
     #[test]
     fn a_large_value_is_appended_in_guarded_pieces_within_one_unit() {
         let big: Vec<u8> = (0..250_000u32).map(|i| (i % 251) as u8).collect();
-        let r = vec![Value::Integer(7), Value::Blob(big), Value::Text(b"small".to_vec())];
+        let r = vec![
+            Value::Integer(7),
+            Value::Blob(big),
+            Value::Text(b"small".to_vec()),
+        ];
         let units = pack([row(1), r, row(8)], Limits::default());
-        assert_eq!(units.len(), 3, "the large row stands alone between the others");
+        assert_eq!(
+            units.len(),
+            3,
+            "the large row stands alone between the others"
+        );
         let large = &units[1];
         assert_eq!(large.rows, 1);
         assert!(large.statements.len() >= 6);

@@ -82,14 +82,21 @@ pub fn plan(schema: &Schema) -> Plan {
             .map(|&i| plan_table(schema, i, &parent_of(&schema.tables[i]), &component_of))
             .collect();
         for t in &mut planned {
-            t.reason = describe(schema, &t.parents, members.len() > 1 || !t.deferred.is_empty());
+            t.reason = describe(
+                schema,
+                &t.parents,
+                members.len() > 1 || !t.deferred.is_empty(),
+            );
         }
         tables.extend(order_within(planned));
     }
     // A cycle of NOT NULL keys cannot be ordered at all: keep only parents loaded earlier, so
     // the scheduler cannot stall (such rows fail at D1 with a clear foreign-key error).
-    let position: HashMap<usize, usize> =
-        tables.iter().enumerate().map(|(pos, t)| (t.table, pos)).collect();
+    let position: HashMap<usize, usize> = tables
+        .iter()
+        .enumerate()
+        .map(|(pos, t)| (t.table, pos))
+        .collect();
     for (pos, t) in tables.iter_mut().enumerate() {
         t.parents.retain(|p| position[p] < pos);
     }

@@ -49,7 +49,8 @@ pub struct Progress {
 impl Progress {
     pub fn new(mode: Mode, total_rows: u64) -> Progress {
         let overall = (mode == Mode::Bars).then(|| {
-            let bars = BARS.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+            let bars =
+                BARS.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
             let bar = bars.add(ProgressBar::new(total_rows));
             bar.set_style(
                 ProgressStyle::with_template(
@@ -76,9 +77,11 @@ impl Progress {
                 .expect("bars")
                 .insert_from_back(1, ProgressBar::new(rows));
             bar.set_style(
-                ProgressStyle::with_template("{prefix:>20} [{bar:30}] {pos}/{len} rows {per_sec} eta {eta}")
-                    .expect("template")
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "{prefix:>20} [{bar:30}] {pos}/{len} rows {per_sec} eta {eta}",
+                )
+                .expect("template")
+                .progress_chars("=> "),
             );
             bar.set_prefix(name.chars().take(20).collect::<String>());
             bar

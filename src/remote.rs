@@ -36,11 +36,7 @@ pub fn json_value(v: Json) -> Value {
             None => Value::Real(n.as_f64().unwrap_or(f64::NAN)),
         },
         Json::String(s) => Value::Text(s.into_bytes()),
-        Json::Array(a) => Value::Blob(
-            a.iter()
-                .map(|b| b.as_u64().unwrap_or(0) as u8)
-                .collect(),
-        ),
+        Json::Array(a) => Value::Blob(a.iter().map(|b| b.as_u64().unwrap_or(0) as u8).collect()),
         Json::Object(o) => Value::Text(Json::Object(o).to_string().into_bytes()),
     }
 }
@@ -86,10 +82,14 @@ pub fn decode_cell(kind: &Json, text: &Json, context: &dyn Fn() -> String) -> Re
             t.and_then(|s| s.parse().ok())
                 .ok_or_else(|| bad("an integer"))?,
         ),
-        "real" => Value::Real(decode_real(t.ok_or_else(|| bad("a real"))?).ok_or_else(|| bad("a real"))?),
+        "real" => {
+            Value::Real(decode_real(t.ok_or_else(|| bad("a real"))?).ok_or_else(|| bad("a real"))?)
+        }
         "text" | "blob" if t.is_some_and(|t| t.starts_with('#')) => {
             // A large value, read in pieces by the caller; its length for now.
-            let len: usize = t.and_then(|t| t[1..].parse().ok()).ok_or_else(|| bad("a length"))?;
+            let len: usize = t
+                .and_then(|t| t[1..].parse().ok())
+                .ok_or_else(|| bad("a length"))?;
             let placeholder = vec![0u8; len];
             if kind.as_str() == Some("text") {
                 Value::Text(placeholder)
@@ -151,7 +151,12 @@ const READS_PER_REQUEST: usize = 50;
 
 impl D1Side<'_> {
     /// Fills in a large TEXT or BLOB value piece by piece.
-    fn read_large(&self, shape: &crate::pack::Shape, row: &mut [Value], column: usize) -> Result<()> {
+    fn read_large(
+        &self,
+        shape: &crate::pack::Shape,
+        row: &mut [Value],
+        column: usize,
+    ) -> Result<()> {
         let len = row[column].size();
         let predicate = shape.key_predicate(row);
         let c = &shape.columns[column];
@@ -163,9 +168,17 @@ impl D1Side<'_> {
         let mut bytes = Vec::with_capacity(len);
         for chunk in sqls.chunks(4) {
             for result in self.client.read(chunk)? {
-                let hex = result.rows.first().and_then(|r| r.first()).and_then(|v| v.as_str()).unwrap_or_default();
+                let hex = result
+                    .rows
+                    .first()
+                    .and_then(|r| r.first())
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default();
                 bytes.extend(decode_hex(hex).ok_or_else(|| {
-                    Error::Refused(format!("table {}, column {c}: cannot read a large value from D1", shape.table))
+                    Error::Refused(format!(
+                        "table {}, column {c}: cannot read a large value from D1",
+                        shape.table
+                    ))
                 })?);
             }
         }
@@ -183,9 +196,10 @@ impl crate::validate::RowSide for D1Side<'_> {
     }
 
     fn count(&self, table: &str) -> Result<u64> {
-        let r = self
-            .client
-            .query(&format!("SELECT count(*) FROM {}", crate::value::quote_ident(table)))?;
+        let r = self.client.query(&format!(
+            "SELECT count(*) FROM {}",
+            crate::value::quote_ident(table)
+        ))?;
         Ok(r.rows
             .first()
             .and_then(|row| row.first())
@@ -210,7 +224,8 @@ impl crate::validate::RowSide for D1Side<'_> {
                 for raw in &result.rows {
                     let mut row = Vec::with_capacity(shape.columns.len());
                     for (i, pair) in raw.chunks(2).enumerate() {
-                        let context = || format!("table {}, column {}", shape.table, shape.columns[i]);
+                        let context =
+                            || format!("table {}, column {}", shape.table, shape.columns[i]);
                         if pair[1].as_str().is_some_and(|t| t.starts_with('#')) {
                             large.push((rows.len(), i));
                         }

@@ -25,7 +25,9 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
     }
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
     )
     .map_err(|e| bad(e.to_string()))?;
     conn.busy_timeout(Duration::from_secs(5))
@@ -34,17 +36,20 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
     conn.create_scalar_function(
         "pow",
         2,
-        rusqlite::functions::FunctionFlags::SQLITE_DETERMINISTIC | rusqlite::functions::FunctionFlags::SQLITE_UTF8,
+        rusqlite::functions::FunctionFlags::SQLITE_DETERMINISTIC
+            | rusqlite::functions::FunctionFlags::SQLITE_UTF8,
         |ctx| Ok(ctx.get::<f64>(0)?.powf(ctx.get::<f64>(1)?)),
     )
     .map_err(|e| bad(e.to_string()))?;
-    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0))
-        .map_err(|e| match e {
-            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DatabaseBusy => {
-                bad("the database is locked by another writer; retry when it is free".into())
-            }
-            other => bad(format!("not a readable SQLite database: {other}")),
-        })?;
+    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map_err(|e| match e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DatabaseBusy => {
+            bad("the database is locked by another writer; retry when it is free".into())
+        }
+        other => bad(format!("not a readable SQLite database: {other}")),
+    })?;
     Ok(conn)
 }
 
@@ -66,7 +71,9 @@ impl Catalog for SqliteCatalog<'_> {
         let mut stmt = self.0.prepare(sql)?;
         let n = stmt.column_count();
         let rows = stmt.query_map([], |r| {
-            (0..n).map(|i| r.get_ref(i).map(value)).collect::<rusqlite::Result<Vec<_>>>()
+            (0..n)
+                .map(|i| r.get_ref(i).map(value))
+                .collect::<rusqlite::Result<Vec<_>>>()
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
@@ -74,14 +81,22 @@ impl Catalog for SqliteCatalog<'_> {
 
 /// Number of rows in a table.
 pub fn count_rows(conn: &Connection, table: &str) -> Result<u64> {
-    let n: i64 = conn.query_row(&format!("SELECT count(*) FROM {}", quote_ident(table)), [], |r| {
-        r.get(0)
-    })?;
+    let n: i64 = conn.query_row(
+        &format!("SELECT count(*) FROM {}", quote_ident(table)),
+        [],
+        |r| r.get(0),
+    )?;
     Ok(n as u64)
 }
 
 /// The keyset query of a shape: the first page when `after` is `None`, else the page after it.
-pub fn page_sql(shape: &Shape, columns: &str, filter: &str, has_after: bool, limit: usize) -> String {
+pub fn page_sql(
+    shape: &Shape,
+    columns: &str,
+    filter: &str,
+    has_after: bool,
+    limit: usize,
+) -> String {
     let keys = shape.key_exprs.join(", ");
     let mut conditions = Vec::new();
     if has_after {
@@ -128,14 +143,23 @@ pub fn read_batches(
             return Ok(());
         };
         let full = rows.len() == batch;
-        after = Some(shape.key_positions.iter().map(|&p| last[p].clone()).collect());
+        after = Some(
+            shape
+                .key_positions
+                .iter()
+                .map(|&p| last[p].clone())
+                .collect(),
+        );
         if !each(rows)? || !full {
             return Ok(());
         }
     }
 }
 
-fn collect(stmt: &mut rusqlite::Statement<'_>, params: &[&dyn rusqlite::ToSql]) -> Result<Vec<Vec<Value>>> {
+fn collect(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<Vec<Value>>> {
     let n = stmt.column_count();
     let mut out = Vec::new();
     let mut rows = stmt.query(params)?;
@@ -206,7 +230,11 @@ impl crate::validate::RowSide for SqliteSide {
             tails
                 .iter()
                 .map(|tail| {
-                    let sql = format!("SELECT {} FROM {} {tail}", shape.select_list(), quote_ident(&shape.table));
+                    let sql = format!(
+                        "SELECT {} FROM {} {tail}",
+                        shape.select_list(),
+                        quote_ident(&shape.table)
+                    );
                     let mut stmt = c.prepare_cached(&sql)?;
                     collect(&mut stmt, &[])
                 })

@@ -134,7 +134,8 @@ fn validate_table(
         ..TableValidation::default()
     };
     let Some(target_table) = target_schema.table(&table.name) else {
-        v.schema_problems.push(format!("{} has no table {:?}", target.label(), table.name));
+        v.schema_problems
+            .push(format!("{} has no table {:?}", target.label(), table.name));
         return Ok(v);
     };
     v.schema_problems = compare_schema(table, target_table, target.label());
@@ -178,7 +179,10 @@ fn compare_schema(source: &Table, target: &Table, label: &str) -> Vec<String> {
     if std::mem::discriminant(&source.kind) != std::mem::discriminant(&target.kind)
         || matches!((&source.kind, &target.kind), (TableKind::Rowid { rowid_alias: a }, TableKind::Rowid { rowid_alias: b }) if a != b)
     {
-        problems.push(format!("table kind differs: source {:?}, {label} {:?}", source.kind, target.kind));
+        problems.push(format!(
+            "table kind differs: source {:?}, {label} {:?}",
+            source.kind, target.kind
+        ));
     }
     problems
 }
@@ -221,7 +225,11 @@ fn canonical(row: &[Value]) -> Vec<u8> {
 }
 
 fn key_of(shape: &Shape, row: &[Value]) -> Vec<u8> {
-    let key: Vec<Value> = shape.key_positions.iter().map(|&p| row[p].clone()).collect();
+    let key: Vec<Value> = shape
+        .key_positions
+        .iter()
+        .map(|&p| row[p].clone())
+        .collect();
     canonical(&key)
 }
 
@@ -258,7 +266,12 @@ impl Comparison<'_> {
     }
 
     fn key_tuple(&self, row: &[Value]) -> String {
-        let parts: Vec<String> = self.shape.key_positions.iter().map(|&p| row[p].literal()).collect();
+        let parts: Vec<String> = self
+            .shape
+            .key_positions
+            .iter()
+            .map(|&p| row[p].literal())
+            .collect();
         format!("({})", parts.join(", "))
     }
 
@@ -273,19 +286,35 @@ impl Comparison<'_> {
         let tails: Vec<String> = if self.single_integer_key() {
             let ends = self.source.select(
                 self.shape,
-                &[format!("ORDER BY {keys} LIMIT 1"), format!("ORDER BY {keys} DESC LIMIT 1")],
+                &[
+                    format!("ORDER BY {keys} LIMIT 1"),
+                    format!("ORDER BY {keys} DESC LIMIT 1"),
+                ],
             )?;
-            let bound = |rows: &Vec<Vec<Value>>| match rows.first().map(|r| &r[self.shape.key_positions[0]]) {
+            let bound = |rows: &Vec<Vec<Value>>| match rows
+                .first()
+                .map(|r| &r[self.shape.key_positions[0]])
+            {
                 Some(Value::Integer(i)) => *i,
                 _ => 0,
             };
             let (lo, hi) = (bound(&ends[0]), bound(&ends[1]));
             (0..n)
-                .map(|_| format!("WHERE {keys} >= {} ORDER BY {keys} LIMIT 1", rng.random_range(lo..=hi)))
+                .map(|_| {
+                    format!(
+                        "WHERE {keys} >= {} ORDER BY {keys} LIMIT 1",
+                        rng.random_range(lo..=hi)
+                    )
+                })
                 .collect()
         } else {
             (0..n.min(v.source_rows as usize))
-                .map(|_| format!("ORDER BY {keys} LIMIT 1 OFFSET {}", rng.random_range(0..v.source_rows)))
+                .map(|_| {
+                    format!(
+                        "ORDER BY {keys} LIMIT 1 OFFSET {}",
+                        rng.random_range(0..v.source_rows)
+                    )
+                })
                 .collect()
         };
         let mut rows: Vec<Vec<Value>> = Vec::new();
@@ -301,15 +330,25 @@ impl Comparison<'_> {
         self.check_json(&rows, v);
         for chunk in rows.chunks(50) {
             let tuples: Vec<String> = chunk.iter().map(|r| self.key_tuple(r)).collect();
-            let tail = format!("WHERE ({keys}) IN (VALUES {}) ORDER BY {keys}", tuples.join(", "));
-            let target_rows = self.target.select(self.shape, &[tail])?.pop().unwrap_or_default();
+            let tail = format!(
+                "WHERE ({keys}) IN (VALUES {}) ORDER BY {keys}",
+                tuples.join(", ")
+            );
+            let target_rows = self
+                .target
+                .select(self.shape, &[tail])?
+                .pop()
+                .unwrap_or_default();
             self.match_rows(chunk, &target_rows, false, v);
         }
         Ok(())
     }
 
     fn single_integer_key(&self) -> bool {
-        matches!(self.table.kind, TableKind::Rowid { .. } | TableKind::Virtual { .. })
+        matches!(
+            self.table.kind,
+            TableKind::Rowid { .. } | TableKind::Virtual { .. }
+        )
     }
 
     /// Every row: source pages in key order; the same key range read from the target; rows
@@ -327,11 +366,19 @@ impl Comparison<'_> {
         };
         loop {
             let tail = format!("{} ORDER BY {keys} LIMIT {page}", lower(&after));
-            let source_rows = self.source.select(self.shape, &[tail.clone()])?.pop().unwrap_or_default();
+            let source_rows = self
+                .source
+                .select(self.shape, &[tail.clone()])?
+                .pop()
+                .unwrap_or_default();
             let Some(last) = source_rows.last() else {
                 loop {
                     let tail = format!("{} ORDER BY {keys} LIMIT {page}", lower(&after));
-                    let extra = self.target.select(self.shape, &[tail])?.pop().unwrap_or_default();
+                    let extra = self
+                        .target
+                        .select(self.shape, &[tail])?
+                        .pop()
+                        .unwrap_or_default();
                     let Some(last) = extra.last() else {
                         return Ok(());
                     };
@@ -368,17 +415,19 @@ impl Comparison<'_> {
             .iter()
             .enumerate()
             .filter(|(_, c)| {
-                self.table
-                    .columns
-                    .iter()
-                    .any(|t| crate::value::quote_ident(&t.name) == **c && t.decl_type.to_ascii_uppercase().contains("JSON"))
+                self.table.columns.iter().any(|t| {
+                    crate::value::quote_ident(&t.name) == **c
+                        && t.decl_type.to_ascii_uppercase().contains("JSON")
+                })
             })
             .map(|(i, _)| i)
             .collect();
         for row in rows {
             for &i in &json {
                 if let Value::Text(b) = &row[i] {
-                    if serde_json::from_slice::<serde_json::Value>(b).is_err() && v.warnings.len() < self.options.max_examples {
+                    if serde_json::from_slice::<serde_json::Value>(b).is_err()
+                        && v.warnings.len() < self.options.max_examples
+                    {
                         v.warnings.push(format!(
                             "key {}: column {} holds text that is not valid JSON",
                             self.shape.key_text(row),
@@ -391,7 +440,13 @@ impl Comparison<'_> {
     }
 
     /// Matches source rows with target rows by key and records what differs.
-    fn match_rows(&self, source: &[Vec<Value>], target: &[Vec<Value>], count_extra: bool, v: &mut TableValidation) {
+    fn match_rows(
+        &self,
+        source: &[Vec<Value>],
+        target: &[Vec<Value>],
+        count_extra: bool,
+        v: &mut TableValidation,
+    ) {
         let mut by_key: HashMap<Vec<u8>, &Vec<Value>> =
             target.iter().map(|r| (key_of(self.shape, r), r)).collect();
         for row in source {
@@ -408,7 +463,9 @@ impl Comparison<'_> {
                         .columns
                         .iter()
                         .zip(row.iter().zip(other.iter()))
-                        .filter(|(_, (a, b))| canonical(&[(*a).clone()]) != canonical(&[(*b).clone()]))
+                        .filter(|(_, (a, b))| {
+                            canonical(&[(*a).clone()]) != canonical(&[(*b).clone()])
+                        })
                         .map(|(c, (a, b))| FieldDiff {
                             column: c.clone(),
                             source: describe(a),
@@ -480,7 +537,10 @@ impl Validation {
             for d in &t.differences {
                 out.push_str(&format!("  {} key {}\n", d.kind, d.key));
                 for f in &d.fields {
-                    out.push_str(&format!("    {}: source {} / target {}\n", f.column, f.source, f.target));
+                    out.push_str(&format!(
+                        "    {}: source {} / target {}\n",
+                        f.column, f.source, f.target
+                    ));
                 }
             }
         }

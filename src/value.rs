@@ -210,9 +210,12 @@ mod tests {
     fn sqlite_reads_every_literal_back_to_the_same_value() {
         let db = rusqlite::Connection::open_in_memory().unwrap();
         // D1 has SQLite's math functions; this build of SQLite does not, so pow is supplied.
-        db.create_scalar_function("pow", 2, rusqlite::functions::FunctionFlags::SQLITE_DETERMINISTIC, |ctx| {
-            Ok(ctx.get::<f64>(0)?.powf(ctx.get::<f64>(1)?))
-        })
+        db.create_scalar_function(
+            "pow",
+            2,
+            rusqlite::functions::FunctionFlags::SQLITE_DETERMINISTIC,
+            |ctx| Ok(ctx.get::<f64>(0)?.powf(ctx.get::<f64>(1)?)),
+        )
         .unwrap();
         let mut values = vec![
             Value::Integer(i64::MIN),
@@ -222,7 +225,21 @@ mod tests {
             Value::Text(vec![0xff, 0xfe]),
             Value::Blob(vec![]),
         ];
-        for r in [0.0, -0.0, 5e-324, -1.5e-310, 2.2250738585072014e-308, 0.1, 1e-21, 1e20, 1e300, f64::MAX, f64::MIN, f64::INFINITY, f64::NEG_INFINITY] {
+        for r in [
+            0.0,
+            -0.0,
+            5e-324,
+            -1.5e-310,
+            2.2250738585072014e-308,
+            0.1,
+            1e-21,
+            1e20,
+            1e300,
+            f64::MAX,
+            f64::MIN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ] {
             values.push(Value::Real(r));
         }
         let mut seed = 0x9e3779b97f4a7c15u64;

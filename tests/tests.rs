@@ -5,6 +5,8 @@
 //! - `forward`: SQLite → D1 copies are exact (`sqldiff`), under faults too, and bad input is
 //!   refused before anything is written.
 //! - `validate`: clean copies pass; each kind of tampering is caught and named.
+//! - `rollback`: D1 → SQLite round trips are exact; existing files are refused, completed or
+//!   replaced as asked.
 
 #[path = "suite/harness.rs"]
 mod harness;
@@ -17,3 +19,6 @@ mod forward;
 
 #[path = "suite/validate.rs"]
 mod validate;
+
+#[path = "suite/rollback.rs"]
+mod rollback;

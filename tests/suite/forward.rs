@@ -8,9 +8,16 @@ fn migrate_and_compare(source: &std::path::Path) -> serde_json::Value {
     let db = d1.fresh_database();
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report.json");
-    Run::new(d1, &db, source).env("MIGRATION_REPORT", &report).ok();
+    Run::new(d1, &db, source)
+        .env("MIGRATION_REPORT", &report)
+        .ok();
     let diff = sqldiff(source, d1.file(&db));
-    assert!(diff.is_empty(), "differences after migrating {}:\n{}", source.display(), diff.join("\n"));
+    assert!(
+        diff.is_empty(),
+        "differences after migrating {}:\n{}",
+        source.display(),
+        diff.join("\n")
+    );
     read_json(&report)
 }
 
@@ -20,7 +27,12 @@ fn the_sample_arrives_exactly() {
     let report = migrate_and_compare(&generated(dir.path(), "sample"));
     assert_eq!(report["success"], true);
     assert_eq!(report["schema_version"], 1);
-    let customers = report["tables"].as_array().unwrap().iter().find(|t| t["table"] == "customers").unwrap();
+    let customers = report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "customers")
+        .unwrap();
     assert_eq!(customers["rows_read"], 200);
     assert_eq!(customers["rows_written"], 200);
     assert!(report["http_requests"].as_u64().unwrap() >= 5);
@@ -39,7 +51,10 @@ fn every_edge_case_arrives_exactly_except_d1s_reserved_names() {
     // included, is identical.
     let diff = sqldiff(&source, d1.file(&db));
     assert!(diff.is_empty(), "{}", diff.join("\n"));
-    let tables = d1.sql(&db, &["SELECT name FROM sqlite_schema WHERE name LIKE '\\_cf\\_legacy%' ESCAPE '\\'"]);
+    let tables = d1.sql(
+        &db,
+        &["SELECT name FROM sqlite_schema WHERE name LIKE '\\_cf\\_legacy%' ESCAPE '\\'"],
+    );
     assert_eq!(tables[0], serde_json::json!([]));
 }
 
@@ -56,7 +71,8 @@ fn northwind_arrives_exactly() {
         let report = migrate_and_compare(&source);
         // Data requests carry hundreds of kilobytes each, not a row or a statement.
         let totals = &report["totals"];
-        let per_request = totals["bytes_sent"].as_u64().unwrap() / totals["requests"].as_u64().unwrap();
+        let per_request =
+            totals["bytes_sent"].as_u64().unwrap() / totals["requests"].as_u64().unwrap();
         assert!(per_request > 500_000, "{per_request} bytes per request");
     }
 }
@@ -64,7 +80,10 @@ fn northwind_arrives_exactly() {
 #[test]
 fn a_run_under_faults_ends_exact_and_counts_its_retries() {
     let ids = vec!["faulty".to_string()];
-    let d1 = LocalD1::start(&ids, Some("429=0.1,500=0.1,drop=0.05,lost=0.05,seed=5,retry_after=0"));
+    let d1 = LocalD1::start(
+        &ids,
+        Some("429=0.1,500=0.1,drop=0.05,lost=0.05,seed=5,retry_after=0"),
+    );
     let dir = tempfile::tempdir().unwrap();
     let source = generated(dir.path(), "edge-cases");
     let report = dir.path().join("report.json");
@@ -99,15 +118,31 @@ fn bad_configuration_is_refused_with_status_2_naming_the_variable() {
     let cases = [
         ("MIGRATION_BATCH_SIZE", "lots", "MIGRATION_BATCH_SIZE"),
         ("MIGRATION_TIMEOUT", "-5", "MIGRATION_TIMEOUT"),
-        ("MIGRATION_FROBNICATE", "1", "unknown variable MIGRATION_FROBNICATE"),
+        (
+            "MIGRATION_FROBNICATE",
+            "1",
+            "unknown variable MIGRATION_FROBNICATE",
+        ),
         ("MIGRATION_TABLES", "customers,nope", "\"nope\""),
     ];
     for (key, value, expected) in cases {
         let out = Run::new(d1, &db, &source).env(key, value).output();
-        assert_eq!(out.status.code(), Some(2), "{key}={value}: {}", stderr(&out));
-        assert!(stderr(&out).contains(expected), "{key}={value}: {}", stderr(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{key}={value}: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains(expected),
+            "{key}={value}: {}",
+            stderr(&out)
+        );
     }
-    let tables = d1.sql(&db, &["SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE '\\_cf\\_%' ESCAPE '\\'"]);
+    let tables = d1.sql(
+        &db,
+        &["SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE '\\_cf\\_%' ESCAPE '\\'"],
+    );
     assert_eq!(tables[0], serde_json::json!([[0]]), "nothing was written");
 }
 
@@ -124,7 +159,11 @@ fn a_missing_or_non_sqlite_source_is_refused() {
     std::fs::write(&text, "this is not a database, just words\n".repeat(100)).unwrap();
     let out = Run::new(d1, &db, &text).output();
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("not a readable SQLite database"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a readable SQLite database"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -141,7 +180,12 @@ fn a_wrong_token_is_refused_and_never_printed() {
         .env("MIGRATION_LOG", "debug")
         .output();
     assert_eq!(out.status.code(), Some(2));
-    let all = format!("{}{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout), std::fs::read_to_string(&report).unwrap());
+    let all = format!(
+        "{}{}{}",
+        stderr(&out),
+        String::from_utf8_lossy(&out.stdout),
+        std::fs::read_to_string(&report).unwrap()
+    );
     assert!(all.contains("refused the API token"), "{all}");
     assert!(!all.contains(secret));
     assert!(!all.contains(TOKEN));

@@ -65,7 +65,10 @@ impl LocalD1 {
             .and_then(|s| s.split_whitespace().next())
             .expect("ready line names the URL")
             .to_string();
-        let files_json = ready.split("databases=").nth(1).expect("ready line names the files");
+        let files_json = ready
+            .split("databases=")
+            .nth(1)
+            .expect("ready line names the files");
         let files: HashMap<String, PathBuf> = serde_json::from_str(files_json).expect("files json");
         let stdin = child.stdin.take();
         LocalD1 {
@@ -92,7 +95,10 @@ impl LocalD1 {
     /// A database id of this server no test has used yet.
     pub fn fresh_database(&self) -> String {
         let i = self.next.fetch_add(1, Ordering::SeqCst);
-        self.ids.get(i).cloned().expect("enough databases for the tests")
+        self.ids
+            .get(i)
+            .cloned()
+            .expect("enough databases for the tests")
     }
 
     pub fn file(&self, id: &str) -> &Path {
@@ -100,7 +106,12 @@ impl LocalD1 {
     }
 
     /// Posts SQL to `/raw` and returns the whole answer (status, JSON).
-    pub fn post(&self, id: &str, body: serde_json::Value, token: Option<&str>) -> (u16, serde_json::Value) {
+    pub fn post(
+        &self,
+        id: &str,
+        body: serde_json::Value,
+        token: Option<&str>,
+    ) -> (u16, serde_json::Value) {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
@@ -118,14 +129,21 @@ impl LocalD1 {
             })
             .expect("local D1 answers");
         let status = resp.status().as_u16();
-        let text = resp.body_mut().with_config().limit(1 << 30).read_to_string().expect("body");
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_string()
+            .expect("body");
         (status, serde_json::from_str(&text).expect("JSON answer"))
     }
 
     /// Runs statements as one request; panics on failure. Returns each statement's rows.
     pub fn sql(&self, id: &str, statements: &[&str]) -> Vec<serde_json::Value> {
-        let batch: Vec<serde_json::Value> =
-            statements.iter().map(|s| serde_json::json!({ "sql": s })).collect();
+        let batch: Vec<serde_json::Value> = statements
+            .iter()
+            .map(|s| serde_json::json!({ "sql": s }))
+            .collect();
         let (status, body) = self.post(id, serde_json::json!({ "batch": batch }), Some(TOKEN));
         assert_eq!(status, 200, "{body}");
         body["result"]
@@ -210,12 +228,15 @@ pub fn stderr(out: &Output) -> String {
 
 /// `sqldiff a b`, less the lines about D1's own tables (`_cf_*`), which are never copied.
 pub fn sqldiff(a: &Path, b: &Path) -> Vec<String> {
-    let out = Command::new("sqldiff")
-        .arg(a)
-        .arg(b)
-        .output()
-        .expect("sqldiff is installed (Debian package sqlite3-tools; scripts/test installs it)");
-    assert!(out.status.success(), "sqldiff failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out =
+        Command::new("sqldiff").arg(a).arg(b).output().expect(
+            "sqldiff is installed (Debian package sqlite3-tools; scripts/test installs it)",
+        );
+    assert!(
+        out.status.success(),
+        "sqldiff failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let mut lines = Vec::new();
     let mut in_cf_create = false;
@@ -229,7 +250,12 @@ pub fn sqldiff(a: &Path, b: &Path) -> Vec<String> {
             in_cf_create = !line.trim_end().ends_with(");");
             continue;
         }
-        if lower.contains(" _cf_") && (lower.starts_with("insert into") || lower.starts_with("drop table") || lower.starts_with("delete from") || lower.starts_with("update")) {
+        if lower.contains(" _cf_")
+            && (lower.starts_with("insert into")
+                || lower.starts_with("drop table")
+                || lower.starts_with("delete from")
+                || lower.starts_with("update"))
+        {
             continue;
         }
         lines.push(line.to_string());
@@ -243,7 +269,10 @@ pub fn dataset(name: &str) -> Option<PathBuf> {
     if path.is_file() {
         Some(path)
     } else {
-        eprintln!("skipped: {} is absent (the datasets live in ../shared beside the checkout)", path.display());
+        eprintln!(
+            "skipped: {} is absent (the datasets live in ../shared beside the checkout)",
+            path.display()
+        );
         None
     }
 }
@@ -256,10 +285,15 @@ pub fn generated(dir: &Path, kind: &str) -> PathBuf {
         .arg(&path)
         .output()
         .expect("generate runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     path
 }
 
 pub fn read_json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).expect("report written")).expect("report is JSON")
+    serde_json::from_str(&std::fs::read_to_string(path).expect("report written"))
+        .expect("report is JSON")
 }

@@ -31,8 +31,14 @@ fn d1_limits_and_refusals_come_back_as_code_7500() {
     let marks = vec!["?"; 101].join(",");
     let params: Vec<String> = (0..101).map(|i| i.to_string()).collect();
     let cases = [
-        (json!({"sql": format!("INSERT INTO t VALUES ({marks})"), "params": params}), "too many SQL variables"),
-        (json!({"sql": format!("SELECT '{}'", "x".repeat(120_000))}), "SQLITE_TOOBIG"),
+        (
+            json!({"sql": format!("INSERT INTO t VALUES ({marks})"), "params": params}),
+            "too many SQL variables",
+        ),
+        (
+            json!({"sql": format!("SELECT '{}'", "x".repeat(120_000))}),
+            "SQLITE_TOOBIG",
+        ),
         (json!({"sql": "BEGIN TRANSACTION"}), "transaction"),
         (json!({"sql": "SELECT * FROM missing"}), "no such table"),
     ];
@@ -82,15 +88,27 @@ fn faults_happen_at_their_configured_rates_and_never_half_apply() {
         .http_status_as_error(false)
         .build()
         .into();
-    let url = format!("{}/accounts/{}/d1/database/faulty/raw", d1.api_url, crate::harness::ACCOUNT);
+    let url = format!(
+        "{}/accounts/{}/d1/database/faulty/raw",
+        d1.api_url,
+        crate::harness::ACCOUNT
+    );
     let send = |sql: &str| {
         agent
             .post(&url)
             .header("Authorization", &format!("Bearer {TOKEN}"))
             .send(json!({"sql": sql}).to_string())
-            .map(|r| (r.status().as_u16(), r.headers().get("retry-after").is_some()))
+            .map(|r| {
+                (
+                    r.status().as_u16(),
+                    r.headers().get("retry-after").is_some(),
+                )
+            })
     };
-    while !matches!(send("CREATE TABLE IF NOT EXISTS t(n INTEGER PRIMARY KEY)"), Ok((200, _))) {}
+    while !matches!(
+        send("CREATE TABLE IF NOT EXISTS t(n INTEGER PRIMARY KEY)"),
+        Ok((200, _))
+    ) {}
     let n = 400;
     let (mut ok, mut r429, mut r500, mut dropped) = (0, 0, 0, 0);
     for i in 0..n {
@@ -118,11 +136,18 @@ fn faults_happen_at_their_configured_rates_and_never_half_apply() {
         .filter(|e| e["fault"].is_null() || e["fault"] == "lost")
         .count();
     let count = loop {
-        let (status, body) = d1.post("faulty", json!({"sql": "SELECT count(*) FROM t"}), Some(TOKEN));
+        let (status, body) = d1.post(
+            "faulty",
+            json!({"sql": "SELECT count(*) FROM t"}),
+            Some(TOKEN),
+        );
         if status == 200 {
             break body["result"][0]["results"]["rows"][0][0].as_u64().unwrap() as usize;
         }
     };
     assert_eq!(count, applied);
-    assert!(count > ok as usize, "lost answers were applied: {count} rows, {ok} answered");
+    assert!(
+        count > ok as usize,
+        "lost answers were applied: {count} rows, {ok} answered"
+    );
 }

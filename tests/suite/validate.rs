@@ -8,11 +8,18 @@ use crate::harness::{dataset, read_json, stderr, LocalD1, Run};
 fn source(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("cells.sqlite");
     let db = rusqlite::Connection::open(&path).unwrap();
-    db.execute_batch("CREATE TABLE cells (id INTEGER PRIMARY KEY, r REAL, i INTEGER, b BLOB, v)").unwrap();
+    db.execute_batch("CREATE TABLE cells (id INTEGER PRIMARY KEY, r REAL, i INTEGER, b BLOB, v)")
+        .unwrap();
     for id in 1..=300i64 {
         db.execute(
             "INSERT INTO cells VALUES (?, ?, ?, ?, ?)",
-            rusqlite::params![id, id as f64 / 7.0, (1i64 << 53) + id, vec![id as u8; 40], id.to_string()],
+            rusqlite::params![
+                id,
+                id as f64 / 7.0,
+                (1i64 << 53) + id,
+                vec![id as u8; 40],
+                id.to_string()
+            ],
         )
         .unwrap();
     }
@@ -25,7 +32,9 @@ fn full_validation_names_every_kind_of_difference() {
     let db = d1.fresh_database();
     let dir = tempfile::tempdir().unwrap();
     let src = source(dir.path());
-    Run::new(d1, &db, &src).env("MIGRATION_VALIDATE_ALL_ROWS", "true").ok();
+    Run::new(d1, &db, &src)
+        .env("MIGRATION_VALIDATE_ALL_ROWS", "true")
+        .ok();
 
     let one_ulp = Value::Real(f64::from_bits((3.0f64 / 7.0).to_bits() + 1)).literal();
     let mut flipped = vec![5u8; 40];
@@ -66,12 +75,20 @@ fn full_validation_names_every_kind_of_difference() {
     };
     assert_eq!(kind_of("2")["kind"], "missing");
     assert_eq!(kind_of("1000")["kind"], "extra");
-    for (key, column) in [("3", "\"r\""), ("4", "\"i\""), ("5", "\"b\""), ("6", "\"v\"")] {
+    for (key, column) in [
+        ("3", "\"r\""),
+        ("4", "\"i\""),
+        ("5", "\"b\""),
+        ("6", "\"v\""),
+    ] {
         let d = kind_of(key);
         assert_eq!(d["kind"], "mismatch");
         assert_eq!(d["fields"][0]["column"], column, "{d}");
     }
-    assert!(kind_of("6")["fields"][0]["target"].as_str().unwrap().starts_with("integer 6"));
+    assert!(kind_of("6")["fields"][0]["target"]
+        .as_str()
+        .unwrap()
+        .starts_with("integer 6"));
     assert!(stderr(&out).contains("mismatch key 3"), "{}", stderr(&out));
 }
 
@@ -103,7 +120,10 @@ fn sampled_validation_reaches_across_the_key_range_and_catches_a_change() {
         .env("MIGRATION_SAMPLE_SEED", "9")
         .env("MIGRATION_REPORT", &again)
         .output();
-    assert_eq!(read_json(&again)["validation"]["tables"][0]["differences"], table["differences"]);
+    assert_eq!(
+        read_json(&again)["validation"]["tables"][0]["differences"],
+        table["differences"]
+    );
 }
 
 #[test]

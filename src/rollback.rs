@@ -1,0 +1,336 @@
+//! The reverse run, D1 → SQLite file: discover D1's catalog, read every table through the API
+//! page by key (exact values, see `remote`), and write the file with prepared statements in one
+//! transaction; then `sqlite_sequence`, indexes, views and triggers.
+//!
+//! A new file is built under a temporary name beside the final one and renamed into place only
+//! when complete, so a failed run never leaves a half-written file under the final name. An
+//! existing file is refused, rebuilt after a backup (`replace`), or given only the rows it lacks
+//! (`missing`), as `MIGRATION_ROLLBACK_MODE` says.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crossbeam_channel::bounded;
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, ToSql};
+
+use crate::config::{Config, RollbackMode};
+use crate::d1::D1Client;
+use crate::discover::{discover, Schema};
+use crate::error::{Error, Result};
+use crate::migrate::{if_not_exists, ordered_objects, select_tables};
+use crate::pack::Shape;
+use crate::progress::Progress;
+use crate::remote::{D1Catalog, D1Side};
+use crate::report::{Report, Skipped, TableStats};
+use crate::validate::RowSide;
+use crate::value::{quote_ident, Value};
+
+/// Rows read from D1 per request when paging through a table.
+const PAGE: usize = 5000;
+
+/// Runs the rollback, filling `report`.
+pub fn rollback(
+    config: &Config,
+    client: &D1Client,
+    progress: &Progress,
+    report: &mut Report,
+) -> Result<()> {
+    let path = &config.sqlite_path;
+    let exists = path.exists();
+    if exists && config.rollback_mode == RollbackMode::Refuse {
+        return Err(Error::Refused(format!(
+            "{} already exists; it is left as it is. Set MIGRATION_ROLLBACK_MODE=missing to add the rows \
+             it lacks, or MIGRATION_ROLLBACK_MODE=replace to rebuild it (a backup is kept)",
+            path.display()
+        )));
+    }
+    let mut schema = discover(&D1Catalog(client))?;
+    select_tables(&mut schema, &config.tables, &config.exclude_tables)?;
+    report.skipped = schema
+        .skipped
+        .iter()
+        .map(|(name, reason)| Skipped {
+            name: name.clone(),
+            reason: reason.clone(),
+        })
+        .collect();
+
+    if exists && config.rollback_mode == RollbackMode::Missing {
+        let mut conn = Connection::open(path)?;
+        conn.execute_batch("PRAGMA foreign_keys = OFF")?;
+        write_all(config, client, progress, &schema, &mut conn, true, report)?;
+        return Ok(());
+    }
+
+    let partial = sibling(path, &format!("partial-{}", std::process::id()));
+    let _ = std::fs::remove_file(&partial);
+    let built = (|| {
+        let mut conn = Connection::open(&partial)?;
+        conn.execute_batch(
+            "PRAGMA foreign_keys = OFF; PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF",
+        )?;
+        write_all(config, client, progress, &schema, &mut conn, false, report)?;
+        conn.execute_batch("PRAGMA journal_mode = DELETE")?;
+        drop(conn);
+        std::fs::File::open(&partial)
+            .and_then(|f| f.sync_all())
+            .map_err(|source| Error::Io {
+                path: partial.clone(),
+                source,
+            })
+    })();
+    if let Err(e) = built {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
+    if exists {
+        let backup = sibling(path, &format!("backup-{}", report.started_at_unix_ms));
+        std::fs::rename(path, &backup).map_err(|source| Error::Io {
+            path: backup.clone(),
+            source,
+        })?;
+        crate::log::info(&format!(
+            "the previous file is kept as {}",
+            backup.display()
+        ));
+    }
+    std::fs::rename(&partial, path).map_err(|source| Error::Io {
+        path: path.clone(),
+        source,
+    })
+}
+
+/// `dir/name.ext` → `dir/name.ext.<suffix>`.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{suffix}"));
+    path.with_file_name(name)
+}
+
+/// Schema, data, sequence, then indexes, views and triggers, into `conn`.
+fn write_all(
+    config: &Config,
+    client: &D1Client,
+    progress: &Progress,
+    schema: &Schema,
+    conn: &mut Connection,
+    only_missing: bool,
+    report: &mut Report,
+) -> Result<()> {
+    let tx = conn.transaction()?;
+    // An existing file's triggers must not fire while rows are copied in: they are set aside
+    // and recreated in the same transaction.
+    let triggers: Vec<(String, String)> = {
+        let mut stmt = tx.prepare(
+            "SELECT name, sql FROM sqlite_schema WHERE type = 'trigger' AND sql IS NOT NULL",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for (name, _) in &triggers {
+        tx.execute_batch(&format!("DROP TRIGGER {}", quote_ident(name)))?;
+    }
+    for t in &schema.tables {
+        tx.execute_batch(&if_not_exists(&t.sql))
+            .map_err(|e| Error::from(e).in_table(&t.name))?;
+    }
+    copy_rows(config, client, progress, schema, &tx, only_missing, report)?;
+    write_sequence(&tx, schema, only_missing)?;
+    for (_, sql) in &triggers {
+        tx.execute_batch(sql)?;
+    }
+    for o in ordered_objects(schema) {
+        tx.execute_batch(&if_not_exists(&o.sql))
+            .map_err(|e| Error::Refused(format!("creating {} {:?}: {e}", o.kind, o.name)))?;
+        report.objects_created.push(o.name.clone());
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn write_sequence(
+    tx: &rusqlite::Transaction<'_>,
+    schema: &Schema,
+    only_missing: bool,
+) -> Result<()> {
+    if schema.sequence.is_empty() {
+        return Ok(());
+    }
+    if !only_missing {
+        // Loading rows made counters of their own; the source's replace them, rowids included.
+        for s in &schema.sequence {
+            tx.execute("DELETE FROM sqlite_sequence WHERE name = ?1", [&s.name])?;
+        }
+    }
+    for s in &schema.sequence {
+        let seq = crate::source::to_sql(&s.seq);
+        if only_missing {
+            // Counters only move forward.
+            let changed = tx.execute(
+                "UPDATE sqlite_sequence SET seq = max(seq, ?1) WHERE name = ?2",
+                rusqlite::params![seq, s.name],
+            )?;
+            if changed == 0 {
+                tx.execute(
+                    "INSERT INTO sqlite_sequence (name, seq) VALUES (?1, ?2)",
+                    rusqlite::params![s.name, seq],
+                )?;
+            }
+        } else {
+            tx.execute(
+                "INSERT INTO sqlite_sequence (rowid, name, seq) VALUES (?1, ?2, ?3)",
+                rusqlite::params![s.rowid, s.name, seq],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// A page of one table's rows on its way to the writer.
+struct Page {
+    table: usize,
+    rows: Vec<Vec<Value>>,
+}
+
+/// Readers (one per table in flight) page through D1; this thread writes.
+fn copy_rows(
+    config: &Config,
+    client: &D1Client,
+    progress: &Progress,
+    schema: &Schema,
+    tx: &rusqlite::Transaction<'_>,
+    only_missing: bool,
+    report: &mut Report,
+) -> Result<()> {
+    let shapes: Vec<Shape> = schema.tables.iter().map(|t| Shape::new(t, &[])).collect();
+    let side = D1Side {
+        client,
+        label: "source (D1)",
+    };
+    let (page_tx, page_rx) = bounded::<Result<Page>>(config.parallel_tables * 2);
+    let (work_tx, work_rx) = crossbeam_channel::unbounded::<usize>();
+    for i in 0..shapes.len() {
+        work_tx.send(i).expect("queue");
+    }
+    drop(work_tx);
+    let mut stats: Vec<TableStats> = shapes
+        .iter()
+        .map(|s| TableStats {
+            table: s.table.clone(),
+            ..TableStats::default()
+        })
+        .collect();
+    let started = Instant::now();
+    std::thread::scope(|scope| -> Result<()> {
+        for _ in 0..config.parallel_tables {
+            let (work_rx, page_tx, shapes, side) =
+                (work_rx.clone(), page_tx.clone(), &shapes, &side);
+            scope.spawn(move || {
+                for i in work_rx {
+                    let sent = read_table(side, &shapes[i], i, &page_tx);
+                    if let Err(e) = sent {
+                        let _ = page_tx.send(Err(e.in_table(&shapes[i].table)));
+                        return;
+                    }
+                }
+            });
+        }
+        drop(page_tx);
+        let mut statements: Vec<rusqlite::CachedStatement<'_>> = Vec::new();
+        for s in &shapes {
+            let marks = vec!["?"; s.columns.len()].join(",");
+            let verb = match (only_missing, s.is_virtual) {
+                (true, true) => "INSERT OR IGNORE INTO",
+                _ => "INSERT INTO",
+            };
+            let tail = if only_missing && !s.is_virtual {
+                " ON CONFLICT DO NOTHING"
+            } else {
+                ""
+            };
+            let sql = format!(
+                "{verb} {} ({}) VALUES ({marks}){tail}",
+                quote_ident(&s.table),
+                s.columns.join(",")
+            );
+            statements.push(tx.prepare_cached(&sql)?);
+        }
+        let mut bars: Vec<Option<crate::progress::TableProgress<'_>>> =
+            (0..shapes.len()).map(|_| None).collect();
+        for page in page_rx {
+            let page = page?;
+            let bar = bars[page.table]
+                .get_or_insert_with(|| progress.table(&shapes[page.table].table, 0));
+            let stmt = &mut statements[page.table];
+            let st = &mut stats[page.table];
+            for row in &page.rows {
+                let params: Vec<Cell<'_>> = row.iter().map(Cell).collect();
+                let changed = stmt
+                    .execute(rusqlite::params_from_iter(params.iter()))
+                    .map_err(|e| Error::Row {
+                        table: shapes[page.table].table.clone(),
+                        key: shapes[page.table].key_text(row),
+                        message: e.to_string(),
+                    })?;
+                st.rows_written += changed as u64;
+            }
+            st.rows_read += page.rows.len() as u64;
+            bar.add(page.rows.len() as u64);
+        }
+        Ok(())
+    })?;
+    let elapsed = started.elapsed().as_millis() as u64;
+    for mut s in stats {
+        s.duration_ms = elapsed;
+        report.tables.push(s);
+    }
+    Ok(())
+}
+
+/// Pages through one table by key (never by OFFSET) and hands the pages on.
+fn read_table(
+    side: &D1Side<'_>,
+    shape: &Shape,
+    table: usize,
+    pages: &crossbeam_channel::Sender<Result<Page>>,
+) -> Result<()> {
+    let keys = shape.key_exprs.join(", ");
+    let mut after: Option<String> = None;
+    loop {
+        let lower = after
+            .as_ref()
+            .map(|k| format!("WHERE ({keys}) > {k} "))
+            .unwrap_or_default();
+        let tail = format!("{lower}ORDER BY {keys} LIMIT {PAGE}");
+        let rows = side.select(shape, &[tail])?.pop().unwrap_or_default();
+        let Some(last) = rows.last() else {
+            return Ok(());
+        };
+        let key: Vec<String> = shape
+            .key_positions
+            .iter()
+            .map(|&p| last[p].literal())
+            .collect();
+        after = Some(format!("({})", key.join(", ")));
+        let full = rows.len() == PAGE;
+        if pages.send(Ok(Page { table, rows })).is_err() || !full {
+            return Ok(());
+        }
+    }
+}
+
+/// A value bound exactly as it is, TEXT with whatever bytes it holds.
+struct Cell<'a>(&'a Value);
+
+impl ToSql for Cell<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match self.0 {
+            Value::Null => ValueRef::Null,
+            Value::Integer(i) => ValueRef::Integer(*i),
+            Value::Real(r) => ValueRef::Real(*r),
+            Value::Text(b) => ValueRef::Text(b),
+            Value::Blob(b) => ValueRef::Blob(b),
+        }))
+    }
+}
