@@ -38,6 +38,10 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ("MIGRATION_SAMPLE_SIZE", "rows sampled per table by validation", "100"),
     ("MIGRATION_SAMPLE_SEED", "seed choosing the sampled rows", "0"),
     ("MIGRATION_REPORT", "path of a JSON report of the run", "none"),
+    ("MIGRATION_STATE_DIR", "folder of the checkpoint that lets a stopped run resume", "./d1-migrator-state"),
+    ("MIGRATION_ON_BAD_ROW", "a row D1 rejects: fail (stop, naming it) or skip (to the reject file)", "fail"),
+    ("MIGRATION_CONTINUE_ON_ERROR", "skip bad rows and go on with other tables when one fails", "false"),
+    ("MIGRATION_REJECT_FILE", "JSON lines of rejected rows: table, key, reason, re-insertable SQL", "<state dir>/rejected-rows.jsonl"),
     ("MIGRATION_LOG", "error, warn, info or debug, to stderr", "info"),
     ("MIGRATION_QUIET", "print nothing but errors", "false"),
 ];
@@ -66,6 +70,10 @@ pub struct RawConfig {
     sample_size: Option<String>,
     sample_seed: Option<String>,
     report: Option<String>,
+    state_dir: Option<String>,
+    on_bad_row: Option<String>,
+    continue_on_error: Option<String>,
+    reject_file: Option<String>,
     log: Option<String>,
     quiet: Option<String>,
 }
@@ -80,6 +88,12 @@ pub enum Direction {
 pub enum RunMode {
     Migrate,
     Validate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BadRow {
+    Fail,
+    Skip,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -109,6 +123,10 @@ pub struct Config {
     pub sample_size: usize,
     pub sample_seed: u64,
     pub report: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub on_bad_row: BadRow,
+    pub continue_on_error: bool,
+    pub reject_file: PathBuf,
     pub log_level: Level,
     pub quiet: bool,
 }
@@ -189,6 +207,14 @@ impl Config {
                 ("debug", Level::Debug),
             ],
         )?;
+        let state_dir = PathBuf::from(raw.state_dir.unwrap_or_else(|| "d1-migrator-state".into()));
+        let continue_on_error =
+            boolean(raw.continue_on_error, "MIGRATION_CONTINUE_ON_ERROR", false)?;
+        let on_bad_row = choice(
+            raw.on_bad_row,
+            "MIGRATION_ON_BAD_ROW",
+            &[("fail", BadRow::Fail), ("skip", BadRow::Skip)],
+        )?;
         let request_bytes = number(
             raw.request_bytes,
             "MIGRATION_REQUEST_BYTES",
@@ -237,6 +263,17 @@ impl Config {
             sample_size: number(raw.sample_size, "MIGRATION_SAMPLE_SIZE", 100, 0, 10_000_000)?,
             sample_seed: number(raw.sample_seed, "MIGRATION_SAMPLE_SEED", 0, 0, usize::MAX)? as u64,
             report: raw.report.filter(|r| !r.is_empty()).map(PathBuf::from),
+            reject_file: raw
+                .reject_file
+                .map(PathBuf::from)
+                .unwrap_or_else(|| state_dir.join("rejected-rows.jsonl")),
+            state_dir,
+            on_bad_row: if continue_on_error {
+                BadRow::Skip
+            } else {
+                on_bad_row
+            },
+            continue_on_error,
             log_level,
             quiet: boolean(raw.quiet, "MIGRATION_QUIET", false)?,
         })

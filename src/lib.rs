@@ -20,6 +20,7 @@ pub mod remote;
 pub mod report;
 pub mod rollback;
 pub mod source;
+pub mod state;
 pub mod validate;
 pub mod value;
 

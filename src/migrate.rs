@@ -11,16 +11,18 @@ use std::time::Instant;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
-use crate::config::Config;
+use crate::config::{BadRow, Config};
 use crate::d1::{D1Client, Failure};
 use crate::discover::{discover, Schema, SchemaObject, Table};
 use crate::error::{D1Error, Error, Result};
+use crate::log;
 use crate::pack::{deferred_update, InsertPacker, Request, RequestBuilder, Shape, Statement, Unit};
 use crate::plan::plan;
 use crate::progress::Progress;
 use crate::report::{Report, Skipped, TableStats};
 use crate::source::{count_rows, open_read_only, read_batches, SqliteCatalog};
-use crate::value::quote_text;
+use crate::state::{Fingerprint, State};
+use crate::value::{quote_text, Value};
 
 /// Keeps only the tables the configuration asks for; an unknown name is an error.
 pub fn select_tables(schema: &mut Schema, include: &[String], exclude: &[String]) -> Result<()> {
@@ -61,7 +63,17 @@ pub fn select_tables(schema: &mut Schema, include: &[String], exclude: &[String]
     Ok(())
 }
 
-/// Runs the forward migration, filling `report`.
+/// What every stage of a forward run shares.
+struct Ctx<'a> {
+    config: &'a Config,
+    client: &'a D1Client,
+    progress: &'a Progress,
+    state: &'a State,
+    rejects: &'a Rejects,
+}
+
+/// Runs the forward migration, filling `report`. Resumes from the checkpoint in
+/// `MIGRATION_STATE_DIR` when there is one.
 pub fn forward(
     config: &Config,
     client: &D1Client,
@@ -83,6 +95,25 @@ pub fn forward(
 
     // Reading the target's catalog first also proves the token, account and database id.
     let existing = target_objects(client)?;
+    let state = State::open(&config.state_dir, fingerprint(config, &schema))?;
+    if state.is_complete() {
+        log::info(&format!(
+            "this migration is already complete (checkpoint {}); nothing to do. \
+             Remove that folder to run it again from the start.",
+            state.path().display()
+        ));
+        report.already_complete = true;
+        return Ok(());
+    }
+    let rejects = Rejects::new(config.reject_file.clone());
+    let ctx = Ctx {
+        config,
+        client,
+        progress,
+        state: &state,
+        rejects: &rejects,
+    };
+
     let ordinary: Vec<&Table> = plan
         .tables
         .iter()
@@ -97,38 +128,49 @@ pub fn forward(
         report,
     )?;
 
-    let mut work: Vec<Work> = Vec::new();
     let position: HashMap<usize, usize> = plan
         .tables
         .iter()
         .enumerate()
         .map(|(i, t)| (t.table, i))
         .collect();
-    for tp in &plan.tables {
-        let table = &schema.tables[tp.table];
-        work.push(Work {
-            shape: Shape::new(table, &tp.deferred),
-            pass: Pass::Insert,
-            sequential: tp.sequential,
-            parents: tp.parents.iter().map(|p| position[p]).collect(),
-        });
-    }
-    run_work(config, client, progress, &work, &mut report.tables)?;
+    let work: Vec<Work> = plan
+        .tables
+        .iter()
+        .map(|tp| {
+            let table = &schema.tables[tp.table];
+            Work {
+                shape: Shape::new(table, &tp.deferred),
+                pass: Pass::Insert,
+                sequential: tp.sequential,
+                parents: tp.parents.iter().map(|p| position[p]).collect(),
+                done: state.table(&table.name).inserted,
+            }
+        })
+        .collect();
+    let mut failed = run_work(&ctx, &work, &mut report.tables)?;
 
     let deferred: Vec<Work> = plan
         .tables
         .iter()
         .filter(|tp| !tp.deferred.is_empty())
-        .map(|tp| Work {
-            shape: Shape::new(&schema.tables[tp.table], &tp.deferred),
-            pass: Pass::SetDeferred,
-            sequential: false,
-            parents: Vec::new(),
+        .map(|tp| {
+            let table = &schema.tables[tp.table];
+            Work {
+                shape: Shape::new(table, &tp.deferred),
+                pass: Pass::SetDeferred,
+                sequential: false,
+                parents: Vec::new(),
+                done: state.table(&table.name).deferred_done,
+            }
         })
         .collect();
-    run_work(config, client, progress, &deferred, &mut report.tables)?;
+    failed.extend(run_work(&ctx, &deferred, &mut report.tables)?);
 
-    copy_sequence(client, &schema)?;
+    if !state.phase_done("sequence") {
+        copy_sequence(client, &schema)?;
+        state.set_phase_done("sequence")?;
+    }
 
     let virtual_tables: Vec<&Table> = plan
         .virtual_tables
@@ -150,9 +192,10 @@ pub fn forward(
             pass: Pass::Insert,
             sequential: false,
             parents: Vec::new(),
+            done: state.table(&t.name).inserted,
         })
         .collect();
-    run_work(config, client, progress, &fill, &mut report.tables)?;
+    failed.extend(run_work(&ctx, &fill, &mut report.tables)?);
 
     create_missing(
         client,
@@ -160,7 +203,88 @@ pub fn forward(
         &existing,
         report,
     )?;
+    report.rejected_rows = rejects.count();
+    if rejects.count() > 0 {
+        report.reject_file = Some(config.reject_file.display().to_string());
+        log::warn(&format!(
+            "{} rows were rejected by D1 and written to {}",
+            rejects.count(),
+            config.reject_file.display()
+        ));
+    }
+    if !failed.is_empty() {
+        return Err(Error::Refused(format!(
+            "tables that failed (MIGRATION_CONTINUE_ON_ERROR went on without them): {}",
+            failed.join(", ")
+        )));
+    }
+    state.set_complete()?;
     Ok(())
+}
+
+/// What a checkpoint must match: the same source (and schema), target and table selection.
+fn fingerprint(config: &Config, schema: &Schema) -> Fingerprint {
+    let mut ddl = blake3::Hasher::new();
+    for t in &schema.tables {
+        ddl.update(t.sql.as_bytes());
+    }
+    Fingerprint {
+        source: std::fs::canonicalize(&config.sqlite_path)
+            .unwrap_or_else(|_| config.sqlite_path.clone())
+            .display()
+            .to_string(),
+        source_schema: ddl.finalize().to_hex().to_string(),
+        api_url: config.endpoint.api_url.clone(),
+        database_id: config.endpoint.database_id.clone(),
+        tables: config.tables.clone(),
+        exclude_tables: config.exclude_tables.clone(),
+    }
+}
+
+/// The reject file: one JSON line per row D1 refused, with a statement that re-inserts it.
+pub struct Rejects {
+    path: std::path::PathBuf,
+    file: std::sync::Mutex<Option<std::fs::File>>,
+    count: std::sync::atomic::AtomicU64,
+}
+
+impl Rejects {
+    fn new(path: std::path::PathBuf) -> Rejects {
+        Rejects {
+            path,
+            file: std::sync::Mutex::new(None),
+            count: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn write(&self, table: &str, key: &str, reason: &str, sql: &str) -> Result<()> {
+        use std::io::Write;
+        let io = |source| Error::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut file = self.file.lock().expect("reject file lock");
+        if file.is_none() {
+            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(io)?;
+            }
+            *file = Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)
+                    .map_err(io)?,
+            );
+        }
+        let line = serde_json::json!({"table": table, "key": key, "reason": reason, "sql": sql});
+        writeln!(file.as_mut().expect("opened"), "{line}").map_err(io)?;
+        self.count.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 /// Indexes, then views, then triggers (which may use views), each in catalog order.
@@ -338,50 +462,51 @@ struct Work {
     sequential: bool,
     /// Indexes into the same work list of tables that must be finished first.
     parents: Vec<usize>,
+    /// Already done by an earlier run (checkpoint).
+    done: bool,
 }
 
 /// A request on its way to a sender, with where to say how it went.
 struct Job {
     table: String,
+    seq: u64,
     request: Request,
-    ack: Sender<Result<Sent>>,
+    ack: Sender<(u64, Result<Sent>)>,
 }
 
 #[derive(Debug, Default)]
 struct Sent {
     rows: u64,
+    failed: u64,
     statements: u64,
     bytes: u64,
     requests: u64,
 }
 
 /// Runs a list of table work items: tables start when their parents are done, at most
-/// `parallel_tables` at once; requests go through `concurrency` senders.
-/// Each table's counts are merged into `stats` as it finishes, failed or not.
-fn run_work(
-    config: &Config,
-    client: &D1Client,
-    progress: &Progress,
-    work: &[Work],
-    stats: &mut Vec<TableStats>,
-) -> Result<()> {
-    if work.is_empty() {
-        return Ok(());
+/// `parallel_tables` at once; requests go through `concurrency` senders. Returns the tables
+/// that failed when `continue_on_error` let the run go on without them.
+fn run_work(ctx: &Ctx<'_>, work: &[Work], stats: &mut Vec<TableStats>) -> Result<Vec<String>> {
+    if work.iter().all(|w| w.done) {
+        return Ok(Vec::new());
     }
+    let config = ctx.config;
     let cancel = AtomicBool::new(false);
     let (job_tx, job_rx) = bounded::<Job>(config.concurrency);
     let (done_tx, done_rx) = unbounded::<(usize, TableStats, Option<Error>)>();
     let mut first_error: Option<Error> = None;
+    let mut failed: Vec<String> = Vec::new();
 
     std::thread::scope(|scope| {
         for _ in 0..config.concurrency {
             let rx = job_rx.clone();
-            scope.spawn(move || sender(client, rx));
+            scope.spawn(move || sender(ctx, rx));
         }
         drop(job_rx);
 
-        let mut started = vec![false; work.len()];
-        let mut finished = vec![false; work.len()];
+        let mut started: Vec<bool> = work.iter().map(|w| w.done).collect();
+        let mut finished = started.clone();
+        let mut broken = vec![false; work.len()];
         let mut running = 0usize;
         loop {
             if first_error.is_none() {
@@ -389,17 +514,24 @@ fn run_work(
                     if running >= config.parallel_tables {
                         break;
                     }
-                    if !started[i] && work[i].parents.iter().all(|&p| finished[p]) {
-                        started[i] = true;
-                        running += 1;
-                        let (job_tx, done_tx, cancel) = (job_tx.clone(), done_tx.clone(), &cancel);
-                        let item = &work[i];
-                        scope.spawn(move || {
-                            let (stats, error) =
-                                copy_table(config, item, progress, &job_tx, cancel);
-                            let _ = done_tx.send((i, stats, error));
-                        });
+                    if started[i] || !work[i].parents.iter().all(|&p| finished[p]) {
+                        continue;
                     }
+                    started[i] = true;
+                    if work[i].parents.iter().any(|&p| broken[p]) {
+                        // A parent failed: its children cannot load either.
+                        finished[i] = true;
+                        broken[i] = true;
+                        failed.push(work[i].shape.table.clone());
+                        continue;
+                    }
+                    running += 1;
+                    let (job_tx, done_tx, cancel) = (job_tx.clone(), done_tx.clone(), &cancel);
+                    let item = &work[i];
+                    scope.spawn(move || {
+                        let (stats, error) = copy_table(ctx, item, &job_tx, cancel);
+                        let _ = done_tx.send((i, stats, error));
+                    });
                 }
             }
             if running == 0 {
@@ -410,24 +542,29 @@ fn run_work(
             finished[i] = true;
             merge(stats, table_stats);
             if let Some(e) = error {
-                cancel.store(true, Ordering::Relaxed);
-                first_error.get_or_insert(e);
+                if config.continue_on_error {
+                    log::error(&e.to_string());
+                    broken[i] = true;
+                    failed.push(work[i].shape.table.clone());
+                } else {
+                    cancel.store(true, Ordering::Relaxed);
+                    first_error.get_or_insert(e);
+                }
             }
         }
         drop(job_tx);
     });
     match first_error {
         Some(e) => Err(e),
-        None => Ok(()),
+        None => Ok(failed),
     }
 }
 
 /// Reads one table in batches, packs it, and sends its requests; waits for every answer.
 /// Returns the table's counts, and the error that stopped it, if any.
 fn copy_table(
-    config: &Config,
+    ctx: &Ctx<'_>,
     work: &Work,
-    progress: &Progress,
     jobs: &Sender<Job>,
     cancel: &AtomicBool,
 ) -> (TableStats, Option<Error>) {
@@ -435,84 +572,138 @@ fn copy_table(
         table: work.shape.table.clone(),
         ..TableStats::default()
     };
-    let error = copy_rows(config, work, progress, jobs, cancel, &mut stats).err();
+    let error = copy_rows(ctx, work, jobs, cancel, &mut stats).err();
     if let Some(e) = &error {
         stats.error = Some(e.to_string());
     }
     (stats, error.map(|e| e.in_table(&work.shape.table)))
 }
 
+/// One table's requests on their way: how many, and the first error.
+#[derive(Default)]
+struct Flight {
+    in_flight: usize,
+    next_seq: u64,
+    watermark: Watermark,
+    error: Option<Error>,
+}
+
+/// Requests in flight of one table, in the order they were sent: the checkpoint advances over
+/// the prefix D1 has committed.
+#[derive(Default)]
+struct Watermark {
+    pending: std::collections::VecDeque<(u64, Option<Vec<Value>>, bool)>,
+}
+
+impl Watermark {
+    fn sent(&mut self, seq: u64, last_key: Option<Vec<Value>>) {
+        self.pending.push_back((seq, last_key, false));
+    }
+
+    /// Marks `seq` committed; returns the new key up to which everything is committed.
+    fn committed(&mut self, seq: u64) -> Option<Vec<Value>> {
+        if let Some(entry) = self.pending.iter_mut().find(|e| e.0 == seq) {
+            entry.2 = true;
+        }
+        let mut key = None;
+        while self.pending.front().is_some_and(|e| e.2) {
+            let (_, k, _) = self.pending.pop_front().expect("front");
+            if k.is_some() {
+                key = k;
+            }
+        }
+        key
+    }
+}
+
 fn copy_rows(
-    config: &Config,
+    ctx: &Ctx<'_>,
     work: &Work,
-    progress: &Progress,
     jobs: &Sender<Job>,
     cancel: &AtomicBool,
     stats: &mut TableStats,
 ) -> Result<()> {
+    let config = ctx.config;
     let started = Instant::now();
     let shape = &work.shape;
     let table = shape.table.clone();
     let conn = open_read_only(&config.sqlite_path)?;
-    let filter = match work.pass {
-        Pass::Insert => String::new(),
-        Pass::SetDeferred => shape
-            .deferred
-            .iter()
-            .map(|&p| format!("{} IS NOT NULL", shape.columns[p]))
-            .collect::<Vec<_>>()
-            .join(" OR "),
+    let (filter, after) = match work.pass {
+        Pass::Insert => (String::new(), ctx.state.resume_after(&table)),
+        Pass::SetDeferred => (
+            shape
+                .deferred
+                .iter()
+                .map(|&p| format!("{} IS NOT NULL", shape.columns[p]))
+                .collect::<Vec<_>>()
+                .join(" OR "),
+            None,
+        ),
     };
-    let total = count_rows(&conn, &table).map_err(|e| e.in_table(&table))?;
-    let mut bar = progress.table(&table, if work.pass == Pass::Insert { total } else { 0 });
-    let (ack_tx, ack_rx) = unbounded::<Result<Sent>>();
-    let mut in_flight = 0usize;
-    let mut error: Option<Error> = None;
+    if after.is_some() {
+        log::info(&format!(
+            "{table}: resuming after key {}",
+            shape.key_text_of(after.as_deref().unwrap_or_default())
+        ));
+    }
+    let total = count_rows(&conn, &table)?;
+    let mut bar = ctx
+        .progress
+        .table(&table, if work.pass == Pass::Insert { total } else { 0 });
+    let (ack_tx, ack_rx) = unbounded::<(u64, Result<Sent>)>();
+    let mut flight = Flight::default();
     let mut on_ack =
-        |ack: Result<Sent>, stats: &mut TableStats, error: &mut Option<Error>| match ack {
+        |(seq, ack): (u64, Result<Sent>), stats: &mut TableStats, flight: &mut Flight| match ack {
             Ok(sent) => {
-                stats.rows_written += sent.rows;
+                stats.rows_written += sent.rows - sent.failed;
+                stats.rows_failed += sent.failed;
                 stats.statements += sent.statements;
                 stats.bytes_sent += sent.bytes;
                 stats.requests += sent.requests;
                 if work.pass == Pass::Insert {
                     bar.add(sent.rows);
+                    if let Some(key) = flight.watermark.committed(seq) {
+                        if let Err(e) = ctx.state.committed_up_to(&table, &key) {
+                            flight.error.get_or_insert(e);
+                        }
+                    }
                 }
             }
             Err(e) => {
-                error.get_or_insert(e);
+                flight.error.get_or_insert(e);
             }
         };
 
     let mut packer = InsertPacker::new(shape.clone(), config.limits);
     let mut builder = RequestBuilder::new(config.limits);
     let mut units: Vec<Unit> = Vec::new();
-    let mut send = |request: Request,
-                    in_flight: &mut usize,
-                    stats: &mut TableStats,
-                    error: &mut Option<Error>| {
+    let mut send = |request: Request, stats: &mut TableStats, flight: &mut Flight| {
+        let seq = flight.next_seq;
+        flight.next_seq += 1;
+        flight.watermark.sent(seq, request.last_key.clone());
         let job = Job {
             table: table.clone(),
+            seq,
             request,
             ack: ack_tx.clone(),
         };
         if jobs.send(job).is_ok() {
-            *in_flight += 1;
+            flight.in_flight += 1;
         }
         // A table whose rows reference each other through a NOT NULL key goes one request at a time.
-        while *in_flight > 0 {
+        while flight.in_flight > 0 {
             let ack = if work.sequential {
                 ack_rx.recv().ok()
             } else {
                 ack_rx.try_recv().ok()
             };
             let Some(ack) = ack else { break };
-            *in_flight -= 1;
-            on_ack(ack, stats, error);
+            flight.in_flight -= 1;
+            on_ack(ack, stats, flight);
         }
     };
 
-    let read = read_batches(&conn, shape, &filter, config.batch_size, None, |rows| {
+    let read = read_batches(&conn, shape, &filter, config.batch_size, after, |rows| {
         stats.rows_read += rows.len() as u64;
         for row in &rows {
             match work.pass {
@@ -522,66 +713,78 @@ fn copy_rows(
         }
         for unit in units.drain(..) {
             if let Some(request) = builder.push(unit) {
-                send(request, &mut in_flight, stats, &mut error);
+                send(request, stats, &mut flight);
             }
         }
-        Ok(error.is_none() && !cancel.load(Ordering::Relaxed))
+        Ok(flight.error.is_none() && !cancel.load(Ordering::Relaxed))
     });
     if let Err(e) = read {
-        error.get_or_insert(e);
+        flight.error.get_or_insert(e);
     }
-    if error.is_none() && !cancel.load(Ordering::Relaxed) {
+    let stopped = flight.error.is_some() || cancel.load(Ordering::Relaxed);
+    if !stopped {
         packer.flush(&mut units);
         for unit in units.drain(..) {
             if let Some(request) = builder.push(unit) {
-                send(request, &mut in_flight, stats, &mut error);
+                send(request, stats, &mut flight);
             }
         }
         if let Some(request) = builder.take() {
-            send(request, &mut in_flight, stats, &mut error);
+            send(request, stats, &mut flight);
         }
     }
     drop(send);
-    while in_flight > 0 {
+    while flight.in_flight > 0 {
         let ack = ack_rx.recv().expect("senders answer every job");
-        in_flight -= 1;
-        on_ack(ack, stats, &mut error);
+        flight.in_flight -= 1;
+        on_ack(ack, stats, &mut flight);
     }
+    drop(on_ack);
+    let error = flight.error;
     if work.pass == Pass::SetDeferred {
         stats.rows_read = 0;
         stats.rows_written = 0;
     }
     stats.duration_ms = started.elapsed().as_millis() as u64;
-    match error {
-        Some(e) => Err(e),
-        None => Ok(()),
+    if let Some(e) = error {
+        return Err(e);
+    }
+    if cancel.load(Ordering::Relaxed) {
+        return Err(Error::Refused(
+            "stopped because another table failed".into(),
+        ));
+    }
+    match work.pass {
+        Pass::Insert => ctx.state.set_inserted(&table),
+        Pass::SetDeferred => ctx.state.set_deferred_done(&table),
     }
 }
 
 /// A sender thread: posts each job's request and reports back.
-fn sender(client: &D1Client, jobs: Receiver<Job>) {
+fn sender(ctx: &Ctx<'_>, jobs: Receiver<Job>) {
     for job in jobs {
         let mut sent = Sent::default();
         let result =
-            send_statements(client, &job.table, &job.request.statements, &mut sent).map(|()| {
+            send_statements(ctx, &job.table, &job.request.statements, &mut sent).map(|()| {
                 sent.rows = job.request.rows as u64;
                 sent
             });
-        let _ = job.ack.send(result);
+        let _ = job.ack.send((job.seq, result));
     }
 }
 
 /// Sends statements as one request. When D1 says they are too large, or rejects them, sends
-/// halves instead, down to the single row at fault, which is then named in the error.
+/// halves instead, down to the single row at fault, which is then rejected (to the reject file,
+/// when the configuration says so) or named in the error.
 fn send_statements(
-    client: &D1Client,
+    ctx: &Ctx<'_>,
     table: &str,
     statements: &[Statement],
     sent: &mut Sent,
 ) -> Result<()> {
     let sqls: Vec<&str> = statements.iter().map(|s| s.sql.as_str()).collect();
     sent.requests += 1;
-    match client.execute(&sqls) {
+    match ctx.client.execute(&sqls) {
         Ok(_) => {
             sent.statements += statements.len() as u64;
             sent.bytes += sqls.iter().map(|s| s.len() as u64).sum::<u64>();
@@ -594,19 +797,33 @@ fn send_statements(
             }
             if statements.len() > 1 {
                 let (a, b) = statements.split_at(statements.len() / 2);
-                send_statements(client, table, a, sent)?;
-                return send_statements(client, table, b, sent);
+                send_statements(ctx, table, a, sent)?;
+                return send_statements(ctx, table, b, sent);
             }
             if let Some((a, b)) = statements[0].split() {
-                send_statements(client, table, &[a], sent)?;
-                return send_statements(client, table, &[b], sent);
+                send_statements(ctx, table, &[a], sent)?;
+                return send_statements(ctx, table, &[b], sent);
             }
-            let sql = &statements[0].sql;
-            let key = row_text(sql);
+            let statement = &statements[0];
+            let key = statement
+                .single_key()
+                .map(str::to_string)
+                .unwrap_or_else(|| row_text(&statement.sql));
+            let reason = match &error {
+                D1Error::Sql { message } => message.clone(),
+                other => other.to_string(),
+            };
+            if ctx.config.on_bad_row == BadRow::Skip && statement.row_count() == 1 {
+                log::warn(&format!(
+                    "table {table}, row {key}: rejected by D1: {reason}"
+                ));
+                sent.failed += 1;
+                return ctx.rejects.write(table, &key, &reason, &statement.sql);
+            }
             Err(Error::Row {
                 table: table.to_string(),
                 key,
-                message: error.to_string(),
+                message: format!("D1 rejected the row: {reason}"),
             })
         }
     }

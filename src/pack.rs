@@ -109,6 +109,17 @@ impl Shape {
         out
     }
 
+    /// Key values as text.
+    pub fn key_text_of(&self, key: &[Value]) -> String {
+        let parts: Vec<String> = key.iter().map(Value::literal).collect();
+        parts.join(", ")
+    }
+
+    /// The row's key values.
+    pub fn key_values(&self, row: &[Value]) -> Vec<Value> {
+        self.key_positions.iter().map(|&p| row[p].clone()).collect()
+    }
+
     /// The row's key as text, for messages and reports.
     pub fn key_text(&self, row: &[Value]) -> String {
         let parts: Vec<String> = self
@@ -141,12 +152,22 @@ impl Shape {
     }
 }
 
+/// Where the rows of a multi-row insert sit in its SQL, and their keys.
+#[derive(Debug, Clone, PartialEq)]
+struct RowIndex {
+    /// Byte length of `INSERT INTO ... VALUES `.
+    head: usize,
+    /// End offset of each row tuple.
+    ends: Vec<usize>,
+    /// Each row's key, as text for messages and reject files.
+    keys: Vec<String>,
+}
+
 /// One SQL statement; inserts remember where each row's tuple sits so they can be split.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Statement {
     pub sql: String,
-    /// For multi-row inserts: byte length of the head, and the end offset of each row tuple.
-    rows: Option<(usize, Vec<usize>)>,
+    rows: Option<RowIndex>,
 }
 
 impl Statement {
@@ -156,20 +177,29 @@ impl Statement {
 
     /// Number of row tuples (0 for statements that are not multi-row inserts).
     pub fn row_count(&self) -> usize {
-        self.rows.as_ref().map_or(0, |(_, ends)| ends.len())
+        self.rows.as_ref().map_or(0, |r| r.ends.len())
+    }
+
+    /// The key of a one-row insert.
+    pub fn single_key(&self) -> Option<&str> {
+        match &self.rows {
+            Some(r) if r.keys.len() == 1 => Some(&r.keys[0]),
+            _ => None,
+        }
     }
 
     /// Splits a multi-row insert into two halves; `None` when it holds one row or is not one.
     pub fn split(&self) -> Option<(Statement, Statement)> {
-        let (head, ends) = self.rows.as_ref()?;
+        let index = self.rows.as_ref()?;
+        let (head, ends) = (index.head, &index.ends);
         if ends.len() < 2 {
             return None;
         }
         let tail = &self.sql[*ends.last().expect("rows")..];
         let mid = ends.len() / 2;
-        let build = |from: usize, range: &[usize]| {
+        let build = |from: usize, range: &[usize], keys: &[String]| {
             let mut sql = String::with_capacity(self.sql.len() / 2 + head + tail.len());
-            sql.push_str(&self.sql[..*head]);
+            sql.push_str(&self.sql[..head]);
             let mut start = from;
             let mut out_ends = Vec::with_capacity(range.len());
             for (i, &end) in range.iter().enumerate() {
@@ -183,12 +213,16 @@ impl Statement {
             sql.push_str(tail);
             Statement {
                 sql,
-                rows: Some((*head, out_ends)),
+                rows: Some(RowIndex {
+                    head,
+                    ends: out_ends,
+                    keys: keys.to_vec(),
+                }),
             }
         };
         Some((
-            build(*head, &ends[..mid]),
-            build(ends[mid - 1] + 1, &ends[mid..]),
+            build(head, &ends[..mid], &index.keys[..mid]),
+            build(ends[mid - 1] + 1, &ends[mid..], &index.keys[mid..]),
         ))
     }
 }
@@ -198,6 +232,8 @@ impl Statement {
 pub struct Unit {
     pub statements: Vec<Statement>,
     pub rows: usize,
+    /// The key of the unit's last row, for checkpoints.
+    pub last_key: Option<Vec<Value>>,
 }
 
 impl Unit {
@@ -214,6 +250,8 @@ pub struct InsertPacker {
     tail: &'static str,
     current: String,
     ends: Vec<usize>,
+    keys: Vec<String>,
+    last_key: Option<Vec<Value>>,
     scratch: String,
 }
 
@@ -228,6 +266,8 @@ impl InsertPacker {
             tail,
             current: String::new(),
             ends: Vec::new(),
+            keys: Vec::new(),
+            last_key: None,
             scratch: String::new(),
         }
     }
@@ -265,6 +305,8 @@ impl InsertPacker {
         }
         self.current.push_str(&self.scratch);
         self.ends.push(self.current.len());
+        self.keys.push(self.shape.key_text(row));
+        self.last_key = Some(self.shape.key_values(row));
     }
 
     /// Closes the statement in progress.
@@ -279,9 +321,14 @@ impl InsertPacker {
         out.push(Unit {
             statements: vec![Statement {
                 sql,
-                rows: Some((self.head.len(), ends)),
+                rows: Some(RowIndex {
+                    head: self.head.len(),
+                    ends,
+                    keys: std::mem::take(&mut self.keys),
+                }),
             }],
             rows,
+            last_key: self.last_key.take(),
         });
     }
 
@@ -312,7 +359,11 @@ impl InsertPacker {
         sql.push_str(self.tail);
         let mut statements = vec![Statement {
             sql,
-            rows: Some((self.head.len(), vec![end])),
+            rows: Some(RowIndex {
+                head: self.head.len(),
+                ends: vec![end],
+                keys: vec![self.shape.key_text(row)],
+            }),
         }];
         let predicate = self.shape.key_predicate(row);
         for i in moved {
@@ -343,6 +394,7 @@ impl InsertPacker {
         Unit {
             statements,
             rows: 1,
+            last_key: Some(self.shape.key_values(row)),
         }
     }
 }
@@ -383,6 +435,7 @@ pub fn deferred_update(shape: &Shape, row: &[Value]) -> Option<Unit> {
     Some(Unit {
         statements: vec![Statement::plain(sql)],
         rows: 0,
+        last_key: None,
     })
 }
 
@@ -392,6 +445,9 @@ pub struct Request {
     pub statements: Vec<Statement>,
     pub rows: usize,
     pub bytes: usize,
+    /// The key of the request's last row: once D1 has committed this request and every one
+    /// before it, the table is copied up to this key.
+    pub last_key: Option<Vec<Value>>,
 }
 
 /// Groups units into requests of about `request_bytes` each.
@@ -419,6 +475,9 @@ impl RequestBuilder {
         self.current.bytes += bytes;
         self.current.rows += unit.rows;
         self.current.statements.extend(unit.statements);
+        if unit.last_key.is_some() {
+            self.current.last_key = unit.last_key;
+        }
         done
     }
 
@@ -522,9 +581,12 @@ mod tests {
         );
         assert!(b.sql.contains("VALUES (3,30,'x'),(4,40,'x')"), "{}", b.sql);
         assert!(b.sql.ends_with("(6,60,'x') ON CONFLICT DO NOTHING"));
+        assert_eq!(a.single_key(), None);
         let (c, d) = b.split().unwrap();
         assert_eq!((c.row_count(), d.row_count()), (2, 2));
-        assert!(c.split().unwrap().0.split().is_none());
+        let (one, _) = c.split().unwrap();
+        assert!(one.split().is_none());
+        assert_eq!(one.single_key(), Some("3"));
     }
 
     #[test]

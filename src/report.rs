@@ -54,6 +54,11 @@ pub struct Report {
     pub retries: u64,
     pub bytes_sent: u64,
     pub objects_created: Vec<String>,
+    /// True when the checkpoint said the migration was already complete.
+    pub already_complete: bool,
+    pub rejected_rows: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reject_file: Option<String>,
     pub skipped: Vec<Skipped>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub validation: Option<crate::validate::Validation>,

@@ -104,9 +104,49 @@ fn running_again_adds_nothing_and_changes_nothing() {
     let db = d1.fresh_database();
     let dir = tempfile::tempdir().unwrap();
     let source = generated(dir.path(), "sample");
+    let report = dir.path().join("report.json");
     Run::new(d1, &db, &source).ok();
-    Run::new(d1, &db, &source).ok();
+    let out = Run::new(d1, &db, &source)
+        .env("MIGRATION_REPORT", &report)
+        .ok();
+    assert!(
+        stderr(&out).contains("already complete"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(read_json(&report)["already_complete"], true);
+    assert_eq!(read_json(&report)["totals"]["rows_written"], 0);
+    // Without its checkpoint, a full rerun sends every row again and D1 keeps one of each.
+    Run::new(d1, &db, &source)
+        .env("MIGRATION_STATE_DIR", dir.path().join("fresh-state"))
+        .ok();
     assert!(sqldiff(&source, d1.file(&db)).is_empty());
+}
+
+#[test]
+fn a_checkpoint_of_another_migration_is_refused() {
+    let d1 = LocalD1::shared();
+    let (first, second) = (d1.fresh_database(), d1.fresh_database());
+    let dir = tempfile::tempdir().unwrap();
+    let source = generated(dir.path(), "sample");
+    let state = dir.path().join("state");
+    Run::new(d1, &first, &source)
+        .env("MIGRATION_STATE_DIR", &state)
+        .ok();
+    let out = Run::new(d1, &second, &source)
+        .env("MIGRATION_STATE_DIR", &state)
+        .output();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("belongs to another migration"),
+        "{}",
+        stderr(&out)
+    );
+    let tables = d1.sql(
+        &second,
+        &["SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE '\\_cf\\_%' ESCAPE '\\'"],
+    );
+    assert_eq!(tables[0], serde_json::json!([[0]]), "nothing was written");
 }
 
 #[test]

@@ -23,7 +23,7 @@ pub struct LocalD1 {
     pub api_url: String,
     pub files: HashMap<String, PathBuf>,
     pub log: PathBuf,
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
     next: AtomicUsize,
     ids: Vec<String>,
 }
@@ -77,7 +77,7 @@ impl LocalD1 {
             api_url,
             files,
             log,
-            _dir: dir,
+            dir,
             next: AtomicUsize::new(0),
             ids: ids.to_vec(),
         }
@@ -99,6 +99,11 @@ impl LocalD1 {
             .get(i)
             .cloned()
             .expect("enough databases for the tests")
+    }
+
+    /// The checkpoint folder the harness gives runs against `id`.
+    pub fn state_dir(&self, id: &str) -> PathBuf {
+        self.dir.path().join(format!("state-{id}"))
     }
 
     pub fn file(&self, id: &str) -> &Path {
@@ -196,6 +201,7 @@ impl Run {
             .env("MIGRATION_D1_DATABASE_ID", database)
             .env("MIGRATION_SQLITE_PATH", sqlite)
             .env("MIGRATION_MAX_RETRIES", "10")
+            .env("MIGRATION_STATE_DIR", d1.state_dir(database))
             .stdin(Stdio::null());
         Run { cmd }
     }
