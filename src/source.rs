@@ -30,7 +30,7 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
             | OpenFlags::SQLITE_OPEN_URI,
     )
     .map_err(|e| bad(e.to_string()))?;
-    conn.busy_timeout(Duration::from_secs(5))
+    conn.busy_timeout(Duration::from_secs(2))
         .map_err(|e| bad(e.to_string()))?;
     // Literals of extreme REALs are written `m*pow(2,e)`, as for D1; this SQLite build lacks pow.
     conn.create_scalar_function(

@@ -7,6 +7,8 @@
 //! - `validate`: clean copies pass; each kind of tampering is caught and named.
 //! - `rollback`: D1 → SQLite round trips are exact; existing files are refused, completed or
 //!   replaced as asked.
+//! - `resilience`: killed runs resume exactly; bad rows stop the run or go to the reject file;
+//!   corrupt and locked sources are refused; the source is never changed; the token never leaks.
 
 #[path = "suite/harness.rs"]
 mod harness;
@@ -22,3 +24,6 @@ mod validate;
 
 #[path = "suite/rollback.rs"]
 mod rollback;
+
+#[path = "suite/resilience.rs"]
+mod resilience;

@@ -211,6 +211,11 @@ impl Run {
         self
     }
 
+    /// The command, to spawn and control by hand.
+    pub fn command(self) -> Command {
+        self.cmd
+    }
+
     pub fn output(mut self) -> Output {
         self.cmd.output().expect("the migrator runs")
     }
