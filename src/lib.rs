@@ -6,6 +6,7 @@
 //! environment, `report` and `progress` tell what happened.
 #![forbid(unsafe_code)]
 
+pub mod compat;
 pub mod config;
 pub mod d1;
 pub mod discover;

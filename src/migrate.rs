@@ -11,13 +11,16 @@ use std::time::Instant;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
+use crate::compat::{check_schema, row_bytes, MAX_ROW_BYTES};
 use crate::config::{BadRow, Config};
 use crate::d1::{D1Client, Failure};
 use crate::discover::{discover, Schema, SchemaObject, Table};
 use crate::error::{D1Error, Error, Result};
 use crate::log;
-use crate::pack::{deferred_update, InsertPacker, Request, RequestBuilder, Shape, Statement, Unit};
-use crate::plan::plan;
+use crate::pack::{
+    deferred_update, InsertPacker, Limits, Request, RequestBuilder, Shape, Statement, Unit,
+};
+use crate::plan::{plan, Plan};
 use crate::progress::Progress;
 use crate::report::{Report, Skipped, TableStats};
 use crate::source::{count_rows, open_read_only, read_batches, SqliteCatalog};
@@ -92,6 +95,17 @@ pub fn forward(
         })
         .collect();
     let plan = plan(&schema);
+    let refused: Vec<String> = check_schema(&schema)
+        .into_iter()
+        .filter(|f| f.is_error())
+        .map(|f| f.message)
+        .collect();
+    if !refused.is_empty() {
+        return Err(Error::Refused(format!(
+            "D1 would refuse this source; nothing was written:\n  {}",
+            refused.join("\n  ")
+        )));
+    }
 
     // Reading the target's catalog first also proves the token, account and database id.
     let existing = target_objects(client)?;
@@ -128,43 +142,14 @@ pub fn forward(
         report,
     )?;
 
-    let position: HashMap<usize, usize> = plan
-        .tables
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.table, i))
-        .collect();
-    let work: Vec<Work> = plan
-        .tables
-        .iter()
-        .map(|tp| {
-            let table = &schema.tables[tp.table];
-            Work {
-                shape: Shape::new(table, &tp.deferred),
-                pass: Pass::Insert,
-                sequential: tp.sequential,
-                parents: tp.parents.iter().map(|p| position[p]).collect(),
-                done: state.table(&table.name).inserted,
-            }
-        })
-        .collect();
+    let [work, deferred, fill] = passes(&schema, &plan, |table, pass| {
+        let t = state.table(table);
+        match pass {
+            Pass::Insert => t.inserted,
+            Pass::SetDeferred => t.deferred_done,
+        }
+    });
     let mut failed = run_work(&ctx, &work, &mut report.tables)?;
-
-    let deferred: Vec<Work> = plan
-        .tables
-        .iter()
-        .filter(|tp| !tp.deferred.is_empty())
-        .map(|tp| {
-            let table = &schema.tables[tp.table];
-            Work {
-                shape: Shape::new(table, &tp.deferred),
-                pass: Pass::SetDeferred,
-                sequential: false,
-                parents: Vec::new(),
-                done: state.table(&table.name).deferred_done,
-            }
-        })
-        .collect();
     failed.extend(run_work(&ctx, &deferred, &mut report.tables)?);
 
     if !state.phase_done("sequence") {
@@ -185,16 +170,6 @@ pub fn forward(
         &existing,
         report,
     )?;
-    let fill: Vec<Work> = virtual_tables
-        .iter()
-        .map(|t| Work {
-            shape: Shape::new(t, &[]),
-            pass: Pass::Insert,
-            sequential: false,
-            parents: Vec::new(),
-            done: state.table(&t.name).inserted,
-        })
-        .collect();
     failed.extend(run_work(&ctx, &fill, &mut report.tables)?);
 
     create_missing(
@@ -450,20 +425,90 @@ fn copy_sequence(client: &D1Client, schema: &Schema) -> Result<()> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Pass {
+pub(crate) enum Pass {
     Insert,
     SetDeferred,
 }
 
 /// One table's share of a pass.
-struct Work {
-    shape: Shape,
-    pass: Pass,
-    sequential: bool,
+pub(crate) struct Work {
+    pub shape: Shape,
+    pub pass: Pass,
+    pub sequential: bool,
     /// Indexes into the same work list of tables that must be finished first.
-    parents: Vec<usize>,
+    pub parents: Vec<usize>,
     /// Already done by an earlier run (checkpoint).
-    done: bool,
+    pub done: bool,
+}
+
+/// The three passes of a forward run: rows of ordinary tables in load order, deferred keys,
+/// and virtual tables. `done` says which parts an earlier run finished.
+pub(crate) fn passes(
+    schema: &Schema,
+    plan: &Plan,
+    done: impl Fn(&str, Pass) -> bool,
+) -> [Vec<Work>; 3] {
+    let position: HashMap<usize, usize> = plan
+        .tables
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.table, i))
+        .collect();
+    let rows = plan
+        .tables
+        .iter()
+        .map(|tp| {
+            let table = &schema.tables[tp.table];
+            Work {
+                shape: Shape::new(table, &tp.deferred),
+                pass: Pass::Insert,
+                sequential: tp.sequential,
+                parents: tp.parents.iter().map(|p| position[p]).collect(),
+                done: done(&table.name, Pass::Insert),
+            }
+        })
+        .collect();
+    let deferred = plan
+        .tables
+        .iter()
+        .filter(|tp| !tp.deferred.is_empty())
+        .map(|tp| {
+            let table = &schema.tables[tp.table];
+            Work {
+                shape: Shape::new(table, &tp.deferred),
+                pass: Pass::SetDeferred,
+                sequential: false,
+                parents: Vec::new(),
+                done: done(&table.name, Pass::SetDeferred),
+            }
+        })
+        .collect();
+    let virtual_tables = plan
+        .virtual_tables
+        .iter()
+        .map(|&i| Work {
+            shape: Shape::new(&schema.tables[i], &[]),
+            pass: Pass::Insert,
+            sequential: false,
+            parents: Vec::new(),
+            done: done(&schema.tables[i].name, Pass::Insert),
+        })
+        .collect();
+    [rows, deferred, virtual_tables]
+}
+
+/// The filter of a pass: the deferred pass reads only rows with a deferred key set.
+pub(crate) fn pass_filter(work: &Work) -> String {
+    match work.pass {
+        Pass::Insert => String::new(),
+        Pass::SetDeferred => work
+            .shape
+            .deferred
+            .iter()
+            .map(|&p| format!("{} IS NOT NULL", work.shape.columns[p]))
+            .collect::<Vec<_>>()
+            .join(" OR "),
+    }
 }
 
 /// A request on its way to a sender, with where to say how it went.
@@ -628,17 +673,10 @@ fn copy_rows(
     let shape = &work.shape;
     let table = shape.table.clone();
     let conn = open_read_only(&config.sqlite_path)?;
-    let (filter, after) = match work.pass {
-        Pass::Insert => (String::new(), ctx.state.resume_after(&table)),
-        Pass::SetDeferred => (
-            shape
-                .deferred
-                .iter()
-                .map(|&p| format!("{} IS NOT NULL", shape.columns[p]))
-                .collect::<Vec<_>>()
-                .join(" OR "),
-            None,
-        ),
+    let filter = pass_filter(work);
+    let after = match work.pass {
+        Pass::Insert => ctx.state.resume_after(&table),
+        Pass::SetDeferred => None,
     };
     if after.is_some() {
         log::info(&format!(
@@ -674,9 +712,6 @@ fn copy_rows(
             }
         };
 
-    let mut packer = InsertPacker::new(shape.clone(), config.limits);
-    let mut builder = RequestBuilder::new(config.limits);
-    let mut units: Vec<Unit> = Vec::new();
     let mut send = |request: Request, stats: &mut TableStats, flight: &mut Flight| {
         let seq = flight.next_seq;
         flight.next_seq += 1;
@@ -703,35 +738,30 @@ fn copy_rows(
         }
     };
 
-    let read = read_batches(&conn, shape, &filter, config.batch_size, after, |rows| {
-        stats.rows_read += rows.len() as u64;
-        for row in &rows {
-            match work.pass {
-                Pass::Insert => packer.push(row, &mut units),
-                Pass::SetDeferred => units.extend(deferred_update(shape, row)),
-            }
-        }
-        for unit in units.drain(..) {
-            if let Some(request) = builder.push(unit) {
-                send(request, stats, &mut flight);
+    let produced = produce(config, &conn, work, &filter, after, |event| {
+        match event {
+            Produced::Read(n) => stats.rows_read += n,
+            Produced::Request(request) => send(request, stats, &mut flight),
+            Produced::Oversize { key, bytes, sql } => {
+                let reason =
+                    format!("row of {bytes} bytes is over D1's {MAX_ROW_BYTES}-byte limit");
+                if config.on_bad_row == BadRow::Skip {
+                    log::warn(&format!("table {table}, row {key}: {reason}"));
+                    stats.rows_failed += 1;
+                    ctx.rejects.write(&table, &key, &reason, &sql)?;
+                } else {
+                    return Err(Error::Row {
+                        table: table.clone(),
+                        key,
+                        message: reason,
+                    });
+                }
             }
         }
         Ok(flight.error.is_none() && !cancel.load(Ordering::Relaxed))
     });
-    if let Err(e) = read {
+    if let Err(e) = produced {
         flight.error.get_or_insert(e);
-    }
-    let stopped = flight.error.is_some() || cancel.load(Ordering::Relaxed);
-    if !stopped {
-        packer.flush(&mut units);
-        for unit in units.drain(..) {
-            if let Some(request) = builder.push(unit) {
-                send(request, stats, &mut flight);
-            }
-        }
-        if let Some(request) = builder.take() {
-            send(request, stats, &mut flight);
-        }
     }
     drop(send);
     while flight.in_flight > 0 {
@@ -758,6 +788,90 @@ fn copy_rows(
         Pass::Insert => ctx.state.set_inserted(&table),
         Pass::SetDeferred => ctx.state.set_deferred_done(&table),
     }
+}
+
+/// What reading and packing a table yields, in order.
+pub(crate) enum Produced {
+    /// Rows read from the source.
+    Read(u64),
+    Request(Request),
+    /// A row over D1's row-size limit, with its key and an INSERT that would re-insert it.
+    Oversize {
+        key: String,
+        bytes: usize,
+        sql: String,
+    },
+}
+
+/// Reads a table's rows (after `after`, matching `filter`) in batches and packs them into
+/// requests exactly as the real run sends them; the dry run counts them, the real run sends
+/// them. `sink` returns false to stop early.
+pub(crate) fn produce(
+    config: &Config,
+    conn: &rusqlite::Connection,
+    work: &Work,
+    filter: &str,
+    after: Option<Vec<Value>>,
+    mut sink: impl FnMut(Produced) -> Result<bool>,
+) -> Result<()> {
+    let shape = &work.shape;
+    let mut packer = InsertPacker::new(shape.clone(), config.limits);
+    let mut builder = RequestBuilder::new(config.limits);
+    let mut units: Vec<Unit> = Vec::new();
+    let mut go_on = true;
+    read_batches(conn, shape, filter, config.batch_size, after, |rows| {
+        go_on = sink(Produced::Read(rows.len() as u64))?;
+        for row in &rows {
+            match work.pass {
+                Pass::Insert => {
+                    let bytes = row_bytes(row);
+                    if bytes > MAX_ROW_BYTES {
+                        let mut one = InsertPacker::new(
+                            shape.clone(),
+                            Limits {
+                                statement_bytes: usize::MAX,
+                                ..config.limits
+                            },
+                        );
+                        let mut out = Vec::new();
+                        one.push(row, &mut out);
+                        one.flush(&mut out);
+                        let sql = out
+                            .pop()
+                            .map(|u| u.statements[0].sql.clone())
+                            .unwrap_or_default();
+                        go_on &= sink(Produced::Oversize {
+                            key: shape.key_text(row),
+                            bytes,
+                            sql,
+                        })?;
+                        continue;
+                    }
+                    packer.push(row, &mut units)
+                }
+                Pass::SetDeferred => units.extend(deferred_update(shape, row)),
+            }
+        }
+        for unit in units.drain(..) {
+            if let Some(request) = builder.push(unit) {
+                go_on &= sink(Produced::Request(request))?;
+            }
+        }
+        Ok(go_on)
+    })?;
+    if !go_on {
+        return Ok(());
+    }
+    packer.flush(&mut units);
+    for unit in units.drain(..) {
+        if let Some(request) = builder.push(unit) {
+            sink(Produced::Request(request))?;
+        }
+    }
+    if let Some(request) = builder.take() {
+        sink(Produced::Request(request))?;
+    }
+    Ok(())
 }
 
 /// A sender thread: posts each job's request and reports back.
