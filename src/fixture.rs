@@ -284,3 +284,26 @@ pub fn edge_cases(path: &Path) -> Result<()> {
     )?;
     Ok(())
 }
+
+/// One instance of each D1 compatibility problem the dry run reports.
+pub fn problems(path: &Path) -> Result<()> {
+    let db = create(path)?;
+    let wide: Vec<String> = (1..=101).map(|i| format!("c{i} INTEGER")).collect();
+    db.execute_batch(&format!(
+        "CREATE TABLE wide ({});
+         INSERT INTO wide (c1) VALUES (1);
+         CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT);
+         CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER REFERENCES customers(id));
+         INSERT INTO customers VALUES (1, 'Ada'), (2, 'Bob');
+         INSERT INTO orders VALUES (5, 1), (6, 2), (7, 999);
+         CREATE TABLE blobs (id INTEGER PRIMARY KEY, data BLOB);
+         INSERT INTO blobs VALUES (1, zeroblob(10)), (2, zeroblob(2100000)), (3, X'01');
+         CREATE VIRTUAL TABLE old_search USING fts4(body);
+         INSERT INTO old_search (body) VALUES ('fts4 is not in D1');
+         CREATE TABLE _cf_notes (note TEXT);
+         CREATE INDEX _cf_idx ON customers(name);
+         CREATE VIEW version_view AS SELECT sqlite_version() AS v;",
+        wide.join(", ")
+    ))?;
+    Ok(())
+}

@@ -10,6 +10,7 @@ pub mod compat;
 pub mod config;
 pub mod d1;
 pub mod discover;
+pub mod dryrun;
 pub mod error;
 pub mod fixture;
 pub mod log;
@@ -109,12 +110,27 @@ pub fn run(config: &Config) -> Outcome {
         Direction::D1ToSqlite => "d1-to-sqlite",
     };
     let mode = match config.mode {
+        _ if config.dry_run => "dry-run",
         RunMode::Migrate => "migrate",
         RunMode::Validate => "validate",
     };
     let mut report = Report::new(direction, mode);
     let progress = Progress::new(Mode::detect(config.quiet), 0);
     let client = D1Client::new(config.endpoint.clone(), config.retry.clone());
+    if config.dry_run {
+        let result = dryrun::dry_run(config, &client).and_then(|plan| {
+            let ok = plan.would_succeed;
+            report.dry_run = Some(plan);
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::Refused(
+                    "the dry run found problems the real run would not get past".into(),
+                ))
+            }
+        });
+        return finish(config, report, result, &client, started);
+    }
     let copied = match (config.direction, config.mode) {
         (_, RunMode::Validate) => Ok(()),
         (Direction::SqliteToD1, RunMode::Migrate) => {
@@ -146,6 +162,17 @@ pub fn run(config: &Config) -> Outcome {
         Ok(())
     });
     progress.finish();
+    finish(config, report, result, &client, started)
+}
+
+/// Completes the report with the client's counters, writes it, and returns the outcome.
+fn finish(
+    config: &Config,
+    mut report: Report,
+    result: Result<(), Error>,
+    client: &D1Client,
+    started: Instant,
+) -> Outcome {
     let counters = &client.counters;
     report.http_requests = counters.requests.load(std::sync::atomic::Ordering::Relaxed);
     report.retries = counters.retries.load(std::sync::atomic::Ordering::Relaxed);

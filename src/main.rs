@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use d1_migrator::config::{Config, VARIABLES};
+use d1_migrator::config::{Config, Direction, RunMode, VARIABLES};
 use d1_migrator::{fixture, log, run};
 
 #[derive(Parser)]
@@ -18,9 +18,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Writes one of the project's generated databases (sample, edge-cases) to PATH.
+    /// Writes one of the project's generated databases (sample, edge-cases, problems) to PATH.
     Generate {
-        #[arg(value_parser = ["sample", "edge-cases"])]
+        #[arg(value_parser = ["sample", "edge-cases", "problems"])]
         kind: String,
         path: PathBuf,
         /// Size multiplier of the sample.
@@ -43,6 +43,7 @@ fn main() -> ExitCode {
     if let Some(Command::Generate { kind, path, scale }) = cli.command {
         let made = match kind.as_str() {
             "sample" => fixture::sample(&path, scale),
+            "problems" => fixture::problems(&path),
             _ => fixture::edge_cases(&path),
         };
         return match made {
@@ -64,9 +65,18 @@ fn main() -> ExitCode {
     if !config.quiet {
         eprint!("{}", outcome.report.summary());
     }
+    let what = if config.dry_run {
+        "dry run"
+    } else if config.mode == RunMode::Validate {
+        "validation"
+    } else if config.direction == Direction::D1ToSqlite {
+        "rollback"
+    } else {
+        "migration"
+    };
     match &outcome.error {
-        None => log::info("migration succeeded"),
-        Some(e) => log::error(&format!("migration failed: {e}")),
+        None => log::info(&format!("{what} succeeded")),
+        Some(e) => log::error(&format!("{what} failed: {e}")),
     }
     ExitCode::from(outcome.exit_code())
 }

@@ -63,6 +63,8 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub validation: Option<crate::validate::Validation>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<crate::dryrun::DryRun>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
@@ -109,6 +111,9 @@ impl Report {
 
     /// The summary table printed at the end of a run.
     pub fn summary(&self) -> String {
+        if let Some(plan) = &self.dry_run {
+            return plan.summary();
+        }
         let mut out = String::new();
         out.push_str(&format!(
             "{:<28} {:>10} {:>10} {:>7} {:>9} {:>9}\n",

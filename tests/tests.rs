@@ -7,6 +7,7 @@
 //! - `validate`: clean copies pass; each kind of tampering is caught and named.
 //! - `rollback`: D1 → SQLite round trips are exact; existing files are refused, completed or
 //!   replaced as asked.
+//! - `dry_run`: writes nothing; finds each D1 problem by name and key; predicts the real run.
 //! - `resilience`: killed runs resume exactly; bad rows stop the run or go to the reject file;
 //!   corrupt and locked sources are refused; the source is never changed; the token never leaks.
 
@@ -27,3 +28,6 @@ mod rollback;
 
 #[path = "suite/resilience.rs"]
 mod resilience;
+
+#[path = "suite/dry_run.rs"]
+mod dry_run;

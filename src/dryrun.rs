@@ -1,0 +1,316 @@
+//! The dry run: the whole forward pipeline (discovery, reading, transforming, packing) short of
+//! any write, then a plan and a D1-compatibility report.
+//!
+//! Requests are produced by the same `migrate::produce` the real run sends, so the predicted
+//! statements and requests per table are the real run's. The target is only read (its catalog),
+//! to say whether tables of the same names exist and match.
+
+use serde::Serialize;
+
+use crate::compat::{check_schema, Finding, MAX_DATABASE_BYTES};
+use crate::config::{BadRow, Config};
+use crate::d1::D1Client;
+use crate::discover::{discover, Schema};
+use crate::error::Result;
+use crate::migrate::{
+    pass_filter, passes, produce, select_tables, target_objects, Pass, Produced, Work,
+};
+use crate::plan::plan;
+use crate::source::{open_read_only, SqliteCatalog};
+use crate::value::quote_ident;
+
+/// Cloudflare's API allows this many requests per token in five minutes.
+const RATE_LIMIT_PER_5_MIN: f64 = 1200.0;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PlannedTable {
+    pub table: String,
+    /// Why the table loads where it does.
+    pub order_reason: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub statements: u64,
+    pub requests: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DryRun {
+    /// Tables in load order (virtual tables last).
+    pub tables: Vec<PlannedTable>,
+    /// Indexes, views and triggers created after the data, and FTS5 tables filled.
+    pub objects_after_data: Vec<String>,
+    /// Every request the real run would send: creating tables, data, deferred keys,
+    /// `sqlite_sequence`, virtual tables, objects.
+    pub http_requests: u64,
+    pub statements: u64,
+    /// Seconds the real run needs at least, at Cloudflare's 1,200 requests per 5 minutes.
+    pub estimated_seconds_at_rate_limit: f64,
+    pub findings: Vec<Finding>,
+    /// What the real run would do with the problems found.
+    pub policy: String,
+    pub would_succeed: bool,
+}
+
+/// Runs the dry run against the source and, read-only, the target.
+pub fn dry_run(config: &Config, client: &D1Client) -> Result<DryRun> {
+    let source = open_read_only(&config.sqlite_path)?;
+    let mut schema = discover(&SqliteCatalog(&source))?;
+    select_tables(&mut schema, &config.tables, &config.exclude_tables)?;
+    let plan = plan(&schema);
+    let mut out = DryRun {
+        findings: check_schema(&schema),
+        ..DryRun::default()
+    };
+    out.findings
+        .extend(foreign_key_violations(&source, &schema)?);
+    out.findings.extend(database_size(&source)?);
+    out.findings.extend(target_check(client, &schema));
+
+    let [rows, deferred, fill] = passes(&schema, &plan, |_, _| false);
+    let skip = config.on_bad_row == BadRow::Skip;
+    for (work, reason) in rows
+        .iter()
+        .zip(plan.tables.iter().map(|t| t.reason.clone()))
+    {
+        out.tables.push(count(
+            config,
+            &source,
+            work,
+            reason,
+            skip,
+            &mut out.findings,
+        )?);
+    }
+    for work in &deferred {
+        let extra = count(
+            config,
+            &source,
+            work,
+            String::new(),
+            skip,
+            &mut out.findings,
+        )?;
+        let t = out
+            .tables
+            .iter_mut()
+            .find(|t| t.table == work.shape.table)
+            .expect("planned");
+        t.statements += extra.statements;
+        t.requests += extra.requests;
+    }
+    for work in &fill {
+        out.tables.push(count(
+            config,
+            &source,
+            work,
+            "virtual table, filled after the data".into(),
+            skip,
+            &mut out.findings,
+        )?);
+        out.objects_after_data
+            .push(format!("virtual table {}", work.shape.table));
+    }
+    for o in crate::migrate::ordered_objects(&schema) {
+        out.objects_after_data
+            .push(format!("{} {}", o.kind, o.name));
+    }
+
+    let data_requests: u64 = out.tables.iter().map(|t| t.requests).sum();
+    let ddl_requests = u64::from(!plan.tables.is_empty())
+        + u64::from(!schema.sequence.is_empty())
+        + u64::from(!plan.virtual_tables.is_empty())
+        + u64::from(!schema.objects.is_empty());
+    out.http_requests = 1 + ddl_requests + data_requests; // 1: reading the target's catalog
+    out.statements = out.tables.iter().map(|t| t.statements).sum();
+    out.estimated_seconds_at_rate_limit = if out.http_requests as f64 <= RATE_LIMIT_PER_5_MIN {
+        0.0
+    } else {
+        (out.http_requests as f64 / RATE_LIMIT_PER_5_MIN - 1.0) * 300.0
+    };
+    out.policy = if skip {
+        "MIGRATION_ON_BAD_ROW=skip: rows D1 would refuse go to the reject file and the run goes on"
+            .into()
+    } else {
+        "MIGRATION_ON_BAD_ROW=fail: the run stops at the first row D1 refuses".into()
+    };
+    out.would_succeed = !out
+        .findings
+        .iter()
+        .any(|f| f.is_error() && !(skip && f.key.is_some()));
+    Ok(out)
+}
+
+/// Reads and packs one table's pass, counting what the real run would send.
+fn count(
+    config: &Config,
+    source: &rusqlite::Connection,
+    work: &Work,
+    order_reason: String,
+    skip: bool,
+    findings: &mut Vec<Finding>,
+) -> Result<PlannedTable> {
+    let table = work.shape.table.clone();
+    let mut planned = PlannedTable {
+        table: table.clone(),
+        order_reason,
+        ..PlannedTable::default()
+    };
+    produce(config, source, work, &pass_filter(work), None, |event| {
+        match event {
+            Produced::Read(n) => {
+                if work.pass == Pass::Insert {
+                    planned.rows += n
+                }
+            }
+            Produced::Request(r) => {
+                planned.requests += 1;
+                planned.statements += r.statements.len() as u64;
+                planned.bytes += r.bytes as u64;
+            }
+            Produced::Oversize { key, bytes, .. } => {
+                let action = if skip {
+                    "it would go to the reject file"
+                } else {
+                    "the run would stop here"
+                };
+                findings.push(
+                    Finding::error(
+                        "row_too_large",
+                        &table,
+                        format!("row of {bytes} bytes in {table:?} is over D1's 2,000,000-byte limit; {action}"),
+                    )
+                    .with_key(key),
+                );
+            }
+        }
+        Ok(true)
+    })?;
+    Ok(planned)
+}
+
+/// `PRAGMA foreign_key_check`: rows SQLite stored without enforcing their keys; D1 refuses them.
+fn foreign_key_violations(source: &rusqlite::Connection, schema: &Schema) -> Result<Vec<Finding>> {
+    let mut findings = Vec::new();
+    for t in schema.tables.iter().filter(|t| !t.is_virtual()) {
+        let sql = format!("PRAGMA foreign_key_check({})", quote_ident(&t.name));
+        let mut stmt = source.prepare(&sql)?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let rowid: Option<i64> = r.get(1)?;
+            let parent: String = r.get(2)?;
+            let key = rowid
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "(no rowid)".into());
+            findings.push(
+                Finding::error(
+                    "foreign_key_violation",
+                    &t.name,
+                    format!(
+                        "row {key} of {:?} references a row of {parent:?} that does not exist; D1 enforces foreign keys",
+                        t.name
+                    ),
+                )
+                .with_key(key),
+            );
+        }
+    }
+    Ok(findings)
+}
+
+fn database_size(source: &rusqlite::Connection) -> Result<Vec<Finding>> {
+    let pages: i64 = source.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let size: i64 = source.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let bytes = (pages * size) as u64;
+    Ok(if bytes > MAX_DATABASE_BYTES {
+        vec![Finding::error(
+            "database_too_large",
+            "(database)",
+            format!("the database is {bytes} bytes; D1 databases hold at most 10 GB"),
+        )]
+    } else {
+        Vec::new()
+    })
+}
+
+/// Read-only look at the target: tables that already exist there, and whether they match.
+fn target_check(client: &D1Client, schema: &Schema) -> Vec<Finding> {
+    let existing = match target_objects(client) {
+        Ok(e) => e,
+        Err(e) => {
+            return vec![Finding::error(
+                "target_unreachable",
+                client.database_id(),
+                format!("the target cannot be read: {e}"),
+            )]
+        }
+    };
+    let normalize = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    schema
+        .tables
+        .iter()
+        .filter_map(|t| {
+            let (_, sql) = existing.get(&t.name.to_lowercase())?;
+            Some(if normalize(sql) == normalize(&t.sql) {
+                Finding::warning(
+                    "target_table_exists",
+                    &t.name,
+                    format!(
+                        "D1 already has table {:?} with the same definition; rows it has are kept",
+                        t.name
+                    ),
+                )
+            } else {
+                Finding::error(
+                    "target_table_differs",
+                    &t.name,
+                    format!(
+                        "D1 already has table {:?} with a different definition; the run would stop",
+                        t.name
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
+impl DryRun {
+    /// The plan and findings as text.
+    pub fn summary(&self) -> String {
+        let mut out = String::from("Dry run: nothing was written.\nLoad order:\n");
+        for (i, t) in self.tables.iter().enumerate() {
+            out.push_str(&format!(
+                "  {:>2}. {:<24} {:>9} rows {:>11} bytes {:>6} statements {:>5} requests  ({})\n",
+                i + 1,
+                t.table,
+                t.rows,
+                t.bytes,
+                t.statements,
+                t.requests,
+                t.order_reason
+            ));
+        }
+        if !self.objects_after_data.is_empty() {
+            out.push_str(&format!(
+                "After the data: {}\n",
+                self.objects_after_data.join(", ")
+            ));
+        }
+        out.push_str(&format!(
+            "{} HTTP requests, {} statements; at Cloudflare's 1,200 requests per 5 minutes the rate limit adds {:.0} s\n",
+            self.http_requests, self.statements, self.estimated_seconds_at_rate_limit
+        ));
+        if self.findings.is_empty() {
+            out.push_str("No D1 compatibility problems found.\n");
+        }
+        for f in &self.findings {
+            out.push_str(&format!("  {}: [{}] {}\n", f.severity, f.kind, f.message));
+        }
+        out.push_str(&format!("{}\n", self.policy));
+        out.push_str(if self.would_succeed {
+            "The real run would succeed.\n"
+        } else {
+            "The real run would NOT succeed.\n"
+        });
+        out
+    }
+}
