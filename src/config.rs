@@ -2,7 +2,7 @@
 //! wrangler's `CLOUDFLARE_ACCOUNT_ID` / `CLOUDFLARE_API_TOKEN`), then [`Config::from_raw`]
 //! validates every value and names the variable at fault. Stages never read the environment.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -11,6 +11,7 @@ use crate::d1::{Endpoint, RetryPolicy, Secret};
 use crate::error::{Error, Result};
 use crate::log::Level;
 use crate::pack::Limits;
+use crate::wrangler;
 
 pub const DEFAULT_API_URL: &str = "https://api.cloudflare.com/client/v4";
 
@@ -19,7 +20,9 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ("MIGRATION_SQLITE_PATH", "the SQLite file: the source (forward) or the file written (rollback)", "required"),
     ("CLOUDFLARE_ACCOUNT_ID", "Cloudflare account id, as wrangler reads it", "required"),
     ("CLOUDFLARE_API_TOKEN", "API token with D1 permissions, as wrangler reads it; never printed", "required"),
-    ("MIGRATION_D1_DATABASE_ID", "the D1 database id", "required"),
+    ("MIGRATION_D1_DATABASE_ID", "the D1 database id (or name it with one of the next two)", "required"),
+    ("D1_DATABASE_BINDING", "the database's binding in wrangler.json/jsonc/toml in the current folder", "none"),
+    ("MIGRATION_D1_DATABASE", "the database's name (database_name) in wrangler.json/jsonc/toml", "none"),
     ("MIGRATION_D1_API_URL", "API base URL", DEFAULT_API_URL),
     ("MIGRATION_DIRECTION", "sqlite-to-d1, or d1-to-sqlite for a rollback", "sqlite-to-d1"),
     ("MIGRATION_ROLLBACK_MODE", "when the rollback's file exists: refuse, missing (add the rows it lacks) or replace (after a backup)", "refuse"),
@@ -53,6 +56,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
 pub struct RawConfig {
     sqlite_path: Option<String>,
     d1_database_id: Option<String>,
+    d1_database: Option<String>,
     d1_api_url: Option<String>,
     direction: Option<String>,
     rollback_mode: Option<String>,
@@ -135,8 +139,18 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads the configuration from `(name, value)` pairs (the process environment in `main`).
+    /// Reads the configuration from `(name, value)` pairs (the process environment in `main`);
+    /// a database named rather than given by id is looked up in the current folder's wrangler
+    /// configuration.
     pub fn from_vars<I: IntoIterator<Item = (String, String)>>(vars: I) -> Result<Config> {
+        Config::from_vars_in(vars, Path::new("."))
+    }
+
+    /// As [`Config::from_vars`], with the wrangler configuration looked up in `dir`.
+    pub fn from_vars_in<I: IntoIterator<Item = (String, String)>>(
+        vars: I,
+        dir: &Path,
+    ) -> Result<Config> {
         let vars: Vec<(String, String)> = vars.into_iter().collect();
         let raw: RawConfig = envy::prefixed("MIGRATION_")
             .from_iter(
@@ -146,6 +160,15 @@ impl Config {
             )
             .map_err(|e| Error::Config(envy_message(e)))?;
         let get = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let mut raw = raw;
+        if raw.d1_database_id.is_none() {
+            let binding = get("D1_DATABASE_BINDING").filter(|b| !b.is_empty());
+            raw.d1_database_id = match (binding, raw.d1_database.as_deref()) {
+                (Some(b), _) => Some(wrangler::resolve(dir, wrangler::By::Binding(&b))?),
+                (None, Some(n)) => Some(wrangler::resolve(dir, wrangler::By::Name(n))?),
+                (None, None) => None,
+            };
+        }
         Config::from_raw(
             raw,
             get("CLOUDFLARE_ACCOUNT_ID"),
@@ -411,6 +434,39 @@ mod tests {
             .collect();
         let e = Config::from_vars(v).unwrap_err().to_string();
         assert!(e.contains("CLOUDFLARE_API_TOKEN is required"), "{e}");
+    }
+
+    #[test]
+    fn a_database_named_by_binding_or_name_is_resolved_from_wrangler_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("wrangler.toml"),
+            "[[d1_databases]]\nbinding = \"DB\"\ndatabase_name = \"prod\"\ndatabase_id = \"abc-123\"\n",
+        )
+        .unwrap();
+        let without_id = || {
+            vars(&[])
+                .into_iter()
+                .filter(|(k, _)| k != "MIGRATION_D1_DATABASE_ID")
+        };
+        let mut by_binding: Vec<(String, String)> = without_id().collect();
+        by_binding.push(("D1_DATABASE_BINDING".into(), "DB".into()));
+        assert_eq!(
+            Config::from_vars_in(by_binding, dir.path())
+                .unwrap()
+                .endpoint
+                .database_id,
+            "abc-123"
+        );
+        let mut by_name: Vec<(String, String)> = without_id().collect();
+        by_name.push(("MIGRATION_D1_DATABASE".into(), "prod".into()));
+        assert_eq!(
+            Config::from_vars_in(by_name, dir.path())
+                .unwrap()
+                .endpoint
+                .database_id,
+            "abc-123"
+        );
     }
 
     #[test]

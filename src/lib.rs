@@ -25,6 +25,7 @@ pub mod source;
 pub mod state;
 pub mod validate;
 pub mod value;
+pub mod wrangler;
 
 use std::time::Instant;
 
