@@ -367,7 +367,7 @@ impl D1Client {
             Ok(e) => e,
             Err(_) => {
                 let snippet: String = text.chars().take(200).collect();
-                let verdict = classify(status, &[snippet.clone()], retry_after);
+                let verdict = classify(status, std::slice::from_ref(&snippet), retry_after);
                 return (
                     verdict,
                     Err(D1Error::Http {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use d1_migrator::config::{Config, Direction, RunMode, VARIABLES};
-use d1_migrator::{fixture, log, run};
+use d1_migrator::{fixture, run};
 
 #[derive(Parser)]
 #[command(version, about = "Moves a whole SQLite database into Cloudflare D1 and back again, exactly.",
@@ -38,6 +38,21 @@ fn variables_help() -> String {
     out
 }
 
+/// Green or red on a terminal, unless NO_COLOR is set.
+fn paint(text: &str, ok: bool) -> String {
+    let colors = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    if !colors {
+        return text.to_string();
+    }
+    let style = if ok {
+        console::Style::new().green().bold()
+    } else {
+        console::Style::new().red().bold()
+    };
+    style.force_styling(true).apply_to(text).to_string()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Generate { kind, path, scale }) = cli.command {
@@ -62,9 +77,6 @@ fn main() -> ExitCode {
         }
     };
     let outcome = run(&config);
-    if !config.quiet {
-        eprint!("{}", outcome.report.summary());
-    }
     let what = if config.dry_run {
         "dry run"
     } else if config.mode == RunMode::Validate {
@@ -74,9 +86,18 @@ fn main() -> ExitCode {
     } else {
         "migration"
     };
-    match &outcome.error {
-        None => log::info(&format!("{what} succeeded")),
-        Some(e) => log::error(&format!("{what} failed: {e}")),
+    if !config.quiet {
+        eprint!("{}", outcome.report.summary());
+        if let Some(path) = &config.report {
+            eprintln!("report: {}", path.display());
+        }
+    }
+    let headline = match &outcome.error {
+        None => paint(&format!("d1-migrator: {what} succeeded"), true),
+        Some(e) => paint(&format!("d1-migrator: {what} FAILED: {e}"), false),
+    };
+    if outcome.error.is_some() || !config.quiet {
+        eprintln!("{headline}");
     }
     ExitCode::from(outcome.exit_code())
 }

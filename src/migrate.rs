@@ -149,6 +149,11 @@ pub fn forward(
             Pass::SetDeferred => t.deferred_done,
         }
     });
+    let mut total = 0;
+    for w in work.iter().chain(&fill).filter(|w| !w.done) {
+        total += count_rows(&source, &w.shape.table)?;
+    }
+    progress.set_total(total);
     let mut failed = run_work(&ctx, &work, &mut report.tables)?;
     failed.extend(run_work(&ctx, &deferred, &mut report.tables)?);
 
@@ -763,13 +768,11 @@ fn copy_rows(
     if let Err(e) = produced {
         flight.error.get_or_insert(e);
     }
-    drop(send);
     while flight.in_flight > 0 {
         let ack = ack_rx.recv().expect("senders answer every job");
         flight.in_flight -= 1;
         on_ack(ack, stats, &mut flight);
     }
-    drop(on_ack);
     let error = flight.error;
     if work.pass == Pass::SetDeferred {
         stats.rows_read = 0;

@@ -96,6 +96,13 @@ impl Progress {
         }
     }
 
+    /// Sets the number of rows the whole run will copy.
+    pub fn set_total(&self, rows: u64) {
+        if let Some(bar) = &self.overall {
+            bar.set_length(rows);
+        }
+    }
+
     pub fn finish(&self) {
         if let Some(bar) = &self.overall {
             bar.finish_and_clear();

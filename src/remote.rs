@@ -126,20 +126,6 @@ fn power_of_two(k: i32) -> f64 {
     f64::from_bits(((k + 1023) as u64) << 52)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reals_decode_with_sign_and_infinity() {
-        assert_eq!(decode_real("-0").unwrap().to_bits(), (-0.0f64).to_bits());
-        assert_eq!(decode_real("+inf").unwrap(), f64::INFINITY);
-        assert_eq!(decode_real("-inf").unwrap(), f64::NEG_INFINITY);
-        assert_eq!(decode_real("+7205759403792794p-56").unwrap(), 0.1);
-        assert_eq!(decode_real("+18014398509481984p-1128").unwrap(), 5e-324);
-    }
-}
-
 /// A D1 database as one side of a validation (or the source of a rollback): exact reads.
 pub struct D1Side<'a> {
     pub client: &'a D1Client,
@@ -240,5 +226,19 @@ impl crate::validate::RowSide for D1Side<'_> {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reals_decode_with_sign_and_infinity() {
+        assert_eq!(decode_real("-0").unwrap().to_bits(), (-0.0f64).to_bits());
+        assert_eq!(decode_real("+inf").unwrap(), f64::INFINITY);
+        assert_eq!(decode_real("-inf").unwrap(), f64::NEG_INFINITY);
+        assert_eq!(decode_real("+7205759403792794p-56").unwrap(), 0.1);
+        assert_eq!(decode_real("+18014398509481984p-1128").unwrap(), 5e-324);
     }
 }

@@ -114,18 +114,36 @@ impl Report {
         if let Some(plan) = &self.dry_run {
             return plan.summary();
         }
+        let verdict = |table: &str| match &self.validation {
+            None => "-",
+            Some(v) => match v.tables.iter().find(|t| t.table == table) {
+                Some(t) if t.ok => "ok",
+                Some(_) => "DIFFERS",
+                None => "-",
+            },
+        };
         let mut out = String::new();
         out.push_str(&format!(
-            "{:<28} {:>10} {:>10} {:>7} {:>9} {:>9}\n",
-            "table", "read", "written", "failed", "requests", "seconds"
+            "{:<28} {:>10} {:>10} {:>7} {:>10} {:>9} {:>9}\n",
+            "table", "read", "written", "failed", "validation", "requests", "seconds"
         ));
         for t in self.tables.iter().chain(std::iter::once(&self.totals)) {
+            let valid = if t.table == "(all)" {
+                match &self.validation {
+                    Some(v) if v.ok => "ok",
+                    Some(_) => "DIFFERS",
+                    None => "-",
+                }
+            } else {
+                verdict(&t.table)
+            };
             out.push_str(&format!(
-                "{:<28} {:>10} {:>10} {:>7} {:>9} {:>9.2}\n",
+                "{:<28} {:>10} {:>10} {:>7} {:>10} {:>9} {:>9.2}\n",
                 truncate(&t.table, 28),
                 t.rows_read,
                 t.rows_written,
                 t.rows_failed,
+                valid,
                 t.requests,
                 t.duration_ms as f64 / 1000.0
             ));
@@ -140,6 +158,12 @@ impl Report {
             self.bytes_sent as f64 / 1e6,
             self.duration_ms as f64 / 1000.0
         ));
+        if let Some(file) = &self.reject_file {
+            out.push_str(&format!(
+                "rejected rows: {}, written to {file}\n",
+                self.rejected_rows
+            ));
+        }
         out
     }
 }

@@ -222,6 +222,12 @@ fn copy_rows(
         })
         .collect();
     let started = Instant::now();
+    let counts: Vec<u64> = shapes
+        .iter()
+        .map(|s| side.count(&s.table))
+        .collect::<Result<_>>()?;
+    let total = counts.iter().sum();
+    progress.set_total(total);
     std::thread::scope(|scope| -> Result<()> {
         for _ in 0..config.parallel_tables {
             let (work_rx, page_tx, shapes, side) =

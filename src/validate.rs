@@ -368,7 +368,7 @@ impl Comparison<'_> {
             let tail = format!("{} ORDER BY {keys} LIMIT {page}", lower(&after));
             let source_rows = self
                 .source
-                .select(self.shape, &[tail.clone()])?
+                .select(self.shape, std::slice::from_ref(&tail))?
                 .pop()
                 .unwrap_or_default();
             let Some(last) = source_rows.last() else {

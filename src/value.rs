@@ -161,7 +161,7 @@ pub fn write_hex(bytes: &[u8], out: &mut String) {
 /// Decodes hex digits (either case); `None` when the text is not hex.
 pub fn decode_hex(text: &str) -> Option<Vec<u8>> {
     let bytes = text.as_bytes();
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return None;
     }
     let digit = |c: u8| match c {

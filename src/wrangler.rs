@@ -63,7 +63,7 @@ pub fn resolve(dir: &Path, by: By<'_>) -> Result<String> {
             }
         ))),
         [one] if !one.database_id.is_empty() => Ok(one.database_id.clone()),
-        [one] => Err(Error::Config(format!(
+        [_] => Err(Error::Config(format!(
             "{field}={wanted:?}: the entry in {} has no database_id",
             path.display()
         ))),

@@ -8,6 +8,7 @@
 //! - `rollback`: D1 → SQLite round trips are exact; existing files are refused, completed or
 //!   replaced as asked.
 //! - `dry_run`: writes nothing; finds each D1 problem by name and key; predicts the real run.
+//! - `interface`: bars on a terminal, plain lines in logs, the summary, `--help`, the report schema.
 //! - `resilience`: killed runs resume exactly; bad rows stop the run or go to the reject file;
 //!   corrupt and locked sources are refused; the source is never changed; the token never leaks.
 
@@ -31,3 +32,6 @@ mod resilience;
 
 #[path = "suite/dry_run.rs"]
 mod dry_run;
+
+#[path = "suite/interface.rs"]
+mod interface;
