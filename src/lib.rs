@@ -75,8 +75,9 @@ fn validation(config: &Config, client: &D1Client) -> Result<validate::Validation
         sample_size: config.sample_size,
         seed: config.sample_seed,
         all_rows: config.validate_all_rows,
-        page: 5000,
+        page: 20_000,
         max_examples: 10,
+        segments: config.concurrency,
     };
     let (mut source_schema, target_schema, source_side, target_side): (
         _,

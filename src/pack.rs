@@ -33,7 +33,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             statement_bytes: 100_000,
-            statement_cells: 12_000,
+            statement_cells: 16_000,
             request_bytes: 1 << 20,
             request_statements: 10_000,
         }

@@ -45,16 +45,23 @@ pub fn json_value(v: Json) -> Value {
 /// stay under D1's 2,000,000-byte value limit).
 const PIECE: usize = 500_000;
 
-/// The two select expressions that read `column` exactly: its type, and its value as text
-/// (`#<length>` for a value to be read in pieces).
+/// The select expression that reads `column` exactly, as one text: a type letter (`i`, `r`,
+/// `t`, `b`) and the value (`#<length>` for a value to be read in pieces); NULL stays NULL.
 pub fn exact_select(column: &str) -> String {
+    let big = |tag: &str| {
+        format!(
+            "CASE WHEN length(CAST({c} AS BLOB)) > {PIECE} THEN '{tag}#' || length(CAST({c} AS BLOB)) \
+             ELSE '{tag}' || hex({c}) END",
+            c = column
+        )
+    };
     format!(
-        "typeof({c}), CASE typeof({c}) WHEN 'integer' THEN CAST({c} AS TEXT) \
-         WHEN 'real' THEN {real} WHEN 'null' THEN NULL \
-         ELSE CASE WHEN length(CAST({c} AS BLOB)) > {PIECE} THEN '#' || length(CAST({c} AS BLOB)) \
-         ELSE hex({c}) END END",
+        "CASE typeof({c}) WHEN 'integer' THEN 'i' || {c} WHEN 'real' THEN 'r' || {real} \
+         WHEN 'text' THEN {text} WHEN 'blob' THEN {blob} END",
         c = column,
-        real = real_bits_sql(column)
+        real = real_bits_sql(column),
+        text = big("t"),
+        blob = big("b"),
     )
 }
 
@@ -72,34 +79,33 @@ fn real_bits_sql(c: &str) -> String {
     )
 }
 
-/// Turns a `(type, text)` pair from [`exact_select`] back into a value.
-pub fn decode_cell(kind: &Json, text: &Json, context: &dyn Fn() -> String) -> Result<Value> {
+/// Turns a cell read with [`exact_select`] back into a value; a large TEXT or BLOB comes back
+/// as a placeholder of its length, to be read in pieces.
+pub fn decode_cell(cell: &Json, context: &dyn Fn() -> String) -> Result<Value> {
     let bad = |what: &str| Error::Refused(format!("{}: cannot read {what} from D1", context()));
-    let t = text.as_str();
-    Ok(match kind.as_str().unwrap_or("null") {
-        "null" => Value::Null,
-        "integer" => Value::Integer(
-            t.and_then(|s| s.parse().ok())
-                .ok_or_else(|| bad("an integer"))?,
-        ),
-        "real" => {
-            Value::Real(decode_real(t.ok_or_else(|| bad("a real"))?).ok_or_else(|| bad("a real"))?)
-        }
-        "text" | "blob" if t.is_some_and(|t| t.starts_with('#')) => {
-            // A large value, read in pieces by the caller; its length for now.
-            let len: usize = t
-                .and_then(|t| t[1..].parse().ok())
-                .ok_or_else(|| bad("a length"))?;
-            let placeholder = vec![0u8; len];
-            if kind.as_str() == Some("text") {
-                Value::Text(placeholder)
+    let Some(text) = cell.as_str() else {
+        return if cell.is_null() {
+            Ok(Value::Null)
+        } else {
+            Err(bad("a value"))
+        };
+    };
+    let (tag, rest) = text.split_at(text.len().min(1));
+    Ok(match tag {
+        "i" => Value::Integer(rest.parse().map_err(|_| bad("an integer"))?),
+        "r" => Value::Real(decode_real(rest).ok_or_else(|| bad("a real"))?),
+        "t" | "b" => {
+            let bytes = match rest.strip_prefix('#') {
+                Some(len) => vec![0u8; len.parse().map_err(|_| bad("a length"))?],
+                None => decode_hex(rest).ok_or_else(|| bad("a text or blob"))?,
+            };
+            if tag == "t" {
+                Value::Text(bytes)
             } else {
-                Value::Blob(placeholder)
+                Value::Blob(bytes)
             }
         }
-        "text" => Value::Text(t.and_then(decode_hex).ok_or_else(|| bad("a text"))?),
-        "blob" => Value::Blob(t.and_then(decode_hex).ok_or_else(|| bad("a blob"))?),
-        other => return Err(bad(&format!("a value of type {other}"))),
+        _ => return Err(bad("a value")),
     })
 }
 
@@ -209,13 +215,17 @@ impl crate::validate::RowSide for D1Side<'_> {
                 let mut large = Vec::new();
                 for raw in &result.rows {
                     let mut row = Vec::with_capacity(shape.columns.len());
-                    for (i, pair) in raw.chunks(2).enumerate() {
+                    for (i, cell) in raw.iter().enumerate() {
                         let context =
                             || format!("table {}, column {}", shape.table, shape.columns[i]);
-                        if pair[1].as_str().is_some_and(|t| t.starts_with('#')) {
+                        if cell
+                            .as_str()
+                            .and_then(|t| t.get(1..))
+                            .is_some_and(|r| r.starts_with('#'))
+                        {
                             large.push((rows.len(), i));
                         }
-                        row.push(decode_cell(&pair[0], &pair[1], &context)?);
+                        row.push(decode_cell(cell, &context)?);
                     }
                     rows.push(row);
                 }

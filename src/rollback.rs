@@ -23,11 +23,11 @@ use crate::pack::Shape;
 use crate::progress::Progress;
 use crate::remote::{D1Catalog, D1Side};
 use crate::report::{Report, Skipped, TableStats};
-use crate::validate::RowSide;
+use crate::validate::{key_segments, RowSide};
 use crate::value::{quote_ident, Value};
 
 /// Rows read from D1 per request when paging through a table.
-const PAGE: usize = 5000;
+const PAGE: usize = 20_000;
 
 /// Runs the rollback, filling `report`.
 pub fn rollback(
@@ -208,10 +208,41 @@ fn copy_rows(
         client,
         label: "source (D1)",
     };
-    let (page_tx, page_rx) = bounded::<Result<Page>>(config.parallel_tables * 2);
-    let (work_tx, work_rx) = crossbeam_channel::unbounded::<usize>();
-    for i in 0..shapes.len() {
-        work_tx.send(i).expect("queue");
+    let counts: Vec<u64> = shapes
+        .iter()
+        .map(|s| side.count(&s.table))
+        .collect::<Result<_>>()?;
+    progress.set_total(counts.iter().sum());
+    // Large tables with integer keys are read in key segments at once.
+    let mut jobs: Vec<(usize, Option<i64>, Option<i64>)> = Vec::new();
+    for (i, s) in shapes.iter().enumerate() {
+        let segments = if schema.tables[i].key_columns().len() == 1
+            && !matches!(
+                schema.tables[i].kind,
+                crate::discover::TableKind::WithoutRowid
+            )
+            && counts[i] as usize > 2 * PAGE
+        {
+            let key = &s.key_exprs[0];
+            let table = quote_ident(&s.table);
+            let r = client.query(&format!("SELECT min({key}), max({key}) FROM {table}"))?;
+            let bound = |i: usize| {
+                r.rows
+                    .first()
+                    .and_then(|row| row.get(i))
+                    .and_then(|v| v.as_i64())
+                    .unwrap_or(0)
+            };
+            key_segments(bound(0), bound(1), config.concurrency)
+        } else {
+            vec![(None, None)]
+        };
+        jobs.extend(segments.into_iter().map(|(after, upto)| (i, after, upto)));
+    }
+    let (page_tx, page_rx) = bounded::<Result<Page>>(config.concurrency * 2);
+    let (work_tx, work_rx) = crossbeam_channel::unbounded::<(usize, Option<i64>, Option<i64>)>();
+    for job in jobs {
+        work_tx.send(job).expect("queue");
     }
     drop(work_tx);
     let mut stats: Vec<TableStats> = shapes
@@ -222,19 +253,13 @@ fn copy_rows(
         })
         .collect();
     let started = Instant::now();
-    let counts: Vec<u64> = shapes
-        .iter()
-        .map(|s| side.count(&s.table))
-        .collect::<Result<_>>()?;
-    let total = counts.iter().sum();
-    progress.set_total(total);
     std::thread::scope(|scope| -> Result<()> {
-        for _ in 0..config.parallel_tables {
+        for _ in 0..config.concurrency.max(config.parallel_tables) {
             let (work_rx, page_tx, shapes, side) =
                 (work_rx.clone(), page_tx.clone(), &shapes, &side);
             scope.spawn(move || {
-                for i in work_rx {
-                    let sent = read_table(side, &shapes[i], i, &page_tx);
+                for (i, after, upto) in work_rx {
+                    let sent = read_table(side, &shapes[i], i, after, upto, &page_tx);
                     if let Err(e) = sent {
                         let _ = page_tx.send(Err(e.in_table(&shapes[i].table)));
                         return;
@@ -294,21 +319,32 @@ fn copy_rows(
     Ok(())
 }
 
-/// Pages through one table by key (never by OFFSET) and hands the pages on.
+/// Pages through one table, or a segment of its keys, by key (never by OFFSET) and hands the
+/// pages on.
 fn read_table(
     side: &D1Side<'_>,
     shape: &Shape,
     table: usize,
+    segment_after: Option<i64>,
+    upto: Option<i64>,
     pages: &crossbeam_channel::Sender<Result<Page>>,
 ) -> Result<()> {
     let keys = shape.key_exprs.join(", ");
-    let mut after: Option<String> = None;
+    let mut after: Option<String> = segment_after.map(|k| format!("({k})"));
     loop {
-        let lower = after
-            .as_ref()
-            .map(|k| format!("WHERE ({keys}) > {k} "))
-            .unwrap_or_default();
-        let tail = format!("{lower}ORDER BY {keys} LIMIT {PAGE}");
+        let mut conditions = Vec::new();
+        if let Some(k) = &after {
+            conditions.push(format!("({keys}) > {k}"));
+        }
+        if let Some(u) = upto {
+            conditions.push(format!("({keys}) <= ({u})"));
+        }
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {} ", conditions.join(" AND "))
+        };
+        let tail = format!("{filter}ORDER BY {keys} LIMIT {PAGE}");
         let rows = side.select(shape, &[tail])?.pop().unwrap_or_default();
         let Some(last) = rows.last() else {
             return Ok(());

@@ -70,6 +70,19 @@ export default {
       return sqlError(e);
     }
 
+    const local = { served_by_colo: "LOCAL", served_by_primary: true, served_by_region: "LOCAL" };
+    if (format === "raw" && statements.length === 1) {
+      // One statement is atomic on its own; raw() keeps rows as arrays, as /raw answers them.
+      let rows;
+      try {
+        rows = await statements[0].raw({ columnNames: true });
+      } catch (e) {
+        return sqlError(e);
+      }
+      const columns = rows.length ? rows.shift() : [];
+      return envelope(200, [], [{ success: true, results: { columns, rows }, meta: { ...local } }]);
+    }
+
     let results;
     try {
       results = await db.batch(statements);
@@ -80,7 +93,7 @@ export default {
     const result = results.map((r) => ({
       success: true,
       results: format === "raw" ? toRaw(r.results) : r.results,
-      meta: { ...r.meta, served_by_colo: "LOCAL", served_by_primary: true, served_by_region: "LOCAL" },
+      meta: { ...r.meta, ...local },
     }));
     return envelope(200, [], result);
   },
