@@ -307,3 +307,39 @@ pub fn problems(path: &Path) -> Result<()> {
     ))?;
     Ok(())
 }
+
+/// A large database of about `megabytes`: many narrow and mixed-width rows, some BLOBs, a
+/// composite-key table; for the benchmark's scale run.
+pub fn large(path: &Path, megabytes: usize) -> Result<()> {
+    let mut db = create(path)?;
+    db.execute_batch(
+        "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
+         CREATE TABLE events (id INTEGER PRIMARY KEY, at INTEGER NOT NULL, kind TEXT NOT NULL, detail TEXT, amount REAL);
+         CREATE TABLE documents (id INTEGER PRIMARY KEY, title TEXT NOT NULL, body BLOB);
+         CREATE TABLE tags (event_id INTEGER NOT NULL REFERENCES events(id), tag TEXT NOT NULL,
+                            PRIMARY KEY (event_id, tag)) WITHOUT ROWID;",
+    )?;
+    let budget = megabytes as u64 * 1_000_000;
+    let mut rng = StdRng::seed_from_u64(1);
+    let kinds = ["click", "view", "purchase", "refund", "signup"];
+    let (events, documents) = (budget * 70 / 100 / 260, budget * 25 / 100 / 16_500);
+    let tx = db.transaction()?;
+    {
+        let mut e = tx.prepare("INSERT INTO events VALUES (?, ?, ?, ?, ?)")?;
+        let mut t = tx.prepare("INSERT OR IGNORE INTO tags VALUES (?, ?)")?;
+        for id in 1..=events as i64 {
+            let detail: String = (0..rng.random_range(20..400)).map(|_| rng.random_range(b'a'..=b'z') as char).collect();
+            e.execute(params![id, 1_700_000_000 + id * 7, kinds[id as usize % 5], detail, rng.random_range(-1e6..1e6f64)])?;
+            if id % 4 == 0 {
+                t.execute(params![id, format!("tag-{}", rng.random_range(0..50))])?;
+            }
+        }
+        let mut d = tx.prepare("INSERT INTO documents VALUES (?, ?, ?)")?;
+        for id in 1..=documents as i64 {
+            let body: Vec<u8> = (0..rng.random_range(1_000..32_000)).map(|_| rng.random()).collect();
+            d.execute(params![id, format!("document {id}"), body])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}

@@ -18,12 +18,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Writes one of the project's generated databases (sample, edge-cases, problems) to PATH.
+    /// Writes one of the project's generated databases (sample, edge-cases, problems, large) to
+    /// PATH.
     Generate {
-        #[arg(value_parser = ["sample", "edge-cases", "problems"])]
+        #[arg(value_parser = ["sample", "edge-cases", "problems", "large"])]
         kind: String,
         path: PathBuf,
-        /// Size multiplier of the sample.
+        /// Size multiplier of the sample; megabytes of the large database.
         #[arg(long, default_value_t = 1)]
         scale: usize,
     },
@@ -59,6 +60,7 @@ fn main() -> ExitCode {
         let made = match kind.as_str() {
             "sample" => fixture::sample(&path, scale),
             "problems" => fixture::problems(&path),
+            "large" => fixture::large(&path, scale),
             _ => fixture::edge_cases(&path),
         };
         return match made {

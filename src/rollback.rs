@@ -23,7 +23,7 @@ use crate::pack::Shape;
 use crate::progress::Progress;
 use crate::remote::{D1Catalog, D1Side};
 use crate::report::{Report, Skipped, TableStats};
-use crate::validate::{key_segments, RowSide};
+use crate::validate::{key_segments, next_page_rows, RowSide};
 use crate::value::{quote_ident, Value};
 
 /// Rows read from D1 per request when paging through a table.
@@ -331,6 +331,7 @@ fn read_table(
 ) -> Result<()> {
     let keys = shape.key_exprs.join(", ");
     let mut after: Option<String> = segment_after.map(|k| format!("({k})"));
+    let mut page = 100;
     loop {
         let mut conditions = Vec::new();
         if let Some(k) = &after {
@@ -344,7 +345,7 @@ fn read_table(
         } else {
             format!("WHERE {} ", conditions.join(" AND "))
         };
-        let tail = format!("{filter}ORDER BY {keys} LIMIT {PAGE}");
+        let tail = format!("{filter}ORDER BY {keys} LIMIT {page}");
         let rows = side.select(shape, &[tail])?.pop().unwrap_or_default();
         let Some(last) = rows.last() else {
             return Ok(());
@@ -355,7 +356,8 @@ fn read_table(
             .map(|&p| last[p].literal())
             .collect();
         after = Some(format!("({})", key.join(", ")));
-        let full = rows.len() == PAGE;
+        let full = rows.len() == page;
+        page = next_page_rows(&rows, PAGE);
         if pages.send(Ok(Page { table, rows })).is_err() || !full {
             return Ok(());
         }

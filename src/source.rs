@@ -130,19 +130,19 @@ pub fn read_batches(
     let mut stmt_first = conn.prepare(&first)?;
     let mut stmt_next = conn.prepare(&next)?;
     loop {
-        let rows = match &after {
-            None => collect(&mut stmt_first, &[])?,
+        let (rows, cut_short) = match &after {
+            None => collect(&mut stmt_first, &[], BATCH_BYTES)?,
             Some(key) => {
                 let params: Vec<rusqlite::types::Value> = key.iter().map(to_sql).collect();
                 let refs: Vec<&dyn rusqlite::ToSql> =
                     params.iter().map(|p| p as &dyn rusqlite::ToSql).collect();
-                collect(&mut stmt_next, &refs)?
+                collect(&mut stmt_next, &refs, BATCH_BYTES)?
             }
         };
         let Some(last) = rows.last() else {
             return Ok(());
         };
-        let full = rows.len() == batch;
+        let full = rows.len() == batch || cut_short;
         after = Some(
             shape
                 .key_positions
@@ -156,21 +156,33 @@ pub fn read_batches(
     }
 }
 
+/// A batch stops early at this many bytes of values, so memory stays bounded however wide the
+/// rows; the next batch starts after the last row taken.
+pub const BATCH_BYTES: usize = 16 << 20;
+
+/// The rows of a query, up to `budget` bytes of values; true when cut short by the budget.
 fn collect(
     stmt: &mut rusqlite::Statement<'_>,
     params: &[&dyn rusqlite::ToSql],
-) -> Result<Vec<Vec<Value>>> {
+    budget: usize,
+) -> Result<(Vec<Vec<Value>>, bool)> {
     let n = stmt.column_count();
     let mut out = Vec::new();
+    let mut bytes = 0;
     let mut rows = stmt.query(params)?;
     while let Some(r) = rows.next()? {
         let mut row = Vec::with_capacity(n);
         for i in 0..n {
-            row.push(value(r.get_ref(i)?));
+            let v = value(r.get_ref(i)?);
+            bytes += v.size();
+            row.push(v);
         }
         out.push(row);
+        if bytes > budget {
+            return Ok((out, true));
+        }
     }
-    Ok(out)
+    Ok((out, false))
 }
 
 pub fn to_sql(v: &Value) -> rusqlite::types::Value {
@@ -236,7 +248,7 @@ impl crate::validate::RowSide for SqliteSide {
                         quote_ident(&shape.table)
                     );
                     let mut stmt = c.prepare_cached(&sql)?;
-                    collect(&mut stmt, &[])
+                    collect(&mut stmt, &[], usize::MAX).map(|(rows, _)| rows)
                 })
                 .collect()
         })

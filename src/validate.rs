@@ -39,6 +39,20 @@ pub struct Options {
     pub segments: usize,
 }
 
+/// Bytes of values one page read from either side should hold, so memory stays bounded however
+/// wide the rows.
+pub const PAGE_BYTES: usize = 4 << 20;
+
+/// The number of rows for the next page, from the width of the rows of the last one.
+pub fn next_page_rows(last: &[Vec<Value>], max: usize) -> usize {
+    let bytes: usize = last.iter().flatten().map(|v| v.size() + 8).sum();
+    if last.is_empty() || bytes == 0 {
+        return max;
+    }
+    let per_row = bytes.div_ceil(last.len());
+    (PAGE_BYTES / per_row).clamp(1, max)
+}
+
 /// Splits the integer keys `lo..=hi` into `n` ranges, each `(after, upto)`: keys greater than
 /// `after` (none: from the start) and at most `upto` (none: to the end).
 pub fn key_segments(lo: i64, hi: i64, n: usize) -> Vec<(Option<i64>, Option<i64>)> {
@@ -449,7 +463,7 @@ impl Comparison<'_> {
         upto: Option<String>,
     ) -> Result<()> {
         let keys = self.keys_sql();
-        let page = self.options.page;
+        let mut page = 100.min(self.options.page);
         let bounds = |after: &Option<String>| {
             let mut conditions = Vec::new();
             if let Some(k) = after {
@@ -503,6 +517,7 @@ impl Comparison<'_> {
             } else {
                 self.match_rows(&source_rows, &target_rows, true, v);
             }
+            page = next_page_rows(&source_rows, self.options.page);
             after = Some(upper);
         }
     }

@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""The benchmark behind scripts/bench. Runs each case as a child process and measures its wall
+time and peak resident memory (wait4), against a local D1 started for the purpose."""
+import json, os, shutil, sqlite3, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target/release/d1-migrator")
+DATASET = os.path.join(ROOT, "../shared/datasets/northwind.db")
+TOKEN = "bench-token"
+PEERS = "--peers" in sys.argv
+LARGE_MB = int(os.environ.get("BENCH_LARGE_MB", "1024"))
+work = tempfile.mkdtemp(prefix="d1-bench-")
+
+
+def start_d1(ids):
+    env = dict(os.environ, LOCAL_D1_PORT="0", LOCAL_D1_PERSIST=os.path.join(work, "d1"),
+               LOCAL_D1_DATABASES=",".join(ids), LOCAL_D1_TOKEN=TOKEN)
+    env.pop("LOCAL_D1_FAULTS", None)
+    proc = subprocess.Popen([os.path.join(ROOT, "scripts/local-d1")], env=env, stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if " ready at " in line:
+            url = line.split(" ready at ")[1].split()[0]
+            files = json.loads(line.split("databases=")[1])
+            return proc, url, files
+    raise SystemExit("the local D1 did not start")
+
+
+def timed(cmd, env=None, cwd=None):
+    start = time.time()
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.time() - start
+    err = proc.stderr.read().decode(errors="replace")
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"{cmd[0]} failed ({code}):\n{err[-2000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def migrator(url, db, sqlite_path, **extra):
+    report = os.path.join(work, f"report-{db}-{len(os.listdir(work))}.json")
+    env = dict(os.environ, CLOUDFLARE_ACCOUNT_ID="bench", CLOUDFLARE_API_TOKEN=TOKEN, MIGRATION_D1_API_URL=url,
+               MIGRATION_D1_DATABASE_ID=db, MIGRATION_SQLITE_PATH=sqlite_path, MIGRATION_QUIET="true",
+               MIGRATION_REPORT=report, MIGRATION_STATE_DIR=os.path.join(work, f"state-{db}"),
+               MIGRATION_RATE_LIMIT="0", **{k: str(v) for k, v in extra.items()})
+    wall, rss = timed([BIN], env=env)
+    with open(report) as f:
+        return wall, rss, json.load(f)
+
+
+def rows_and_bytes(path):
+    conn = sqlite3.connect(path)
+    names = [r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type='table' AND name NOT LIKE 'sqlite_%'")]
+    rows = sum(conn.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in names)
+    return rows, os.path.getsize(path)
+
+
+results = []
+
+
+def record(name, wall, rss, rows, nbytes, requests):
+    results.append({"run": name, "wall_s": round(wall, 2), "rows_per_s": round(rows / wall),
+                    "mb_per_s": round(nbytes / wall / 1e6, 1), "requests": requests, "peak_rss_mb": round(rss)})
+
+
+if not os.path.exists(DATASET):
+    raise SystemExit(f"{DATASET} is absent: the benchmark needs ../shared/datasets beside the checkout")
+ids = ["warmup", "nw", "engine", "large"] + (["peer"] if PEERS else [])
+d1, url, files = start_d1(ids)
+try:
+    # A first, untimed run, so that no timed run pays for the engine's start.
+    sample = os.path.join(work, "sample.sqlite")
+    subprocess.run([BIN, "generate", "sample", sample, "--scale", "5"], check=True)
+    migrator(url, "warmup", sample)
+    nw_rows, nw_bytes = rows_and_bytes(DATASET)
+    wall, rss, r = migrator(url, "nw", DATASET, MIGRATION_VALIDATE="false")
+    record("migrator forward, Northwind", wall, rss, nw_rows, nw_bytes, r["http_requests"])
+    od = next(t for t in r["tables"] if t["table"] == "Order Details")
+    wall, rss, r = migrator(url, "nw", DATASET, MIGRATION_MODE="validate", MIGRATION_VALIDATE_ALL_ROWS="true")
+    record("migrator full validation, Northwind", wall, rss, nw_rows, nw_bytes, r["http_requests"])
+    back = os.path.join(work, "rollback.sqlite")
+    wall, rss, r = migrator(url, "nw", back, MIGRATION_DIRECTION="d1-to-sqlite", MIGRATION_VALIDATE="false")
+    record("migrator rollback, Northwind", wall, rss, nw_rows, nw_bytes, r["http_requests"])
+
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts/engine_limit.py"), url, "engine", TOKEN, DATASET,
+                          "Order Details", "2500", "8", "2", " ON CONFLICT DO NOTHING"], capture_output=True, text=True, check=True)
+    engine = json.loads(out.stdout)
+    results.append({"run": "engine limit, Order Details (pre-built statements)", "wall_s": engine["seconds"],
+                    "rows_per_s": engine["rows_per_s"], "mb_per_s": round(engine["bytes"] / engine["seconds"] / 1e6, 1),
+                    "requests": engine["requests"], "peak_rss_mb": None})
+    results.append({"run": "migrator, Order Details alone (from its report)", "wall_s": round(od["duration_ms"] / 1000, 2),
+                    "rows_per_s": round(od["rows_written"] / (od["duration_ms"] / 1000)), "mb_per_s": None,
+                    "requests": od["requests"], "peak_rss_mb": None})
+
+    large = os.path.join(work, "large.sqlite")
+    subprocess.run([BIN, "generate", "large", large, "--scale", str(LARGE_MB)], check=True)
+    l_rows, l_bytes = rows_and_bytes(large)
+    wall, rss, r = migrator(url, "large", large, MIGRATION_VALIDATE="false")
+    record(f"migrator forward, generated {l_bytes // 1_000_000} MB", wall, rss, l_rows, l_bytes, r["http_requests"])
+
+    if PEERS:
+        peers = os.path.join(ROOT, "scripts/bench-peers")
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=peers, check=True)
+        node = os.path.join(ROOT, "scripts/local-d1-server/node_modules/.bin/node")
+        wrangler = os.path.join(peers, "node_modules/wrangler/bin/wrangler.js")
+        project = os.path.join(work, "wrangler-project")
+        os.makedirs(project)
+        with open(os.path.join(project, "wrangler.toml"), "w") as f:
+            f.write('name = "bench"\ncompatibility_date = "2026-07-01"\n[[d1_databases]]\nbinding = "DB"\n'
+                    'database_name = "bench"\ndatabase_id = "bench"\n')
+        # The dump as the official guide makes it, reordered so that it succeeds: schema, then data.
+        conn = sqlite3.connect(DATASET)
+        lines = [l for l in conn.iterdump() if l not in ("BEGIN TRANSACTION;", "COMMIT;")]
+        creates = [l for l in lines if l.startswith("CREATE TABLE")]
+        inserts = [l for l in lines if l.startswith("INSERT") and not l.startswith('INSERT INTO "sqlite_sequence"')]
+        rest = [l for l in lines if l not in creates and l not in inserts and not l.startswith("DELETE FROM") and "sqlite_sequence" not in l]
+        dump = os.path.join(project, "dump.sql")
+        with open(dump, "w") as f:
+            f.write("\n".join(creates + inserts + rest) + "\n")
+        env = dict(os.environ, PATH=os.path.dirname(node) + os.pathsep + os.environ["PATH"], WRANGLER_SEND_METRICS="false", CI="true")
+        wall, rss = timed([node, wrangler, "d1", "execute", "DB", "--local", "--file", dump, "--yes"], env=env, cwd=project)
+        record("wrangler d1 execute --local --file (dump, reordered)", wall, rss, nw_rows, nw_bytes, None)
+finally:
+    d1.terminate()
+    d1.wait()
+
+print(f"machine: {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2**30} GiB")
+print(f"{'run':<56} {'wall s':>8} {'rows/s':>10} {'MB/s':>7} {'requests':>9} {'peak RSS MB':>12}")
+for r in results:
+    fmt = lambda v: "-" if v is None else str(v)
+    print(f"{r['run']:<56} {fmt(r['wall_s']):>8} {fmt(r['rows_per_s']):>10} {fmt(r['mb_per_s']):>7} {fmt(r['requests']):>9} {fmt(r['peak_rss_mb']):>12}")
+fwd = results[0]["wall_s"]
+print(f"migrator Order Details / engine limit: {results[4]['wall_s'] / results[3]['wall_s']:.2f}x")
+print(f"large / Northwind throughput (MB/s): {results[5]['mb_per_s'] / results[0]['mb_per_s']:.2f}")
+if PEERS:
+    print(f"wrangler path / migrator forward: {results[-1]['wall_s'] / fwd:.0f}x faster")
+shutil.rmtree(work, ignore_errors=True)
