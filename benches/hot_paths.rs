@@ -89,5 +89,26 @@ fn reading(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, packing, reading);
+fn hashing(c: &mut Criterion) {
+    let data = rows(100_000);
+    let mut group = c.benchmark_group("validate");
+    group.throughput(Throughput::Elements(data.len() as u64));
+    group.bench_function("canonical encoding + blake3 of 100k rows", |b| {
+        b.iter(|| {
+            let mut hasher = blake3::Hasher::new();
+            let mut buf = Vec::with_capacity(256);
+            for r in &data {
+                buf.clear();
+                for v in r {
+                    v.write_canonical(&mut buf);
+                }
+                hasher.update(&buf);
+            }
+            hasher.finalize()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, packing, reading, hashing);
 criterion_main!(benches);
