@@ -245,6 +245,15 @@ fn target_check(client: &D1Client, schema: &Schema) -> Vec<Finding> {
         }
     };
     let normalize = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let orphans = crate::migrate::missing_parents(schema, &existing)
+        .into_iter()
+        .map(|m| {
+            Finding::error(
+                "missing_parent_table",
+                client.database_id(),
+                format!("{m}; D1 enforces foreign keys"),
+            )
+        });
     schema
         .tables
         .iter()
@@ -270,6 +279,7 @@ fn target_check(client: &D1Client, schema: &Schema) -> Vec<Finding> {
                 )
             })
         })
+        .chain(orphans)
         .collect()
 }
 

@@ -328,15 +328,25 @@ pub fn large(path: &Path, megabytes: usize) -> Result<()> {
         let mut e = tx.prepare("INSERT INTO events VALUES (?, ?, ?, ?, ?)")?;
         let mut t = tx.prepare("INSERT OR IGNORE INTO tags VALUES (?, ?)")?;
         for id in 1..=events as i64 {
-            let detail: String = (0..rng.random_range(20..400)).map(|_| rng.random_range(b'a'..=b'z') as char).collect();
-            e.execute(params![id, 1_700_000_000 + id * 7, kinds[id as usize % 5], detail, rng.random_range(-1e6..1e6f64)])?;
+            let detail: String = (0..rng.random_range(20..400))
+                .map(|_| rng.random_range(b'a'..=b'z') as char)
+                .collect();
+            e.execute(params![
+                id,
+                1_700_000_000 + id * 7,
+                kinds[id as usize % 5],
+                detail,
+                rng.random_range(-1e6..1e6f64)
+            ])?;
             if id % 4 == 0 {
                 t.execute(params![id, format!("tag-{}", rng.random_range(0..50))])?;
             }
         }
         let mut d = tx.prepare("INSERT INTO documents VALUES (?, ?, ?)")?;
         for id in 1..=documents as i64 {
-            let body: Vec<u8> = (0..rng.random_range(1_000..32_000)).map(|_| rng.random()).collect();
+            let body: Vec<u8> = (0..rng.random_range(1_000..32_000))
+                .map(|_| rng.random())
+                .collect();
             d.execute(params![id, format!("document {id}"), body])?;
         }
     }

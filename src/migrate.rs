@@ -109,6 +109,13 @@ pub fn forward(
 
     // Reading the target's catalog first also proves the token, account and database id.
     let existing = target_objects(client)?;
+    let orphans = missing_parents(&schema, &existing);
+    if !orphans.is_empty() {
+        return Err(Error::Refused(format!(
+            "D1 enforces foreign keys, and these parents are neither copied nor on D1; nothing was written:\n  {}",
+            orphans.join("\n  ")
+        )));
+    }
     let state = State::open(&config.state_dir, fingerprint(config, &schema))?;
     if state.is_complete() {
         log::info(&format!(
@@ -200,6 +207,26 @@ pub fn forward(
     }
     state.set_complete()?;
     Ok(())
+}
+
+/// Foreign keys whose parent table is neither in the selection nor already on the target.
+pub fn missing_parents(
+    schema: &Schema,
+    existing: &HashMap<String, (String, String)>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in &schema.tables {
+        for fk in &t.foreign_keys {
+            let copied = schema.table(&fk.parent).is_some();
+            if !copied && !existing.contains_key(&fk.parent.to_lowercase()) {
+                out.push(format!(
+                    "table {:?} references {:?}, which MIGRATION_TABLES / MIGRATION_EXCLUDE_TABLES leave out",
+                    t.name, fk.parent
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// What a checkpoint must match: the same source (and schema), target and table selection.

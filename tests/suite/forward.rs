@@ -254,3 +254,35 @@ fn an_unreachable_api_is_refused() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_selection_that_leaves_out_a_parent_table_is_refused_before_writing() {
+    let d1 = LocalD1::shared();
+    let db = d1.fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let source = generated(dir.path(), "sample");
+    let out = Run::new(d1, &db, &source)
+        .env("MIGRATION_TABLES", "order_lines")
+        .output();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("\"order_lines\" references \"orders\""),
+        "{}",
+        stderr(&out)
+    );
+    let tables = d1.sql(
+        &db,
+        &["SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE '\\_cf\\_%' ESCAPE '\\'"],
+    );
+    assert_eq!(tables[0], serde_json::json!([[0]]), "nothing was written");
+    // Once the parents are on D1, the same selection goes through.
+    Run::new(d1, &db, &source)
+        .env("MIGRATION_EXCLUDE_TABLES", "order_lines")
+        .env("MIGRATION_STATE_DIR", dir.path().join("state-parents"))
+        .ok();
+    Run::new(d1, &db, &source)
+        .env("MIGRATION_TABLES", "order_lines")
+        .env("MIGRATION_STATE_DIR", dir.path().join("state-child"))
+        .ok();
+    assert!(sqldiff(&source, d1.file(&db)).is_empty());
+}
