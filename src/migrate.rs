@@ -22,7 +22,7 @@ use crate::pack::{
 };
 use crate::plan::{plan, Plan};
 use crate::progress::Progress;
-use crate::report::{Report, Skipped, TableStats};
+use crate::report::{Report, TableStats};
 use crate::source::{count_rows, open_read_only, read_batches, SqliteCatalog};
 use crate::state::{Fingerprint, State};
 use crate::value::{quote_text, Value};
@@ -86,14 +86,7 @@ pub fn forward(
     let source = open_read_only(&config.sqlite_path)?;
     let mut schema = discover(&SqliteCatalog(&source))?;
     select_tables(&mut schema, &config.tables, &config.exclude_tables)?;
-    report.skipped = schema
-        .skipped
-        .iter()
-        .map(|(name, reason)| Skipped {
-            name: name.clone(),
-            reason: reason.clone(),
-        })
-        .collect();
+    report.set_skipped(&schema.skipped);
     let plan = plan(&schema);
     let refused: Vec<String> = check_schema(&schema)
         .into_iter()

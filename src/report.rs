@@ -89,6 +89,17 @@ impl Report {
         }
     }
 
+    /// Records what was left out, and why.
+    pub fn set_skipped(&mut self, skipped: &[(String, String)]) {
+        self.skipped = skipped
+            .iter()
+            .map(|(name, reason)| Skipped {
+                name: name.clone(),
+                reason: reason.clone(),
+            })
+            .collect();
+    }
+
     /// Sums the tables into `totals`.
     pub fn total(&mut self) {
         let mut totals = TableStats {

@@ -22,7 +22,7 @@ use crate::migrate::{if_not_exists, ordered_objects, select_tables};
 use crate::pack::Shape;
 use crate::progress::Progress;
 use crate::remote::{D1Catalog, D1Side};
-use crate::report::{Report, Skipped, TableStats};
+use crate::report::{Report, TableStats};
 use crate::validate::{key_segments, next_page_rows, RowSide};
 use crate::value::{quote_ident, Value};
 
@@ -47,14 +47,7 @@ pub fn rollback(
     }
     let mut schema = discover(&D1Catalog(client))?;
     select_tables(&mut schema, &config.tables, &config.exclude_tables)?;
-    report.skipped = schema
-        .skipped
-        .iter()
-        .map(|(name, reason)| Skipped {
-            name: name.clone(),
-            reason: reason.clone(),
-        })
-        .collect();
+    report.set_skipped(&schema.skipped);
 
     if exists && config.rollback_mode == RollbackMode::Missing {
         let mut conn = Connection::open(path)?;

@@ -319,21 +319,7 @@ impl Comparison<'_> {
         let mut rng = StdRng::seed_from_u64(self.options.seed ^ table_seed(&self.table.name));
         let keys = self.keys_sql();
         let tails: Vec<String> = if self.single_integer_key() {
-            let ends = self.source.select(
-                self.shape,
-                &[
-                    format!("ORDER BY {keys} LIMIT 1"),
-                    format!("ORDER BY {keys} DESC LIMIT 1"),
-                ],
-            )?;
-            let bound = |rows: &Vec<Vec<Value>>| match rows
-                .first()
-                .map(|r| &r[self.shape.key_positions[0]])
-            {
-                Some(Value::Integer(i)) => *i,
-                _ => 0,
-            };
-            let (lo, hi) = (bound(&ends[0]), bound(&ends[1]));
+            let (lo, hi) = self.key_range()?;
             (0..n)
                 .map(|_| {
                     format!(
@@ -379,6 +365,24 @@ impl Comparison<'_> {
         Ok(())
     }
 
+    /// The smallest and largest integer key of the source.
+    fn key_range(&self) -> Result<(i64, i64)> {
+        let keys = self.keys_sql();
+        let ends = self.source.select(
+            self.shape,
+            &[
+                format!("ORDER BY {keys} LIMIT 1"),
+                format!("ORDER BY {keys} DESC LIMIT 1"),
+            ],
+        )?;
+        let key =
+            |rows: &Vec<Vec<Value>>| match rows.first().map(|r| &r[self.shape.key_positions[0]]) {
+                Some(Value::Integer(i)) => *i,
+                _ => 0,
+            };
+        Ok((key(&ends[0]), key(&ends[1])))
+    }
+
     fn single_integer_key(&self) -> bool {
         matches!(
             self.table.kind,
@@ -392,22 +396,8 @@ impl Comparison<'_> {
     fn full(&self, v: &mut TableValidation) -> Result<()> {
         let segments =
             if self.single_integer_key() && v.source_rows as usize > 2 * self.options.page {
-                let keys = self.keys_sql();
-                let ends = self.source.select(
-                    self.shape,
-                    &[
-                        format!("ORDER BY {keys} LIMIT 1"),
-                        format!("ORDER BY {keys} DESC LIMIT 1"),
-                    ],
-                )?;
-                let key = |rows: &Vec<Vec<Value>>| match rows
-                    .first()
-                    .map(|r| &r[self.shape.key_positions[0]])
-                {
-                    Some(Value::Integer(i)) => *i,
-                    _ => 0,
-                };
-                key_segments(key(&ends[0]), key(&ends[1]), self.options.segments)
+                let (lo, hi) = self.key_range()?;
+                key_segments(lo, hi, self.options.segments)
             } else {
                 vec![(None, None)]
             };
