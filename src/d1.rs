@@ -250,7 +250,17 @@ impl D1Client {
             self.counters
                 .bytes_sent
                 .fetch_add(body.len() as u64, Ordering::Relaxed);
+            let sent_at = Instant::now();
             let (verdict, outcome) = self.attempt(&body, defer_keys);
+            if log::enabled(log::Level::Debug) {
+                log::debug(&format!(
+                    "POST {} statements, {} bytes: {:?} in {} ms",
+                    statements.len(),
+                    body.len(),
+                    verdict,
+                    sent_at.elapsed().as_millis()
+                ));
+            }
             match verdict {
                 Verdict::Success => {
                     return outcome.map_err(|error| Failure {

@@ -61,13 +61,13 @@ pub fn dry_run(config: &Config, client: &D1Client) -> Result<DryRun> {
         findings: check_schema(&schema),
         ..DryRun::default()
     };
+    let skip = config.on_bad_row == BadRow::Skip;
     out.findings
-        .extend(foreign_key_violations(&source, &schema)?);
+        .extend(foreign_key_violations(&source, &schema, skip)?);
     out.findings.extend(database_size(&source)?);
     out.findings.extend(target_check(client, &schema));
 
     let [rows, deferred, fill] = passes(&schema, &plan, |_, _| false);
-    let skip = config.on_bad_row == BadRow::Skip;
     for (work, reason) in rows
         .iter()
         .zip(plan.tables.iter().map(|t| t.reason.clone()))
@@ -189,7 +189,16 @@ fn count(
 }
 
 /// `PRAGMA foreign_key_check`: rows SQLite stored without enforcing their keys; D1 refuses them.
-fn foreign_key_violations(source: &rusqlite::Connection, schema: &Schema) -> Result<Vec<Finding>> {
+fn foreign_key_violations(
+    source: &rusqlite::Connection,
+    schema: &Schema,
+    skip: bool,
+) -> Result<Vec<Finding>> {
+    let action = if skip {
+        "it would go to the reject file"
+    } else {
+        "the run would stop here"
+    };
     let mut findings = Vec::new();
     for t in schema.tables.iter().filter(|t| !t.is_virtual()) {
         let sql = format!("PRAGMA foreign_key_check({})", quote_ident(&t.name));
@@ -206,7 +215,7 @@ fn foreign_key_violations(source: &rusqlite::Connection, schema: &Schema) -> Res
                     "foreign_key_violation",
                     &t.name,
                     format!(
-                        "row {key} of {:?} references a row of {parent:?} that does not exist; D1 enforces foreign keys",
+                        "row {key} of {:?} references a row of {parent:?} that does not exist; D1 enforces foreign keys, so {action}",
                         t.name
                     ),
                 )

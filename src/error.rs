@@ -70,6 +70,8 @@ pub enum Error {
     Refused(String),
     #[error("validation found differences: {0}")]
     Differences(String),
+    #[error("tables that failed (MIGRATION_CONTINUE_ON_ERROR went on without them): {}", .0.join(", "))]
+    TablesFailed(Vec<String>),
 }
 
 impl Error {

@@ -193,10 +193,7 @@ pub fn forward(
         ));
     }
     if !failed.is_empty() {
-        return Err(Error::Refused(format!(
-            "tables that failed (MIGRATION_CONTINUE_ON_ERROR went on without them): {}",
-            failed.join(", ")
-        )));
+        return Err(Error::TablesFailed(failed));
     }
     state.set_complete()?;
     Ok(())

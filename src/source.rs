@@ -158,7 +158,7 @@ pub fn read_batches(
 
 /// A batch stops early at this many bytes of values, so memory stays bounded however wide the
 /// rows; the next batch starts after the last row taken.
-pub const BATCH_BYTES: usize = 16 << 20;
+pub const BATCH_BYTES: usize = 8 << 20;
 
 /// The rows of a query, up to `budget` bytes of values; true when cut short by the budget.
 fn collect(
