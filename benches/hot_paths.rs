@@ -20,17 +20,7 @@ fn rows(n: usize) -> Vec<Vec<Value>> {
 }
 
 fn shape() -> Shape {
-    let col = |name: &str, pk: i64| Column {
-        name: name.into(),
-        decl_type: if pk > 0 {
-            "INTEGER".into()
-        } else {
-            String::new()
-        },
-        not_null: false,
-        pk,
-        hidden: 0,
-    };
+    let col = |name: &str, pk: i64| Column::new(name, if pk > 0 { "INTEGER" } else { "" }, pk);
     let table = Table {
         name: "Order Details".into(),
         sql: String::new(),

@@ -37,6 +37,17 @@ pub struct Column {
 }
 
 impl Column {
+    /// An ordinary, nullable column; `pk` is its position in the primary key (0: not in it).
+    pub fn new(name: &str, decl_type: &str, pk: i64) -> Column {
+        Column {
+            name: name.to_string(),
+            decl_type: decl_type.to_string(),
+            not_null: false,
+            pk,
+            hidden: 0,
+        }
+    }
+
     /// Columns whose values are inserted: not generated, not hidden.
     pub fn is_stored_data(&self) -> bool {
         self.hidden == 0

@@ -497,17 +497,7 @@ mod tests {
     use crate::discover::Column;
 
     fn col(name: &str, pk: i64) -> Column {
-        Column {
-            name: name.into(),
-            decl_type: if pk > 0 {
-                "INTEGER".into()
-            } else {
-                String::new()
-            },
-            not_null: false,
-            pk,
-            hidden: 0,
-        }
+        Column::new(name, if pk > 0 { "INTEGER" } else { "" }, pk)
     }
 
     fn shape() -> Shape {

@@ -308,3 +308,14 @@ pub fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).expect("report written"))
         .expect("report is JSON")
 }
+
+/// One of the generated databases, migrated into a fresh database of the shared local D1:
+/// (database id, the folder holding the source, the source).
+pub fn migrated(kind: &str) -> (String, tempfile::TempDir, PathBuf) {
+    let d1 = LocalD1::shared();
+    let db = d1.fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let source = generated(dir.path(), kind);
+    Run::new(d1, &db, &source).ok();
+    (db, dir, source)
+}

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::harness::{dataset, generated, sqldiff, stderr, LocalD1, Run};
+use crate::harness::{dataset, generated, migrated, sqldiff, stderr, LocalD1, Run};
 
 /// SQLite → D1 → a new SQLite file, which must equal the original.
 fn round_trip(source: &Path) {
@@ -62,10 +62,7 @@ fn northwind_round_trips_exactly() {
 #[test]
 fn an_existing_file_is_refused_and_left_byte_identical() {
     let d1 = LocalD1::shared();
-    let db = d1.fresh_database();
-    let dir = tempfile::tempdir().unwrap();
-    let source = generated(dir.path(), "sample");
-    Run::new(d1, &db, &source).ok();
+    let (db, _dir, source) = migrated("sample");
     let before = std::fs::read(&source).unwrap();
     let out = Run::new(d1, &db, &source)
         .env("MIGRATION_DIRECTION", "d1-to-sqlite")
@@ -83,10 +80,7 @@ fn an_existing_file_is_refused_and_left_byte_identical() {
 #[test]
 fn missing_mode_adds_exactly_the_rows_the_file_lacks() {
     let d1 = LocalD1::shared();
-    let db = d1.fresh_database();
-    let dir = tempfile::tempdir().unwrap();
-    let source = generated(dir.path(), "sample");
-    Run::new(d1, &db, &source).ok();
+    let (db, dir, source) = migrated("sample");
     let file = dir.path().join("app.sqlite");
     std::fs::copy(&source, &file).unwrap();
     // The file loses some rows; D1 gains some; one row differs on both sides.
@@ -137,10 +131,7 @@ fn missing_mode_adds_exactly_the_rows_the_file_lacks() {
 #[test]
 fn replace_mode_keeps_a_backup_and_rebuilds_the_file() {
     let d1 = LocalD1::shared();
-    let db = d1.fresh_database();
-    let dir = tempfile::tempdir().unwrap();
-    let source = generated(dir.path(), "sample");
-    Run::new(d1, &db, &source).ok();
+    let (db, dir, source) = migrated("sample");
     let file = dir.path().join("app.sqlite");
     std::fs::write(&file, b"old contents").unwrap();
     Run::new(d1, &db, &file)
