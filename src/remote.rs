@@ -45,8 +45,11 @@ pub fn json_value(v: Json) -> Value {
 /// stay under D1's 2,000,000-byte value limit).
 const PIECE: usize = 500_000;
 
-/// The select expression that reads `column` exactly, as one text: a type letter (`i`, `r`,
-/// `t`, `b`) and the value (`#<length>` for a value to be read in pieces); NULL stays NULL.
+/// The select expression that reads `column` exactly. JSON's type tells the storage class:
+/// a number is a REAL (JSON carries doubles exactly, shortest round-trip decimal both ways);
+/// text is a type letter and the value: `i` integer (JSON numbers would round beyond 2^53),
+/// `r` a REAL JSON cannot carry (-0.0, ±inf), `t` TEXT and `b` BLOB in hex (`#<length>` for a
+/// value to be read in pieces). NULL stays null.
 pub fn exact_select(column: &str) -> String {
     let big = |tag: &str| {
         format!(
@@ -56,7 +59,8 @@ pub fn exact_select(column: &str) -> String {
         )
     };
     format!(
-        "CASE typeof({c}) WHEN 'integer' THEN 'i' || {c} WHEN 'real' THEN 'r' || {real} \
+        "CASE typeof({c}) WHEN 'integer' THEN 'i' || {c} \
+         WHEN 'real' THEN (CASE WHEN {c} = 0 OR abs({c}) = 9e999 THEN 'r' || {real} ELSE {c} END) \
          WHEN 'text' THEN {text} WHEN 'blob' THEN {blob} END",
         c = column,
         real = real_bits_sql(column),
@@ -83,6 +87,9 @@ fn real_bits_sql(c: &str) -> String {
 /// as a placeholder of its length, to be read in pieces.
 pub fn decode_cell(cell: &Json, context: &dyn Fn() -> String) -> Result<Value> {
     let bad = |what: &str| Error::Refused(format!("{}: cannot read {what} from D1", context()));
+    if let Json::Number(n) = cell {
+        return Ok(Value::Real(n.as_f64().ok_or_else(|| bad("a real"))?));
+    }
     let Some(text) = cell.as_str() else {
         return if cell.is_null() {
             Ok(Value::Null)
