@@ -242,3 +242,31 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn continue_on_error_rejects_bad_rows_and_finishes_the_rest() {
+    let d1 = LocalD1::shared();
+    let db = d1.fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let source = source_with_a_bad_row(dir.path());
+    let rejects = dir.path().join("rejects.jsonl");
+    let out = Run::new(d1, &db, &source)
+        .env("MIGRATION_CONTINUE_ON_ERROR", "true")
+        .env("MIGRATION_REJECT_FILE", &rejects)
+        .env("MIGRATION_VALIDATE", "false")
+        .output();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("rejected rows: 1"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&rejects).unwrap().lines().count(),
+        1
+    );
+    assert_eq!(
+        d1.sql(&db, &["SELECT count(*) FROM child"])[0],
+        serde_json::json!([[1999]])
+    );
+}
