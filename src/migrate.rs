@@ -73,6 +73,8 @@ struct Ctx<'a> {
     progress: &'a Progress,
     state: &'a State,
     rejects: &'a Rejects,
+    /// Rows each table has to copy, counted once for the progress bars.
+    rows: HashMap<String, u64>,
 }
 
 /// Runs the forward migration, filling `report`. Resumes from the checkpoint in
@@ -120,13 +122,6 @@ pub fn forward(
         return Ok(());
     }
     let rejects = Rejects::new(config.reject_file.clone());
-    let ctx = Ctx {
-        config,
-        client,
-        progress,
-        state: &state,
-        rejects: &rejects,
-    };
 
     let ordinary: Vec<&Table> = plan
         .tables
@@ -149,11 +144,19 @@ pub fn forward(
             Pass::SetDeferred => t.deferred_done,
         }
     });
-    let mut total = 0;
+    let mut rows = HashMap::new();
     for w in work.iter().chain(&fill).filter(|w| !w.done) {
-        total += count_rows(&source, &w.shape.table)?;
+        rows.insert(w.shape.table.clone(), count_rows(&source, &w.shape.table)?);
     }
-    progress.set_total(total);
+    progress.set_total(rows.values().sum());
+    let ctx = Ctx {
+        config,
+        client,
+        progress,
+        state: &state,
+        rejects: &rejects,
+        rows,
+    };
     let mut failed = run_work(&ctx, &work, &mut report.tables)?;
     failed.extend(run_work(&ctx, &deferred, &mut report.tables)?);
 
@@ -706,7 +709,7 @@ fn copy_rows(
             shape.key_text_of(after.as_deref().unwrap_or_default())
         ));
     }
-    let total = count_rows(&conn, &table)?;
+    let total = ctx.rows.get(&table).copied().unwrap_or(0);
     let mut bar = ctx
         .progress
         .table(&table, if work.pass == Pass::Insert { total } else { 0 });

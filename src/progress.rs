@@ -108,10 +108,6 @@ impl Progress {
             bar.finish_and_clear();
         }
     }
-
-    pub fn mode(&self) -> Mode {
-        self.mode
-    }
 }
 
 pub struct TableProgress<'a> {

@@ -159,6 +159,15 @@ impl LocalD1 {
             .collect()
     }
 
+    /// Asserts that database `id` holds nothing but D1's own tables: nothing was written.
+    pub fn assert_untouched(&self, id: &str) {
+        let tables = self.sql(
+            id,
+            &["SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE '\\_cf\\_%' ESCAPE '\\'"],
+        );
+        assert_eq!(tables[0], serde_json::json!([[0]]), "nothing was written");
+    }
+
     /// Lines of the request log.
     pub fn requests(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(&self.log)

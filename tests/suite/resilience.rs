@@ -151,7 +151,7 @@ fn a_corrupt_source_is_refused() {
     let out = Run::new(d1, &db, &corrupt).output();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("corrupt.sqlite"), "{}", stderr(&out));
-    assert_untouched(d1, &db);
+    d1.assert_untouched(&db);
 }
 
 #[test]
@@ -168,7 +168,7 @@ fn a_source_locked_by_a_writer_is_refused() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("locked"), "{}", stderr(&out));
     writer.execute_batch("ROLLBACK").unwrap();
-    assert_untouched(d1, &db);
+    d1.assert_untouched(&db);
 }
 
 #[test]
@@ -215,19 +215,6 @@ fn the_token_appears_in_no_output_or_file_of_a_failing_run() {
         "the run did fail and say why"
     );
     assert!(!everything.contains(TOKEN), "the token leaked");
-}
-
-/// The database holds nothing but D1's own tables (or does not exist yet).
-fn assert_untouched(d1: &LocalD1, db: &str) {
-    let tables = d1.sql(
-        db,
-        &["SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE '\\_cf\\_%' ESCAPE '\\'"],
-    );
-    assert_eq!(
-        tables[0],
-        serde_json::json!([[0]]),
-        "the target did not change"
-    );
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
