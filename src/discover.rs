@@ -52,6 +52,32 @@ impl Column {
     pub fn is_stored_data(&self) -> bool {
         self.hidden == 0
     }
+
+    /// The column's type affinity, by SQLite's rules (§3.1 of "Datatypes In SQLite").
+    pub fn affinity(&self) -> Affinity {
+        let t = self.decl_type.to_ascii_uppercase();
+        if t.contains("INT") {
+            Affinity::Integer
+        } else if ["CHAR", "CLOB", "TEXT"].iter().any(|w| t.contains(w)) {
+            Affinity::Text
+        } else if t.is_empty() || t.contains("BLOB") {
+            Affinity::Blob
+        } else if ["REAL", "FLOA", "DOUB"].iter().any(|w| t.contains(w)) {
+            Affinity::Real
+        } else {
+            Affinity::Numeric
+        }
+    }
+}
+
+/// A column's type affinity: the storage class its values most likely have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Affinity {
+    Integer,
+    Text,
+    Blob,
+    Real,
+    Numeric,
 }
 
 #[derive(Debug, Clone, PartialEq)]

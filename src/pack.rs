@@ -12,7 +12,7 @@
 //! so D1 commits the whole row or nothing. Statements are grouped into requests by
 //! [`RequestBuilder`]; the `migrate` stage sends them.
 
-use crate::discover::{Table, TableKind};
+use crate::discover::{Affinity, Table, TableKind};
 use crate::plan::DeferredKey;
 use crate::value::{quote_ident, write_hex_literal, Value};
 
@@ -46,6 +46,8 @@ pub struct Shape {
     pub table: String,
     /// Quoted column names of the INSERT, the hidden rowid first when there is one.
     pub columns: Vec<String>,
+    /// Each column's affinity (the hidden rowid's is INTEGER).
+    pub affinities: Vec<Affinity>,
     /// Positions in `columns` of the key, and the key's SQL expressions.
     pub key_positions: Vec<usize>,
     pub key_exprs: Vec<String>,
@@ -57,11 +59,14 @@ pub struct Shape {
 impl Shape {
     pub fn new(table: &Table, deferred: &[DeferredKey]) -> Shape {
         let mut columns = Vec::new();
+        let mut affinities = Vec::new();
         if let Some(rowid) = table.hidden_rowid() {
             columns.push(rowid.to_string());
+            affinities.push(Affinity::Integer);
         }
         let data = table.data_columns();
         columns.extend(data.iter().map(|c| quote_ident(&c.name)));
+        affinities.extend(data.iter().map(|c| c.affinity()));
         let key_exprs = table.key_columns();
         let key_positions = key_exprs
             .iter()
@@ -83,6 +88,7 @@ impl Shape {
         Shape {
             table: table.name.clone(),
             columns,
+            affinities,
             key_positions,
             key_exprs,
             deferred,

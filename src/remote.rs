@@ -1,13 +1,15 @@
 //! The D1 side as a source of rows: catalog queries through the API, and exact reads.
 //!
 //! JSON cannot carry every SQLite value (integers beyond 2^53, -0.0, ±inf, BLOBs, TEXT with
-//! invalid UTF-8), so exact reads select each cell as its type and a text form that loses nothing:
-//! integers as decimal text, REALs as the hex of their 8 IEEE-754 bytes computed in SQL,
-//! TEXT and BLOB as hex. `decode_cell` turns that back into a [`Value`].
+//! invalid UTF-8), nor tell a REAL 14.0 from an INTEGER 14. Exact reads therefore let D1 answer
+//! the values a column's affinity favours as they are, when JSON carries them exactly, and
+//! select every other value as tagged text that loses nothing (see [`exact_select`]).
+//! `decode_cell` turns either back into a [`Value`].
 
 use serde_json::Value as Json;
 
 use crate::d1::D1Client;
+use crate::discover::Affinity;
 use crate::discover::Catalog;
 use crate::error::{Error, Result};
 use crate::value::{decode_hex, Value};
@@ -45,29 +47,52 @@ pub fn json_value(v: Json) -> Value {
 /// stay under D1's 2,000,000-byte value limit).
 const PIECE: usize = 500_000;
 
-/// The select expression that reads `column` exactly. JSON's type tells the storage class:
-/// a number is a REAL (JSON carries doubles exactly, shortest round-trip decimal both ways);
-/// text is a type letter and the value: `i` integer (JSON numbers would round beyond 2^53),
-/// `r` a REAL JSON cannot carry (-0.0, ±inf), `t` TEXT and `b` BLOB in hex (`#<length>` for a
-/// value to be read in pieces). NULL stays null.
-pub fn exact_select(column: &str) -> String {
+/// The select expression that reads `column` exactly, cheaply for the values its affinity
+/// favours. Those come back bare, as D1 gives them, when JSON carries them exactly:
+/// - INTEGER and NUMERIC: integers within ±(2^53 - 1), and REALs with a fraction (JSON tells
+///   them apart: an integer has no `.` or exponent, a REAL with a fraction always has one);
+/// - REAL: finite REALs other than -0.0 (every JSON number is then a REAL; serde_json reads the
+///   shortest round-trip decimal back to the same double);
+/// - TEXT: TEXT of printable ASCII (valid UTF-8 that JSON carries unchanged);
+/// - BLOB (no type): REALs other than 0 and ±inf.
+///
+/// Every other value comes back tagged, as text starting with U+0001 (a bare TEXT never holds
+/// it): `i` integer in decimal, `r` REAL as in [`real_bits_sql`], `t` TEXT and `b` BLOB in hex,
+/// or `t#<length>` / `b#<length>` for a value to be read in pieces. NULL stays null.
+pub fn exact_select(column: &str, affinity: Affinity) -> String {
+    let c = column;
+    let bare = match affinity {
+        Affinity::Integer | Affinity::Numeric => format!(
+            "typeof({c}) = 'integer' AND {c} BETWEEN -{MAX_SAFE} AND {MAX_SAFE} \
+             OR typeof({c}) = 'real' AND {c} <> floor({c})"
+        ),
+        Affinity::Real => format!(
+            "typeof({c}) = 'real' AND abs({c}) < 9e999 AND ({c} <> 0 OR atan2({c}, -1) > 0)"
+        ),
+        Affinity::Text => format!("typeof({c}) = 'text' AND {c} NOT GLOB '*[^ -~]*'"),
+        Affinity::Blob => format!("typeof({c}) = 'real' AND {c} <> 0 AND abs({c}) < 9e999"),
+    };
     let big = |tag: &str| {
         format!(
             "CASE WHEN length(CAST({c} AS BLOB)) > {PIECE} THEN '{tag}#' || length(CAST({c} AS BLOB)) \
-             ELSE '{tag}' || hex({c}) END",
-            c = column
+             ELSE '{tag}' || hex({c}) END"
         )
     };
     format!(
-        "CASE typeof({c}) WHEN 'integer' THEN 'i' || {c} \
-         WHEN 'real' THEN (CASE WHEN {c} = 0 OR abs({c}) = 9e999 THEN 'r' || {real} ELSE {c} END) \
-         WHEN 'text' THEN {text} WHEN 'blob' THEN {blob} END",
-        c = column,
-        real = real_bits_sql(column),
+        "CASE WHEN {c} IS NULL THEN NULL WHEN {bare} THEN {c} \
+         ELSE char(1) || (CASE typeof({c}) WHEN 'integer' THEN 'i' || {c} \
+         WHEN 'real' THEN 'r' || {real} WHEN 'text' THEN {text} ELSE {blob} END) END",
+        real = real_bits_sql(c),
         text = big("t"),
         blob = big("b"),
     )
 }
+
+/// The largest integer a JSON number (an IEEE double) carries exactly, 2^53 - 1.
+const MAX_SAFE: i64 = (1 << 53) - 1;
+
+/// The first character of a tagged cell.
+const TAG: char = '\u{1}';
 
 /// SQL giving a REAL exactly, as `±<integer>p<exponent>` (value = integer × 2^exponent), `±0`
 /// or `±inf`. Decimal printing in SQL is not exact for every double; scaling by powers of two is.
@@ -83,21 +108,31 @@ fn real_bits_sql(c: &str) -> String {
     )
 }
 
-/// Turns a cell read with [`exact_select`] back into a value; a large TEXT or BLOB comes back
-/// as a placeholder of its length, to be read in pieces.
-pub fn decode_cell(cell: &Json, context: &dyn Fn() -> String) -> Result<Value> {
+/// Turns a cell read with [`exact_select`] (for a column of `affinity`) back into a value; a
+/// large TEXT or BLOB comes back as a placeholder of its length, to be read in pieces.
+pub fn decode_cell(cell: &Json, affinity: Affinity, context: &dyn Fn() -> String) -> Result<Value> {
     let bad = |what: &str| Error::Refused(format!("{}: cannot read {what} from D1", context()));
-    if let Json::Number(n) = cell {
-        return Ok(Value::Real(n.as_f64().ok_or_else(|| bad("a real"))?));
-    }
-    let Some(text) = cell.as_str() else {
-        return if cell.is_null() {
-            Ok(Value::Null)
+    let text = match cell {
+        Json::Null => return Ok(Value::Null),
+        Json::Number(n) => {
+            let integers = matches!(affinity, Affinity::Integer | Affinity::Numeric);
+            return match (integers, n.as_i64()) {
+                (true, Some(i)) => Ok(Value::Integer(i)),
+                _ if affinity == Affinity::Text => Err(bad("a value")),
+                _ => Ok(Value::Real(n.as_f64().ok_or_else(|| bad("a real"))?)),
+            };
+        }
+        Json::String(text) => text,
+        _ => return Err(bad("a value")),
+    };
+    let Some(tagged) = text.strip_prefix(TAG) else {
+        return if affinity == Affinity::Text {
+            Ok(Value::Text(text.as_bytes().to_vec()))
         } else {
             Err(bad("a value"))
         };
     };
-    let (tag, rest) = text.split_at(text.len().min(1));
+    let (tag, rest) = tagged.split_at(tagged.len().min(1));
     Ok(match tag {
         "i" => Value::Integer(rest.parse().map_err(|_| bad("an integer"))?),
         "r" => Value::Real(decode_real(rest).ok_or_else(|| bad("a real"))?),
@@ -114,6 +149,13 @@ pub fn decode_cell(cell: &Json, context: &dyn Fn() -> String) -> Result<Value> {
         }
         _ => return Err(bad("a value")),
     })
+}
+
+/// Whether a cell read with [`exact_select`] is a placeholder for a value read in pieces.
+fn is_placeholder(cell: &Json) -> bool {
+    cell.as_str()
+        .and_then(|t| t.strip_prefix(TAG))
+        .is_some_and(|t| t.get(1..).is_some_and(|r| r.starts_with('#')))
 }
 
 fn decode_real(text: &str) -> Option<f64> {
@@ -207,7 +249,9 @@ impl crate::validate::RowSide for D1Side<'_> {
     }
 
     fn select(&self, shape: &crate::pack::Shape, tails: &[String]) -> Result<Vec<Vec<Vec<Value>>>> {
-        let list: Vec<String> = shape.columns.iter().map(|c| exact_select(c)).collect();
+        let list: Vec<String> = (shape.columns.iter().zip(&shape.affinities))
+            .map(|(c, &a)| exact_select(c, a))
+            .collect();
         let head = format!(
             "SELECT {} FROM {}",
             list.join(", "),
@@ -225,14 +269,10 @@ impl crate::validate::RowSide for D1Side<'_> {
                     for (i, cell) in raw.iter().enumerate() {
                         let context =
                             || format!("table {}, column {}", shape.table, shape.columns[i]);
-                        if cell
-                            .as_str()
-                            .and_then(|t| t.get(1..))
-                            .is_some_and(|r| r.starts_with('#'))
-                        {
+                        if is_placeholder(cell) {
                             large.push((rows.len(), i));
                         }
-                        row.push(decode_cell(cell, &context)?);
+                        row.push(decode_cell(cell, shape.affinities[i], &context)?);
                     }
                     rows.push(row);
                 }
@@ -257,5 +297,35 @@ mod tests {
         assert_eq!(decode_real("-inf").unwrap(), f64::NEG_INFINITY);
         assert_eq!(decode_real("+7205759403792794p-56").unwrap(), 0.1);
         assert_eq!(decode_real("+18014398509481984p-1128").unwrap(), 5e-324);
+    }
+
+    #[test]
+    fn bare_cells_decode_by_affinity_and_tagged_cells_by_tag() {
+        let decode =
+            |json: &str, a| decode_cell(&serde_json::from_str(json).unwrap(), a, &String::new);
+        assert_eq!(decode("14", Affinity::Integer).unwrap(), Value::Integer(14));
+        assert_eq!(decode("0.5", Affinity::Numeric).unwrap(), Value::Real(0.5));
+        assert_eq!(decode("14", Affinity::Real).unwrap(), Value::Real(14.0));
+        assert_eq!(decode("1e-7", Affinity::Blob).unwrap(), Value::Real(1e-7));
+        assert_eq!(
+            decode("\"a b\"", Affinity::Text).unwrap(),
+            Value::Text(b"a b".to_vec())
+        );
+        assert_eq!(
+            decode("\"\\u0001i9007199254740993\"", Affinity::Real).unwrap(),
+            Value::Integer(9007199254740993)
+        );
+        assert_eq!(
+            decode("\"\\u0001t00ff\"", Affinity::Integer).unwrap(),
+            Value::Text(vec![0, 255])
+        );
+        assert_eq!(
+            decode("\"\\u0001b#7\"", Affinity::Text).unwrap(),
+            Value::Blob(vec![0; 7])
+        );
+        assert_eq!(decode("null", Affinity::Text).unwrap(), Value::Null);
+        // A bare value where the affinity allows none is refused, not guessed.
+        assert!(decode("\"abc\"", Affinity::Integer).is_err());
+        assert!(decode("3", Affinity::Text).is_err());
     }
 }
