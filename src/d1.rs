@@ -179,6 +179,9 @@ pub struct D1Client {
     agent: ureq::Agent,
     endpoint: Endpoint,
     url: String,
+    /// `gzip` across a network; `identity` to an API on this machine, where compressing costs
+    /// both ends more CPU than the transfer it saves.
+    accept_encoding: &'static str,
     policy: RetryPolicy,
     window: Mutex<VecDeque<Instant>>,
     pub counters: Counters,
@@ -188,6 +191,21 @@ impl fmt::Debug for D1Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("D1Client").field("url", &self.url).finish()
     }
+}
+
+/// Whether `url` names this machine (localhost or a loopback address).
+fn is_loopback(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The result of an attempt that failed, with how to proceed.
@@ -211,10 +229,16 @@ impl D1Client {
             endpoint.account_id,
             endpoint.database_id
         );
+        let accept_encoding = if is_loopback(&endpoint.api_url) {
+            "identity"
+        } else {
+            "gzip"
+        };
         D1Client {
             agent,
             endpoint,
             url,
+            accept_encoding,
             policy,
             window: Mutex::new(VecDeque::new()),
             counters: Counters::default(),
@@ -330,6 +354,7 @@ impl D1Client {
                 &format!("Bearer {}", self.endpoint.token.expose()),
             )
             .header("Content-Type", "application/json")
+            .header("Accept-Encoding", self.accept_encoding)
             .send(body);
         let mut response = match response {
             Ok(r) => r,
@@ -573,6 +598,16 @@ mod tests {
             classify(400, &msgs("statement too long: SQLITE_TOOBIG"), None),
             Verdict::Shrink { .. }
         ));
+    }
+
+    #[test]
+    fn answers_are_compressed_except_from_this_machine() {
+        assert!(is_loopback("http://127.0.0.1:8787/client/v4"));
+        assert!(is_loopback("http://localhost/client/v4"));
+        assert!(is_loopback("http://[::1]:9000/client/v4"));
+        assert!(!is_loopback("https://api.cloudflare.com/client/v4"));
+        assert!(!is_loopback("http://10.0.0.5:8787/client/v4"));
+        assert!(!is_loopback("https://127.0.0.1.example.com/client/v4"));
     }
 
     #[test]

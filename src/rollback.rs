@@ -61,7 +61,8 @@ pub fn rollback(
     let built = (|| {
         let mut conn = Connection::open(&partial)?;
         conn.execute_batch(
-            "PRAGMA foreign_keys = OFF; PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF",
+            "PRAGMA foreign_keys = OFF; PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
+             PRAGMA cache_size = -32768",
         )?;
         write_all(config, client, progress, &schema, &mut conn, false, report)?;
         conn.execute_batch("PRAGMA journal_mode = DELETE")?;

@@ -1,9 +1,11 @@
 // Starts Cloudflare's D1 engine (miniflare, workerd inside) behind D1's REST API shape.
 //
-// A Node HTTP front end on LOCAL_D1_PORT takes each request, applies fault injection
-// (LOCAL_D1_FAULTS), logs it (LOCAL_D1_LOG), and hands it to worker.js, which runs it over a real
-// D1 binding. Faults are decided before a request reaches D1 (429, 5xx, drop) or after D1 has
-// answered in full (lost), so a fault never half-applies a request.
+// worker.js runs each request over a real D1 binding. When faults (LOCAL_D1_FAULTS) or a request
+// log (LOCAL_D1_LOG) are asked for, a Node HTTP front end on LOCAL_D1_PORT takes each request,
+// applies the fault, logs it, and hands it on to the Worker. Faults are decided before a request
+// reaches D1 (429, 5xx, drop) or after D1 has answered in full (lost), so a fault never
+// half-applies a request. Otherwise workerd serves LOCAL_D1_PORT itself, as Cloudflare's edge
+// would: nothing of ours in between, and responses gzip-compressed when the client accepts it.
 //
 // Environment:
 //   LOCAL_D1_PORT       port to listen on (default 8787; 0 picks a free one)
@@ -80,6 +82,7 @@ function databaseFile(id) {
 }
 
 const bindings = Object.fromEntries(databaseIds.map((id, i) => [id, `DB_${i}`]));
+const frontEnd = Boolean(logPath || env.LOCAL_D1_FAULTS);
 fs.mkdirSync(persist, { recursive: true });
 const mf = new Miniflare({
   modules: true,
@@ -88,14 +91,19 @@ const mf = new Miniflare({
   d1Databases: Object.fromEntries(databaseIds.map((id, i) => [`DB_${i}`, id])),
   d1Persist: persist,
   bindings: { TOKEN: token, ACCOUNT: account, DATABASES: JSON.stringify(bindings) },
-  port: 0,
+  port: frontEnd ? 0 : port,
   host: "127.0.0.1",
 });
-await mf.ready;
+const workerUrl = await mf.ready;
 
 // Where each database's file is (created on its first request).
 const files = Object.fromEntries(databaseIds.map((id) => [id, databaseFile(id)]));
 fs.writeFileSync(path.join(persist, "databases.json"), JSON.stringify(files, null, 2) + "\n");
+
+if (!frontEnd) {
+  const base = new URL("client/v4", workerUrl).href;
+  console.log(`local-d1 ready at ${base} databases=${JSON.stringify(files)}`);
+}
 
 const log = logPath ? fs.createWriteStream(logPath, { flags: "a" }) : null;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -159,10 +167,12 @@ const server = http.createServer(async (req, res) => {
 });
 server.keepAliveTimeout = 60_000;
 
-server.listen(port, "127.0.0.1", () => {
-  const base = `http://127.0.0.1:${server.address().port}/client/v4`;
-  console.log(`local-d1 ready at ${base} databases=${JSON.stringify(files)}`);
-});
+if (frontEnd) {
+  server.listen(port, "127.0.0.1", () => {
+    const base = `http://127.0.0.1:${server.address().port}/client/v4`;
+    console.log(`local-d1 ready at ${base} databases=${JSON.stringify(files)}`);
+  });
+}
 
 async function stop() {
   server.close();
