@@ -1,4 +1,5 @@
-//! The hot parts on their own: value encoding and statement packing, and SQLite reading.
+//! The hot parts on their own: value encoding and statement packing, SQLite reading, hashing for
+//! validation, and decoding what D1 answers to exact reads.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use d1_migrator::discover::{Column, Table, TableKind};
@@ -100,5 +101,53 @@ fn hashing(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, packing, reading, hashing);
+/// A page of D1's answer to exact reads (`remote::exact_select`), as JSON text: integers and
+/// REALs bare, one TEXT bare, one tagged (hex), as Order Details-like rows come back.
+fn d1_page(n: usize) -> String {
+    let rows: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                r#"[{i},{},{}.25,0.05,"product name {i}","\u0001t4ec3a9"]"#,
+                i * 7,
+                i % 90
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"columns":["a","b","c","d","e","f"],"rows":[{}]}}"#,
+        rows.join(",")
+    )
+}
+
+fn decoding(c: &mut Criterion) {
+    use d1_migrator::discover::Affinity;
+    let n = 20_000;
+    let page = d1_page(n);
+    let affinities = [
+        Affinity::Integer,
+        Affinity::Integer,
+        Affinity::Numeric,
+        Affinity::Real,
+        Affinity::Text,
+        Affinity::Text,
+    ];
+    let mut group = c.benchmark_group("exact reads");
+    group.throughput(Throughput::Elements(n as u64));
+    group.bench_function("parse + decode a page of 20k rows from D1", |b| {
+        b.iter(|| {
+            let answer: serde_json::Value = serde_json::from_str(&page).unwrap();
+            let mut decoded = 0;
+            for row in answer["rows"].as_array().unwrap() {
+                for (cell, &a) in row.as_array().unwrap().iter().zip(&affinities) {
+                    d1_migrator::remote::decode_cell(cell, a, &String::new).unwrap();
+                    decoded += 1;
+                }
+            }
+            decoded
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, packing, reading, hashing, decoding);
 criterion_main!(benches);

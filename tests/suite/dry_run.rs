@@ -7,7 +7,8 @@ use crate::harness::{generated, read_json, stderr, LocalD1, Run};
 
 #[test]
 fn a_dry_run_reads_the_target_and_writes_nothing() {
-    let d1 = LocalD1::shared();
+    // A server of its own, which logs each request.
+    let d1 = &LocalD1::start(&["dry".to_string()], None);
     let db = d1.fresh_database();
     let dir = tempfile::tempdir().unwrap();
     let source = generated(dir.path(), "sample");

@@ -29,8 +29,13 @@ pub struct LocalD1 {
 }
 
 impl LocalD1 {
-    /// Starts a server for `ids`, with `faults` (LOCAL_D1_FAULTS) if given.
+    /// Starts a server for `ids` behind the front end that logs each request (see
+    /// [`LocalD1::requests`]), with `faults` (LOCAL_D1_FAULTS) if given.
     pub fn start(ids: &[String], faults: Option<&str>) -> LocalD1 {
+        LocalD1::launch(ids, faults, true)
+    }
+
+    fn launch(ids: &[String], faults: Option<&str>, logged: bool) -> LocalD1 {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("requests.jsonl");
         let mut cmd = Command::new(repo().join("scripts/local-d1"));
@@ -39,12 +44,15 @@ impl LocalD1 {
             .env("LOCAL_D1_DATABASES", ids.join(","))
             .env("LOCAL_D1_TOKEN", TOKEN)
             .env("LOCAL_D1_ACCOUNT", ACCOUNT)
-            .env("LOCAL_D1_LOG", &log)
             .env("LOCAL_D1_STOP_ON_EOF", "1")
+            .env_remove("LOCAL_D1_LOG")
             .env_remove("LOCAL_D1_FAULTS")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        if logged {
+            cmd.env("LOCAL_D1_LOG", &log);
+        }
         if let Some(f) = faults {
             cmd.env("LOCAL_D1_FAULTS", f);
         }
@@ -83,12 +91,13 @@ impl LocalD1 {
         }
     }
 
-    /// The server shared by the tests of this process, with many empty databases.
+    /// The server shared by the tests of this process, with many empty databases. workerd
+    /// serves it with no front end of ours, as in the benchmark (so it keeps no request log).
     pub fn shared() -> &'static LocalD1 {
         static SHARED: OnceLock<LocalD1> = OnceLock::new();
         SHARED.get_or_init(|| {
             let ids: Vec<String> = (0..64).map(|i| format!("db{i}")).collect();
-            LocalD1::start(&ids, None)
+            LocalD1::launch(&ids, None, false)
         })
     }
 
@@ -168,7 +177,7 @@ impl LocalD1 {
         assert_eq!(tables[0], serde_json::json!([[0]]), "nothing was written");
     }
 
-    /// Lines of the request log.
+    /// Lines of the request log (of a server from [`LocalD1::start`]).
     pub fn requests(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
