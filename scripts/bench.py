@@ -136,6 +136,13 @@ try:
     wall, rss, r = migrator(url, "large", large, MIGRATION_VALIDATE="false")
     record(f"migrator forward, generated {l_bytes // 1_000_000} MB", wall, rss, l_rows, l_bytes, r["http_requests"],
            data_request_kb(r))
+    wall, rss, r = migrator(url, "large", large, MIGRATION_MODE="validate", MIGRATION_VALIDATE_ALL_ROWS="true")
+    record(f"migrator full validation, generated {l_bytes // 1_000_000} MB", wall, rss, l_rows, l_bytes,
+           r["http_requests"])
+    large_back = os.path.join(work, "large-rollback.sqlite")
+    wall, rss, r = migrator(url, "large", large_back, MIGRATION_DIRECTION="d1-to-sqlite", MIGRATION_VALIDATE="false")
+    record(f"migrator rollback, generated {l_bytes // 1_000_000} MB", wall, rss, l_rows, l_bytes, r["http_requests"])
+    os.remove(large_back)
 
     if PEERS:
         peers = os.path.join(ROOT, "scripts/bench-peers")
