@@ -251,11 +251,15 @@ pub fn edge_cases(path: &Path) -> Result<()> {
                ({a}, 'text in any', 'abc', 'not real', X'DEADBEEF', 'text in blob', X'00'),
                ({b}, 'nul' || char(0) || 'inside', 1.5, 2, 'x', 42, 'twelve'),
                ({c}, CAST(X'FF00FE' AS TEXT), NULL, NULL, CAST(X'C0AF' AS TEXT), X'', ''),
-               ({d}, '12', '12', '12', 12, 12.0, '12.0');"#,
+               ({d}, '12', '12', '12', 12, 12.0, '12.0'),
+               ({e}, NULL, 9007199254740993, -0.0, 'ok' || char(0) || CAST(X'FF' AS TEXT), NULL, 0.5),
+               ({f}, NULL, -9007199254740991, 1e308, 'a' || char(0), NULL, -9223372036854775808);"#,
             a = id,
             b = id + 1,
             c = id + 2,
             d = id + 3,
+            e = id + 4,
+            f = id + 5,
         ))?;
         let mut big = tx.prepare("INSERT INTO big VALUES (?, ?, ?)")?;
         let blob = |n: usize| -> Vec<u8> { (0..n).map(|i| (i * 7 % 251) as u8).collect() };

@@ -53,7 +53,8 @@ const PIECE: usize = 500_000;
 ///   them apart: an integer has no `.` or exponent, a REAL with a fraction always has one);
 /// - REAL: finite REALs other than -0.0 (every JSON number is then a REAL; serde_json reads the
 ///   shortest round-trip decimal back to the same double);
-/// - TEXT: TEXT of printable ASCII (valid UTF-8 that JSON carries unchanged);
+/// - TEXT: TEXT of printable ASCII and nothing else, no NUL (valid UTF-8 that JSON carries
+///   unchanged);
 /// - BLOB (no type): REALs other than 0 and ±inf.
 ///
 /// Every other value comes back tagged, as text starting with U+0001 (a bare TEXT never holds
@@ -69,7 +70,12 @@ pub fn exact_select(column: &str, affinity: Affinity) -> String {
         Affinity::Real => format!(
             "typeof({c}) = 'real' AND abs({c}) < 9e999 AND ({c} <> 0 OR atan2({c}, -1) > 0)"
         ),
-        Affinity::Text => format!("typeof({c}) = 'text' AND {c} NOT GLOB '*[^ -~]*'"),
+        // GLOB stops at a NUL, as `length` of TEXT does: a NUL shows as fewer characters than
+        // bytes (as does anything beyond ASCII).
+        Affinity::Text => format!(
+            "typeof({c}) = 'text' AND {c} NOT GLOB '*[^ -~]*' \
+             AND length({c}) = length(CAST({c} AS BLOB))"
+        ),
         Affinity::Blob => format!("typeof({c}) = 'real' AND {c} <> 0 AND abs({c}) < 9e999"),
     };
     let big = |tag: &str| {
