@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -184,6 +184,8 @@ pub struct D1Client {
     accept_encoding: &'static str,
     policy: RetryPolicy,
     window: Mutex<VecDeque<Instant>>,
+    /// Held shared by each request in flight, and exclusively by one that must run alone.
+    gate: RwLock<()>,
     pub counters: Counters,
 }
 
@@ -241,6 +243,7 @@ impl D1Client {
             accept_encoding,
             policy,
             window: Mutex::new(VecDeque::new()),
+            gate: RwLock::new(()),
             counters: Counters::default(),
         }
     }
@@ -253,18 +256,32 @@ impl D1Client {
     /// Foreign keys are checked at the request's end. `Err(Failure { shrink: true, .. })` asks
     /// the caller to send smaller statements.
     pub fn execute<S: AsRef<str>>(&self, statements: &[S]) -> Result<Vec<RawResult>, Failure> {
-        self.send(statements, true)
+        self.send(statements, true, false)
+    }
+
+    /// Like [`D1Client::execute`], with none of this client's other requests in flight: it
+    /// waits for those to finish and holds back new ones. D1 resets the database when a request
+    /// breaks a constraint, and the requests in flight beside it fail with the same message;
+    /// a request sent alone fails only for its own statements.
+    pub fn execute_alone<S: AsRef<str>>(
+        &self,
+        statements: &[S],
+    ) -> Result<Vec<RawResult>, Failure> {
+        let _alone = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        self.send(statements, true, true)
     }
 
     /// Runs read-only statements as one request, retrying transient failures.
     pub fn read<S: AsRef<str>>(&self, statements: &[S]) -> Result<Vec<RawResult>, D1Error> {
-        self.send(statements, false).map_err(|f| f.error)
+        self.send(statements, false, false).map_err(|f| f.error)
     }
 
+    /// `alone`: the caller holds `gate` exclusively.
     fn send<S: AsRef<str>>(
         &self,
         statements: &[S],
         defer_keys: bool,
+        alone: bool,
     ) -> Result<Vec<RawResult>, Failure> {
         let body = batch_body(statements, defer_keys);
         let mut attempt = 0u32;
@@ -275,7 +292,10 @@ impl D1Client {
                 .bytes_sent
                 .fetch_add(body.len() as u64, Ordering::Relaxed);
             let sent_at = Instant::now();
-            let (verdict, outcome) = self.attempt(&body, defer_keys);
+            let (verdict, outcome) = {
+                let _shared = (!alone).then(|| self.gate.read().unwrap_or_else(|e| e.into_inner()));
+                self.attempt(&body, defer_keys)
+            };
             if log::enabled(log::Level::Debug) {
                 log::debug(&format!(
                     "POST {} statements, {} bytes: {:?} in {} ms",

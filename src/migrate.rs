@@ -942,6 +942,17 @@ fn send_statements(
                 return send_statements(ctx, table, &[b], sent);
             }
             let statement = &statements[0];
+            // Before a row is blamed, it is sent once more alone: a request that breaks a
+            // constraint makes D1 fail the requests in flight beside it with its own message.
+            sent.requests += 1;
+            let error = match ctx.client.execute_alone(&[statement.sql.as_str()]) {
+                Ok(_) => {
+                    sent.statements += 1;
+                    sent.bytes += statement.sql.len() as u64;
+                    return Ok(());
+                }
+                Err(Failure { error, .. }) => error,
+            };
             let key = statement
                 .single_key()
                 .map(str::to_string)

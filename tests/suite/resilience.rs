@@ -257,3 +257,54 @@ fn continue_on_error_rejects_bad_rows_and_finishes_the_rest() {
         serde_json::json!([[1999]])
     );
 }
+
+#[test]
+fn rows_rejected_beside_other_tables_are_only_the_bad_ones() {
+    // Each request that breaks a foreign key makes D1 reset the database and fail the requests
+    // in flight beside it with the same message. Isolating a hundred orphans while another table
+    // loads in small requests must reject the orphans and nothing else.
+    let d1 = LocalD1::shared();
+    let db = d1.fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("orphans.sqlite");
+    let conn = rusqlite::Connection::open(&source).unwrap();
+    conn.execute_batch(
+        "PRAGMA foreign_keys = OFF;
+         CREATE TABLE parent (id INTEGER PRIMARY KEY);
+         CREATE TABLE child (id INTEGER PRIMARY KEY, parent_id INTEGER NOT NULL REFERENCES parent(id));
+         CREATE TABLE items (id INTEGER PRIMARY KEY, payload TEXT);
+         INSERT INTO parent VALUES (1);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400)
+           INSERT INTO child SELECT i, CASE WHEN i % 4 = 0 THEN 2 ELSE 1 END FROM n;
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000)
+           INSERT INTO items SELECT i, printf('%.100c', 'x') FROM n;",
+    )
+    .unwrap();
+    drop(conn);
+    let rejects = dir.path().join("rejects.jsonl");
+    Run::new(d1, &db, &source)
+        .env("MIGRATION_ON_BAD_ROW", "skip")
+        .env("MIGRATION_REJECT_FILE", &rejects)
+        .env("MIGRATION_REQUEST_BYTES", "100000")
+        .env("MIGRATION_VALIDATE", "false")
+        .ok();
+    let rejected: std::collections::BTreeSet<(String, i64)> = std::fs::read_to_string(&rejects)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let key = v["key"].as_str().unwrap().parse().unwrap();
+            (v["table"].as_str().unwrap().to_string(), key)
+        })
+        .collect();
+    let orphans: std::collections::BTreeSet<(String, i64)> =
+        (1..=100).map(|i| ("child".to_string(), i * 4)).collect();
+    assert_eq!(rejected, orphans);
+    assert_eq!(
+        d1.sql(
+            &db,
+            &["SELECT count(*) FROM child", "SELECT count(*) FROM items"]
+        ),
+        vec![serde_json::json!([[300]]), serde_json::json!([[100000]])]
+    );
+}
