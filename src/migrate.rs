@@ -553,6 +553,14 @@ struct Sent {
     requests: u64,
 }
 
+impl Sent {
+    /// Counts statements D1 has committed.
+    fn committed(&mut self, sqls: &[&str]) {
+        self.statements += sqls.len() as u64;
+        self.bytes += sqls.iter().map(|s| s.len() as u64).sum::<u64>();
+    }
+}
+
 /// Runs a list of table work items: tables start when their parents are done, at most
 /// `parallel_tables` at once; requests go through `concurrency` senders. Returns the tables
 /// that failed when `continue_on_error` let the run go on without them.
@@ -923,8 +931,7 @@ fn send_statements(
     sent.requests += 1;
     match ctx.client.execute(&sqls) {
         Ok(_) => {
-            sent.statements += statements.len() as u64;
-            sent.bytes += sqls.iter().map(|s| s.len() as u64).sum::<u64>();
+            sent.committed(&sqls);
             Ok(())
         }
         Err(Failure { error, shrink }) => {
@@ -945,10 +952,10 @@ fn send_statements(
             // Before a row is blamed, it is sent once more alone: a request that breaks a
             // constraint makes D1 fail the requests in flight beside it with its own message.
             sent.requests += 1;
-            let error = match ctx.client.execute_alone(&[statement.sql.as_str()]) {
+            let alone = [statement.sql.as_str()];
+            let error = match ctx.client.execute_alone(&alone) {
                 Ok(_) => {
-                    sent.statements += 1;
-                    sent.bytes += statement.sql.len() as u64;
+                    sent.committed(&alone);
                     return Ok(());
                 }
                 Err(Failure { error, .. }) => error,
