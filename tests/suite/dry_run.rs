@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::harness::{generated, read_json, stderr, LocalD1, Run};
+use crate::harness::{generated, read_json, rejected_keys, stderr, LocalD1, Run};
 
 #[test]
 fn a_dry_run_reads_the_target_and_writes_nothing() {
@@ -186,17 +186,7 @@ fn rows_the_dry_run_flags_are_the_rows_the_real_run_rejects() {
         .env("MIGRATION_REJECT_FILE", &rejects)
         .env("MIGRATION_VALIDATE", "false")
         .ok();
-    let rejected: BTreeSet<(String, String)> = std::fs::read_to_string(&rejects)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (
-                v["table"].as_str().unwrap().to_string(),
-                v["key"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let rejected = rejected_keys(&rejects);
     assert_eq!(predicted, rejected);
     assert_eq!(rejected.len(), 3);
 }

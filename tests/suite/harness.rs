@@ -337,3 +337,18 @@ pub fn migrated(kind: &str) -> (String, tempfile::TempDir, PathBuf) {
     Run::new(d1, &db, &source).ok();
     (db, dir, source)
 }
+
+/// The (table, key) of each line of a reject file.
+pub fn rejected_keys(path: &Path) -> std::collections::BTreeSet<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["table"].as_str().unwrap().to_string(),
+                v["key"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
