@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::harness::{generated, read_json, rejected_keys, stderr, LocalD1, Run};
+use crate::harness::{fresh, generated, read_json, rejected_keys, stderr, LocalD1, Run};
 
 #[test]
 fn a_dry_run_reads_the_target_and_writes_nothing() {
@@ -46,9 +46,7 @@ fn a_dry_run_reads_the_target_and_writes_nothing() {
 
 #[test]
 fn every_problem_is_found_once_with_its_name_and_key() {
-    let d1 = LocalD1::shared();
-    let db = d1.fresh_database();
-    let dir = tempfile::tempdir().unwrap();
+    let (d1, db, dir) = fresh();
     let source = generated(dir.path(), "problems");
     let report = dir.path().join("report.json");
     let out = Run::new(d1, &db, &source)
@@ -95,9 +93,7 @@ fn every_problem_is_found_once_with_its_name_and_key() {
 
 #[test]
 fn predicted_statements_and_requests_are_what_the_real_run_sends() {
-    let d1 = LocalD1::shared();
-    let db = d1.fresh_database();
-    let dir = tempfile::tempdir().unwrap();
+    let (d1, db, dir) = fresh();
     let source = generated(dir.path(), "edge-cases");
     let plan_path = dir.path().join("plan.json");
     let report_path = dir.path().join("report.json");
@@ -145,9 +141,7 @@ fn predicted_statements_and_requests_are_what_the_real_run_sends() {
 
 #[test]
 fn rows_the_dry_run_flags_are_the_rows_the_real_run_rejects() {
-    let d1 = LocalD1::shared();
-    let db = d1.fresh_database();
-    let dir = tempfile::tempdir().unwrap();
+    let (d1, db, dir) = fresh();
     let source = dir.path().join("data-problems.sqlite");
     let conn = rusqlite::Connection::open(&source).unwrap();
     conn.execute_batch(

@@ -1,12 +1,10 @@
 //! Forward migration, SQLite → D1: exact copies judged by `sqldiff`, runs under faults, reruns,
 //! the report, and bad input refused before anything is written.
 
-use crate::harness::{dataset, generated, read_json, sqldiff, stderr, LocalD1, Run, TOKEN};
+use crate::harness::{dataset, fresh, generated, read_json, sqldiff, stderr, LocalD1, Run, TOKEN};
 
 fn migrate_and_compare(source: &std::path::Path) -> serde_json::Value {
-    let d1 = LocalD1::shared();
-    let db = d1.fresh_database();
-    let dir = tempfile::tempdir().unwrap();
+    let (d1, db, dir) = fresh();
     let report = dir.path().join("report.json");
     Run::new(d1, &db, source)
         .env("MIGRATION_REPORT", &report)
@@ -42,9 +40,7 @@ fn the_sample_arrives_exactly() {
 
 #[test]
 fn every_edge_case_arrives_exactly_except_d1s_reserved_names() {
-    let d1 = LocalD1::shared();
-    let db = d1.fresh_database();
-    let dir = tempfile::tempdir().unwrap();
+    let (d1, db, dir) = fresh();
     let source = generated(dir.path(), "edge-cases");
     Run::new(d1, &db, &source).ok();
     // _cf_legacy is the one table D1 forbids; everything else, FTS5 and sqlite_sequence
@@ -100,9 +96,7 @@ fn a_run_under_faults_ends_exact_and_counts_its_retries() {
 
 #[test]
 fn running_again_adds_nothing_and_changes_nothing() {
-    let d1 = LocalD1::shared();
-    let db = d1.fresh_database();
-    let dir = tempfile::tempdir().unwrap();
+    let (d1, db, dir) = fresh();
     let source = generated(dir.path(), "sample");
     let report = dir.path().join("report.json");
     Run::new(d1, &db, &source).ok();
@@ -147,9 +141,7 @@ fn a_checkpoint_of_another_migration_is_refused() {
 
 #[test]
 fn bad_configuration_is_refused_with_status_2_naming_the_variable() {
-    let d1 = LocalD1::shared();
-    let db = d1.fresh_database();
-    let dir = tempfile::tempdir().unwrap();
+    let (d1, db, dir) = fresh();
     let source = generated(dir.path(), "sample");
     let cases = [
         ("MIGRATION_BATCH_SIZE", "lots", "MIGRATION_BATCH_SIZE"),
@@ -180,9 +172,7 @@ fn bad_configuration_is_refused_with_status_2_naming_the_variable() {
 
 #[test]
 fn a_missing_or_non_sqlite_source_is_refused() {
-    let d1 = LocalD1::shared();
-    let db = d1.fresh_database();
-    let dir = tempfile::tempdir().unwrap();
+    let (d1, db, dir) = fresh();
     let missing = dir.path().join("missing.sqlite");
     let out = Run::new(d1, &db, &missing).output();
     assert_eq!(out.status.code(), Some(2));
@@ -200,9 +190,7 @@ fn a_missing_or_non_sqlite_source_is_refused() {
 
 #[test]
 fn a_wrong_token_is_refused_and_never_printed() {
-    let d1 = LocalD1::shared();
-    let db = d1.fresh_database();
-    let dir = tempfile::tempdir().unwrap();
+    let (d1, db, dir) = fresh();
     let source = generated(dir.path(), "sample");
     let report = dir.path().join("report.json");
     let secret = "wrong-token-SHOULD-NOT-LEAK-91c3";
@@ -235,9 +223,7 @@ fn an_unknown_database_id_is_refused() {
 
 #[test]
 fn an_unreachable_api_is_refused() {
-    let d1 = LocalD1::shared();
-    let db = d1.fresh_database();
-    let dir = tempfile::tempdir().unwrap();
+    let (d1, db, dir) = fresh();
     let source = generated(dir.path(), "sample");
     let out = Run::new(d1, &db, &source)
         .env("MIGRATION_D1_API_URL", "http://127.0.0.1:9/client/v4")
@@ -249,9 +235,7 @@ fn an_unreachable_api_is_refused() {
 
 #[test]
 fn a_selection_that_leaves_out_a_parent_table_is_refused_before_writing() {
-    let d1 = LocalD1::shared();
-    let db = d1.fresh_database();
-    let dir = tempfile::tempdir().unwrap();
+    let (d1, db, dir) = fresh();
     let source = generated(dir.path(), "sample");
     let out = Run::new(d1, &db, &source)
         .env("MIGRATION_TABLES", "order_lines")

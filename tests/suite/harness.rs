@@ -329,10 +329,15 @@ pub fn read_json(path: &Path) -> serde_json::Value {
 
 /// One of the generated databases, migrated into a fresh database of the shared local D1:
 /// (database id, the folder holding the source, the source).
-pub fn migrated(kind: &str) -> (String, tempfile::TempDir, PathBuf) {
+/// The shared server, one of its databases no test has used yet, and a folder of the test's own.
+pub fn fresh() -> (&'static LocalD1, String, tempfile::TempDir) {
     let d1 = LocalD1::shared();
     let db = d1.fresh_database();
-    let dir = tempfile::tempdir().unwrap();
+    (d1, db, tempfile::tempdir().unwrap())
+}
+
+pub fn migrated(kind: &str) -> (String, tempfile::TempDir, PathBuf) {
+    let (d1, db, dir) = fresh();
     let source = generated(dir.path(), kind);
     Run::new(d1, &db, &source).ok();
     (db, dir, source)

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use d1_migrator::config::VARIABLES;
 
-use crate::harness::{generated, read_json, repo, stderr, LocalD1, Run, ACCOUNT, TOKEN};
+use crate::harness::{fresh, generated, read_json, repo, stderr, LocalD1, Run, ACCOUNT, TOKEN};
 
 fn schema() -> jsonschema::Validator {
     let text = std::fs::read_to_string(repo().join("src/report.schema.json")).unwrap();
@@ -27,9 +27,7 @@ fn assert_valid(report: &serde_json::Value) {
 
 #[test]
 fn every_kind_of_report_follows_the_documented_schema() {
-    let d1 = LocalD1::shared();
-    let db = d1.fresh_database();
-    let dir = tempfile::tempdir().unwrap();
+    let (d1, db, dir) = fresh();
     let source = generated(dir.path(), "edge-cases");
     let report = |name: &str| dir.path().join(format!("{name}.json"));
     Run::new(d1, &db, &source)
@@ -90,9 +88,7 @@ fn shell_command(d1: &LocalD1, db: &str, source: &std::path::Path) -> String {
 
 #[test]
 fn a_terminal_shows_live_bars_and_the_summary() {
-    let d1 = LocalD1::shared();
-    let db = d1.fresh_database();
-    let dir = tempfile::tempdir().unwrap();
+    let (d1, db, dir) = fresh();
     let source = dir.path().join("sample.sqlite");
     d1_migrator::fixture::sample(&source, 10).unwrap();
     let out = Command::new("script")
@@ -120,9 +116,7 @@ fn a_terminal_shows_live_bars_and_the_summary() {
 
 #[test]
 fn a_log_file_gets_plain_lines_and_the_same_summary() {
-    let d1 = LocalD1::shared();
-    let db = d1.fresh_database();
-    let dir = tempfile::tempdir().unwrap();
+    let (d1, db, dir) = fresh();
     let source = generated(dir.path(), "sample");
     let out = Run::new(d1, &db, &source).ok();
     let log = stderr(&out);
@@ -140,9 +134,7 @@ fn a_log_file_gets_plain_lines_and_the_same_summary() {
 
 #[test]
 fn quiet_prints_nothing_but_errors() {
-    let d1 = LocalD1::shared();
-    let db = d1.fresh_database();
-    let dir = tempfile::tempdir().unwrap();
+    let (d1, db, dir) = fresh();
     let source = generated(dir.path(), "sample");
     let out = Run::new(d1, &db, &source)
         .env("MIGRATION_QUIET", "true")

@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{generated, read_json, rejected_keys, sqldiff, stderr, LocalD1, Run, TOKEN};
+use crate::harness::{
+    fresh, generated, read_json, rejected_keys, sqldiff, stderr, LocalD1, Run, TOKEN,
+};
 
 #[test]
 fn killed_at_twelve_points_and_rerun_the_copy_is_exact() {
@@ -77,9 +79,7 @@ fn source_with_a_bad_row(dir: &std::path::Path) -> std::path::PathBuf {
 
 #[test]
 fn a_bad_row_stops_the_run_naming_table_key_and_d1s_message() {
-    let d1 = LocalD1::shared();
-    let db = d1.fresh_database();
-    let dir = tempfile::tempdir().unwrap();
+    let (d1, db, dir) = fresh();
     let source = source_with_a_bad_row(dir.path());
     let out = Run::new(d1, &db, &source).output();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -90,9 +90,7 @@ fn a_bad_row_stops_the_run_naming_table_key_and_d1s_message() {
 
 #[test]
 fn a_skipped_bad_row_goes_to_the_reject_file_and_the_run_goes_on() {
-    let d1 = LocalD1::shared();
-    let db = d1.fresh_database();
-    let dir = tempfile::tempdir().unwrap();
+    let (d1, db, dir) = fresh();
     let source = source_with_a_bad_row(dir.path());
     let rejects = dir.path().join("rejects.jsonl");
     let report = dir.path().join("report.json");
@@ -141,9 +139,7 @@ fn a_skipped_bad_row_goes_to_the_reject_file_and_the_run_goes_on() {
 
 #[test]
 fn a_corrupt_source_is_refused() {
-    let d1 = LocalD1::shared();
-    let db = d1.fresh_database();
-    let dir = tempfile::tempdir().unwrap();
+    let (d1, db, dir) = fresh();
     let corrupt = dir.path().join("corrupt.sqlite");
     let mut bytes = b"SQLite format 3\0".to_vec();
     bytes.extend((0..8192u32).map(|i| (i * 31 % 251) as u8));
@@ -156,9 +152,7 @@ fn a_corrupt_source_is_refused() {
 
 #[test]
 fn a_source_locked_by_a_writer_is_refused() {
-    let d1 = LocalD1::shared();
-    let db = d1.fresh_database();
-    let dir = tempfile::tempdir().unwrap();
+    let (d1, db, dir) = fresh();
     let source = generated(dir.path(), "sample");
     let writer = rusqlite::Connection::open(&source).unwrap();
     writer
@@ -173,9 +167,7 @@ fn a_source_locked_by_a_writer_is_refused() {
 
 #[test]
 fn the_source_file_is_never_changed() {
-    let d1 = LocalD1::shared();
-    let db = d1.fresh_database();
-    let dir = tempfile::tempdir().unwrap();
+    let (d1, db, dir) = fresh();
     let source = generated(dir.path(), "edge-cases");
     let before = std::fs::read(&source).unwrap();
     Run::new(d1, &db, &source).ok();
@@ -193,9 +185,7 @@ fn the_source_file_is_never_changed() {
 
 #[test]
 fn the_token_appears_in_no_output_or_file_of_a_failing_run() {
-    let d1 = LocalD1::shared();
-    let db = d1.fresh_database();
-    let dir = tempfile::tempdir().unwrap();
+    let (d1, db, dir) = fresh();
     let source = source_with_a_bad_row(dir.path());
     let state = dir.path().join("state");
     let report = dir.path().join("report.json");
@@ -232,9 +222,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn continue_on_error_rejects_bad_rows_and_finishes_the_rest() {
-    let d1 = LocalD1::shared();
-    let db = d1.fresh_database();
-    let dir = tempfile::tempdir().unwrap();
+    let (d1, db, dir) = fresh();
     let source = source_with_a_bad_row(dir.path());
     let rejects = dir.path().join("rejects.jsonl");
     let out = Run::new(d1, &db, &source)
@@ -263,9 +251,7 @@ fn rows_rejected_beside_other_tables_are_only_the_bad_ones() {
     // Each request that breaks a foreign key makes D1 reset the database and fail the requests
     // in flight beside it with the same message. Isolating a hundred orphans while another table
     // loads in small requests must reject the orphans and nothing else.
-    let d1 = LocalD1::shared();
-    let db = d1.fresh_database();
-    let dir = tempfile::tempdir().unwrap();
+    let (d1, db, dir) = fresh();
     let source = dir.path().join("orphans.sqlite");
     let conn = rusqlite::Connection::open(&source).unwrap();
     conn.execute_batch(

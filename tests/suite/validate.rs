@@ -3,7 +3,7 @@
 
 use d1_migrator::value::Value;
 
-use crate::harness::{dataset, read_json, stderr, LocalD1, Run};
+use crate::harness::{dataset, fresh, read_json, stderr, LocalD1, Run};
 
 fn source(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("cells.sqlite");
@@ -28,9 +28,7 @@ fn source(dir: &std::path::Path) -> std::path::PathBuf {
 
 #[test]
 fn full_validation_names_every_kind_of_difference() {
-    let d1 = LocalD1::shared();
-    let db = d1.fresh_database();
-    let dir = tempfile::tempdir().unwrap();
+    let (d1, db, dir) = fresh();
     let src = source(dir.path());
     Run::new(d1, &db, &src)
         .env("MIGRATION_VALIDATE_ALL_ROWS", "true")
@@ -94,9 +92,7 @@ fn full_validation_names_every_kind_of_difference() {
 
 #[test]
 fn sampled_validation_reaches_across_the_key_range_and_catches_a_change() {
-    let d1 = LocalD1::shared();
-    let db = d1.fresh_database();
-    let dir = tempfile::tempdir().unwrap();
+    let (d1, db, dir) = fresh();
     let src = source(dir.path());
     Run::new(d1, &db, &src).ok();
     // Change every row of the upper half: a sample taken only from the first rows would miss it.
