@@ -42,7 +42,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ("MIGRATION_SAMPLE_SIZE", "rows sampled per table by validation", "100"),
     ("MIGRATION_SAMPLE_SEED", "seed choosing the sampled rows", "0"),
     ("MIGRATION_REPORT", "path of a JSON report of the run", "none"),
-    ("MIGRATION_STATE_DIR", "folder of the checkpoint that lets a stopped run resume", "./d1-migrator-state"),
+    ("MIGRATION_STATE_DIR", "folder of the checkpoint that lets a stopped run resume", "d1-migrator-state"),
     ("MIGRATION_ON_BAD_ROW", "a row D1 rejects: fail (stop, naming it) or skip (to the reject file)", "fail"),
     ("MIGRATION_CONTINUE_ON_ERROR", "skip bad rows and go on with other tables when one fails", "false"),
     ("MIGRATION_REJECT_FILE", "JSON lines of rejected rows: table, key, reason, re-insertable SQL", "<state dir>/rejected-rows.jsonl"),
@@ -409,6 +409,22 @@ mod tests {
         assert_eq!(c.retry.timeout, Duration::from_secs(60));
         assert_eq!(c.direction, Direction::SqliteToD1);
         assert!(c.validate);
+    }
+
+    #[test]
+    fn the_documented_defaults_are_the_defaults() {
+        // Setting each variable to the default --help and the README give changes nothing.
+        let documented: Vec<(&str, &str)> = VARIABLES
+            .iter()
+            .filter(|(_, _, d)| !["required", "none", "all"].contains(d) && !d.starts_with('<'))
+            .map(|&(name, _, default)| (name, default))
+            .collect();
+        assert!(documented.len() > 20);
+        let defaults = format!("{:?}", Config::from_vars(vars(&[])).unwrap());
+        for (name, default) in documented {
+            let set = format!("{:?}", Config::from_vars(vars(&[(name, default)])).unwrap());
+            assert_eq!(set, defaults, "{name}={default}");
+        }
     }
 
     #[test]
