@@ -4,7 +4,7 @@
 //! It works over any [`Catalog`], so the same code discovers a SQLite file (forward run) and a D1
 //! database through its API (rollback run). The `plan` stage turns a `Schema` into a load order.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::value::{quote_ident, Value};
 
 /// Anything that answers read-only catalog queries with rows of values.
@@ -344,6 +344,45 @@ fn virtual_module(sql: &str) -> String {
                 .to_ascii_lowercase()
         })
         .unwrap_or_default()
+}
+
+/// Keeps only the tables the configuration asks for; an unknown name is an error.
+pub fn select_tables(schema: &mut Schema, include: &[String], exclude: &[String]) -> Result<()> {
+    for name in include.iter().chain(exclude) {
+        if schema.table(name).is_none() {
+            return Err(Error::Config(format!(
+                "table {name:?} in MIGRATION_TABLES / MIGRATION_EXCLUDE_TABLES is not in the source"
+            )));
+        }
+    }
+    let keep = |t: &Table| {
+        (include.is_empty() || include.iter().any(|n| n.eq_ignore_ascii_case(&t.name)))
+            && !exclude.iter().any(|n| n.eq_ignore_ascii_case(&t.name))
+    };
+    let dropped: Vec<String> = schema
+        .tables
+        .iter()
+        .filter(|t| !keep(t))
+        .map(|t| t.name.clone())
+        .collect();
+    schema.tables.retain(keep);
+    let kept = |name: &str| !dropped.iter().any(|d| d.eq_ignore_ascii_case(name));
+    schema
+        .objects
+        .retain(|o| o.kind == "view" || kept(&o.table));
+    schema.sequence.retain(|s| {
+        kept(&s.name)
+            && schema
+                .tables
+                .iter()
+                .any(|t| t.name.eq_ignore_ascii_case(&s.name))
+    });
+    for name in dropped {
+        schema
+            .skipped
+            .push((name, "excluded by configuration".into()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The dry run: the whole forward pipeline (discovery, reading, transforming, packing) short of
 //! any write, then a plan and a D1-compatibility report.
 //!
-//! Requests are produced by the same `migrate::produce` the real run sends, so the predicted
+//! Requests are produced by the same `produce::produce` the real run sends, so the predicted
 //! statements and requests per table are the real run's. The target is only read (its catalog),
 //! to say whether tables of the same names exist and match.
 
@@ -10,13 +10,12 @@ use serde::Serialize;
 use crate::compat::{check_schema, Finding, MAX_DATABASE_BYTES};
 use crate::config::{BadRow, Config};
 use crate::d1::D1Client;
-use crate::discover::{discover, Schema};
+use crate::discover::{discover, select_tables, Schema};
 use crate::error::Result;
-use crate::migrate::{
-    pass_filter, passes, produce, select_tables, target_objects, Pass, Produced, Work,
-};
 use crate::plan::plan;
+use crate::produce::{pass_filter, passes, produce, Pass, Produced, Work};
 use crate::source::{open_read_only, SqliteCatalog};
+use crate::target::{missing_parents, ordered_objects, target_objects};
 use crate::value::quote_ident;
 
 /// Cloudflare's API allows this many requests per token in five minutes.
@@ -110,7 +109,7 @@ pub fn dry_run(config: &Config, client: &D1Client) -> Result<DryRun> {
         out.objects_after_data
             .push(format!("virtual table {}", work.shape.table));
     }
-    for o in crate::migrate::ordered_objects(&schema) {
+    for o in ordered_objects(&schema) {
         out.objects_after_data
             .push(format!("{} {}", o.kind, o.name));
     }
@@ -254,15 +253,13 @@ fn target_check(client: &D1Client, schema: &Schema) -> Vec<Finding> {
         }
     };
     let normalize = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-    let orphans = crate::migrate::missing_parents(schema, &existing)
-        .into_iter()
-        .map(|m| {
-            Finding::error(
-                "missing_parent_table",
-                client.database_id(),
-                format!("{m}; D1 enforces foreign keys"),
-            )
-        });
+    let orphans = missing_parents(schema, &existing).into_iter().map(|m| {
+        Finding::error(
+            "missing_parent_table",
+            client.database_id(),
+            format!("{m}; D1 enforces foreign keys"),
+        )
+    });
     schema
         .tables
         .iter()

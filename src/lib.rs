@@ -1,9 +1,11 @@
 //! d1-migrator: moves a whole SQLite database into Cloudflare D1 and back again, exactly.
 //!
 //! Stages, one module each: `discover` (catalog) → `plan` (load order) → `source` (reading
-//! batches) → `pack` (rows to statements under D1's limits) → `d1` (HTTP with retries) →
-//! `validate`. `migrate` wires the forward run, `rollback` the reverse one; `config` reads the
-//! environment, `report` and `progress` tell what happened.
+//! batches) → `pack` (rows to statements under D1's limits) → `produce` (a table's requests) →
+//! `load` (the D1 sink: workers, senders, checkpoints) over `d1` (HTTP with retries), with
+//! `target` holding the target's schema; then `validate`. `migrate` wires the forward run,
+//! `dryrun` the same pipeline with a counting end, `rollback` the reverse one; `config` reads
+//! the environment, `report` and `progress` tell what happened.
 #![forbid(unsafe_code)]
 
 pub mod compat;
@@ -13,16 +15,19 @@ pub mod discover;
 pub mod dryrun;
 pub mod error;
 pub mod fixture;
+pub mod load;
 pub mod log;
 pub mod migrate;
 pub mod pack;
 pub mod plan;
+pub mod produce;
 pub mod progress;
 pub mod remote;
 pub mod report;
 pub mod rollback;
 pub mod source;
 pub mod state;
+pub mod target;
 pub mod validate;
 pub mod value;
 pub mod wrangler;
@@ -88,7 +93,7 @@ fn validation(config: &Config, client: &D1Client) -> Result<validate::Validation
         Direction::SqliteToD1 => (sqlite_schema, d1_schema, &sqlite, &d1),
         Direction::D1ToSqlite => (d1_schema, sqlite_schema, &d1, &sqlite),
     };
-    migrate::select_tables(&mut source_schema, &config.tables, &config.exclude_tables)?;
+    discover::select_tables(&mut source_schema, &config.tables, &config.exclude_tables)?;
     validate::validate(
         source_side,
         target_side,

@@ -16,13 +16,13 @@ use rusqlite::{Connection, ToSql};
 
 use crate::config::{Config, RollbackMode};
 use crate::d1::D1Client;
-use crate::discover::{discover, Schema};
+use crate::discover::{discover, select_tables, Schema};
 use crate::error::{Error, Result};
-use crate::migrate::{if_not_exists, ordered_objects, select_tables};
 use crate::pack::Shape;
 use crate::progress::Progress;
 use crate::remote::{D1Catalog, D1Side};
 use crate::report::{Report, TableStats};
+use crate::target::{if_not_exists, ordered_objects};
 use crate::validate::{key_segments, next_page_rows, RowSide};
 use crate::value::{quote_ident, Value};
 

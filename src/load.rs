@@ -1,0 +1,488 @@
+//! Loading into D1, the sink of the forward pipeline: table workers (each with its own read-only
+//! connection) run `produce` and hand requests over a bounded channel to HTTP senders; tables
+//! start when their parents are done. A request D1 refuses is split down to the row at fault,
+//! which is rejected or named. The checkpoint advances over the prefix of committed requests.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+
+use crate::compat::MAX_ROW_BYTES;
+use crate::config::{BadRow, Config};
+use crate::d1::{D1Client, Failure};
+use crate::error::{D1Error, Error, Result};
+use crate::log;
+use crate::pack::{Request, Statement};
+use crate::produce::{pass_filter, produce, Pass, Produced, Work};
+use crate::progress::Progress;
+use crate::report::TableStats;
+use crate::source::open_read_only;
+use crate::state::State;
+use crate::value::Value;
+
+/// What loading shares across tables: where rows go, how far they got, what was refused.
+pub struct Loader<'a> {
+    pub config: &'a Config,
+    pub client: &'a D1Client,
+    pub progress: &'a Progress,
+    pub state: &'a State,
+    pub rejects: &'a Rejects,
+    /// Rows each table has to copy, counted once for the progress bars.
+    pub rows: HashMap<String, u64>,
+}
+
+/// The reject file: one JSON line per row D1 refused, with a statement that re-inserts it.
+pub struct Rejects {
+    path: std::path::PathBuf,
+    file: std::sync::Mutex<Option<std::fs::File>>,
+    count: std::sync::atomic::AtomicU64,
+}
+
+impl Rejects {
+    pub fn new(path: std::path::PathBuf) -> Rejects {
+        Rejects {
+            path,
+            file: std::sync::Mutex::new(None),
+            count: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn write(&self, table: &str, key: &str, reason: &str, sql: &str) -> Result<()> {
+        use std::io::Write;
+        let io = |source| Error::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut file = self.file.lock().expect("reject file lock");
+        if file.is_none() {
+            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(io)?;
+            }
+            *file = Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)
+                    .map_err(io)?,
+            );
+        }
+        let line = serde_json::json!({"table": table, "key": key, "reason": reason, "sql": sql});
+        writeln!(file.as_mut().expect("opened"), "{line}").map_err(io)?;
+        self.count.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn merge(into: &mut Vec<TableStats>, s: TableStats) {
+    match into.iter_mut().find(|t| t.table == s.table) {
+        Some(t) => {
+            *t += &s;
+            if s.error.is_some() {
+                t.error = s.error;
+            }
+        }
+        None => into.push(s),
+    }
+}
+
+/// A request on its way to a sender, with where to say how it went.
+struct Job {
+    table: String,
+    seq: u64,
+    request: Request,
+    ack: Sender<(u64, Result<Sent>)>,
+}
+
+#[derive(Debug, Default)]
+struct Sent {
+    rows: u64,
+    failed: u64,
+    statements: u64,
+    bytes: u64,
+    requests: u64,
+}
+
+impl Sent {
+    /// Counts statements D1 has committed.
+    fn committed(&mut self, sqls: &[&str]) {
+        self.statements += sqls.len() as u64;
+        self.bytes += sqls.iter().map(|s| s.len() as u64).sum::<u64>();
+    }
+}
+
+/// Runs a list of table work items: tables start when their parents are done, at most
+/// `parallel_tables` at once; requests go through `concurrency` senders. Returns the tables
+/// that failed when `continue_on_error` let the run go on without them.
+pub fn run_work(
+    ctx: &Loader<'_>,
+    work: &[Work],
+    stats: &mut Vec<TableStats>,
+) -> Result<Vec<String>> {
+    if work.iter().all(|w| w.done) {
+        return Ok(Vec::new());
+    }
+    let config = ctx.config;
+    let cancel = AtomicBool::new(false);
+    let (job_tx, job_rx) = bounded::<Job>(config.concurrency);
+    let (done_tx, done_rx) = unbounded::<(usize, TableStats, Option<Error>)>();
+    let mut first_error: Option<Error> = None;
+    let mut failed: Vec<String> = Vec::new();
+
+    std::thread::scope(|scope| {
+        for _ in 0..config.concurrency {
+            let rx = job_rx.clone();
+            scope.spawn(move || sender(ctx, rx));
+        }
+        drop(job_rx);
+
+        let mut started: Vec<bool> = work.iter().map(|w| w.done).collect();
+        let mut finished = started.clone();
+        let mut broken = vec![false; work.len()];
+        let mut running = 0usize;
+        loop {
+            if first_error.is_none() {
+                for i in 0..work.len() {
+                    if running >= config.parallel_tables {
+                        break;
+                    }
+                    if started[i] || !work[i].parents.iter().all(|&p| finished[p]) {
+                        continue;
+                    }
+                    started[i] = true;
+                    if work[i].parents.iter().any(|&p| broken[p]) {
+                        // A parent failed: its children cannot load either.
+                        finished[i] = true;
+                        broken[i] = true;
+                        failed.push(work[i].shape.table.clone());
+                        continue;
+                    }
+                    running += 1;
+                    let (job_tx, done_tx, cancel) = (job_tx.clone(), done_tx.clone(), &cancel);
+                    let item = &work[i];
+                    scope.spawn(move || {
+                        let (stats, error) = copy_table(ctx, item, &job_tx, cancel);
+                        let _ = done_tx.send((i, stats, error));
+                    });
+                }
+            }
+            if running == 0 {
+                break;
+            }
+            let (i, table_stats, error) = done_rx.recv().expect("a table worker reports");
+            running -= 1;
+            finished[i] = true;
+            merge(stats, table_stats);
+            if let Some(e) = error {
+                if config.continue_on_error {
+                    log::error(&e.to_string());
+                    broken[i] = true;
+                    failed.push(work[i].shape.table.clone());
+                } else {
+                    cancel.store(true, Ordering::Relaxed);
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        drop(job_tx);
+    });
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(failed),
+    }
+}
+
+/// Reads one table in batches, packs it, and sends its requests; waits for every answer.
+/// Returns the table's counts, and the error that stopped it, if any.
+fn copy_table(
+    ctx: &Loader<'_>,
+    work: &Work,
+    jobs: &Sender<Job>,
+    cancel: &AtomicBool,
+) -> (TableStats, Option<Error>) {
+    let mut stats = TableStats {
+        table: work.shape.table.clone(),
+        ..TableStats::default()
+    };
+    let error = copy_rows(ctx, work, jobs, cancel, &mut stats).err();
+    if let Some(e) = &error {
+        stats.error = Some(e.to_string());
+    }
+    (stats, error.map(|e| e.in_table(&work.shape.table)))
+}
+
+/// One table's requests on their way: how many, and the first error.
+#[derive(Default)]
+struct Flight {
+    in_flight: usize,
+    next_seq: u64,
+    watermark: Watermark,
+    error: Option<Error>,
+}
+
+/// Requests in flight of one table, in the order they were sent: the checkpoint advances over
+/// the prefix D1 has committed.
+#[derive(Default)]
+struct Watermark {
+    pending: std::collections::VecDeque<(u64, Option<Vec<Value>>, bool)>,
+}
+
+impl Watermark {
+    fn sent(&mut self, seq: u64, last_key: Option<Vec<Value>>) {
+        self.pending.push_back((seq, last_key, false));
+    }
+
+    /// Marks `seq` committed; returns the new key up to which everything is committed.
+    fn committed(&mut self, seq: u64) -> Option<Vec<Value>> {
+        if let Some(entry) = self.pending.iter_mut().find(|e| e.0 == seq) {
+            entry.2 = true;
+        }
+        let mut key = None;
+        while self.pending.front().is_some_and(|e| e.2) {
+            let (_, k, _) = self.pending.pop_front().expect("front");
+            if k.is_some() {
+                key = k;
+            }
+        }
+        key
+    }
+}
+
+fn copy_rows(
+    ctx: &Loader<'_>,
+    work: &Work,
+    jobs: &Sender<Job>,
+    cancel: &AtomicBool,
+    stats: &mut TableStats,
+) -> Result<()> {
+    let config = ctx.config;
+    let started = Instant::now();
+    let shape = &work.shape;
+    let table = shape.table.clone();
+    let conn = open_read_only(&config.sqlite_path)?;
+    let filter = pass_filter(work);
+    let after = match work.pass {
+        Pass::Insert => ctx.state.resume_after(&table),
+        Pass::SetDeferred => None,
+    };
+    if after.is_some() {
+        log::info(&format!(
+            "{table}: resuming after key {}",
+            shape.key_text_of(after.as_deref().unwrap_or_default())
+        ));
+    }
+    let total = ctx.rows.get(&table).copied().unwrap_or(0);
+    let mut bar = ctx
+        .progress
+        .table(&table, if work.pass == Pass::Insert { total } else { 0 });
+    let (ack_tx, ack_rx) = unbounded::<(u64, Result<Sent>)>();
+    let mut flight = Flight::default();
+    let mut on_ack =
+        |(seq, ack): (u64, Result<Sent>), stats: &mut TableStats, flight: &mut Flight| match ack {
+            Ok(sent) => {
+                stats.rows_written += sent.rows - sent.failed;
+                stats.rows_failed += sent.failed;
+                stats.statements += sent.statements;
+                stats.bytes_sent += sent.bytes;
+                stats.requests += sent.requests;
+                if work.pass == Pass::Insert {
+                    bar.add(sent.rows);
+                    if let Some(key) = flight.watermark.committed(seq) {
+                        if let Err(e) = ctx.state.committed_up_to(&table, &key) {
+                            flight.error.get_or_insert(e);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                flight.error.get_or_insert(e);
+            }
+        };
+
+    let mut send = |request: Request, stats: &mut TableStats, flight: &mut Flight| {
+        let seq = flight.next_seq;
+        flight.next_seq += 1;
+        flight.watermark.sent(seq, request.last_key.clone());
+        let job = Job {
+            table: table.clone(),
+            seq,
+            request,
+            ack: ack_tx.clone(),
+        };
+        if jobs.send(job).is_ok() {
+            flight.in_flight += 1;
+        }
+        // A table whose rows reference each other through a NOT NULL key goes one request at a time.
+        while flight.in_flight > 0 {
+            let ack = if work.sequential {
+                ack_rx.recv().ok()
+            } else {
+                ack_rx.try_recv().ok()
+            };
+            let Some(ack) = ack else { break };
+            flight.in_flight -= 1;
+            on_ack(ack, stats, flight);
+        }
+    };
+
+    let produced = produce(config, &conn, work, &filter, after, |event| {
+        match event {
+            Produced::Read(n) => stats.rows_read += n,
+            Produced::Request(request) => send(request, stats, &mut flight),
+            Produced::Oversize { key, bytes, sql } => {
+                let reason =
+                    format!("row of {bytes} bytes is over D1's {MAX_ROW_BYTES}-byte limit");
+                if config.on_bad_row == BadRow::Skip {
+                    log::warn(&format!("table {table}, row {key}: {reason}"));
+                    stats.rows_failed += 1;
+                    ctx.rejects.write(&table, &key, &reason, &sql)?;
+                } else {
+                    return Err(Error::Row {
+                        table: table.clone(),
+                        key,
+                        message: reason,
+                    });
+                }
+            }
+        }
+        Ok(flight.error.is_none() && !cancel.load(Ordering::Relaxed))
+    });
+    if let Err(e) = produced {
+        flight.error.get_or_insert(e);
+    }
+    while flight.in_flight > 0 {
+        let ack = ack_rx.recv().expect("senders answer every job");
+        flight.in_flight -= 1;
+        on_ack(ack, stats, &mut flight);
+    }
+    let error = flight.error;
+    if work.pass == Pass::SetDeferred {
+        stats.rows_read = 0;
+        stats.rows_written = 0;
+    }
+    stats.duration_ms = started.elapsed().as_millis() as u64;
+    if let Some(e) = error {
+        return Err(e);
+    }
+    if cancel.load(Ordering::Relaxed) {
+        return Err(Error::Refused(
+            "stopped because another table failed".into(),
+        ));
+    }
+    match work.pass {
+        Pass::Insert => ctx.state.set_inserted(&table),
+        Pass::SetDeferred => ctx.state.set_deferred_done(&table),
+    }
+}
+
+/// A sender thread: posts each job's request and reports back.
+fn sender(ctx: &Loader<'_>, jobs: Receiver<Job>) {
+    for job in jobs {
+        let mut sent = Sent::default();
+        let result =
+            send_statements(ctx, &job.table, &job.request.statements, &mut sent).map(|()| {
+                sent.rows = job.request.rows as u64;
+                sent
+            });
+        let _ = job.ack.send((job.seq, result));
+    }
+}
+
+/// Sends statements as one request. When D1 says they are too large, or rejects them, sends
+/// halves instead, down to the single row at fault, which is then rejected (to the reject file,
+/// when the configuration says so) or named in the error.
+fn send_statements(
+    ctx: &Loader<'_>,
+    table: &str,
+    statements: &[Statement],
+    sent: &mut Sent,
+) -> Result<()> {
+    let sqls: Vec<&str> = statements.iter().map(|s| s.sql.as_str()).collect();
+    sent.requests += 1;
+    match ctx.client.execute(&sqls) {
+        Ok(_) => {
+            sent.committed(&sqls);
+            Ok(())
+        }
+        Err(Failure { error, shrink }) => {
+            let splittable = shrink || matches!(error, D1Error::Sql { .. });
+            if !splittable {
+                return Err(error.into());
+            }
+            if statements.len() > 1 {
+                let (a, b) = statements.split_at(statements.len() / 2);
+                send_statements(ctx, table, a, sent)?;
+                return send_statements(ctx, table, b, sent);
+            }
+            if let Some((a, b)) = statements[0].split() {
+                send_statements(ctx, table, &[a], sent)?;
+                return send_statements(ctx, table, &[b], sent);
+            }
+            let statement = &statements[0];
+            // Before a row is blamed, it is sent once more alone: a request that breaks a
+            // constraint makes D1 fail the requests in flight beside it with its own message.
+            sent.requests += 1;
+            let alone = [statement.sql.as_str()];
+            let error = match ctx.client.execute_alone(&alone) {
+                Ok(_) => {
+                    sent.committed(&alone);
+                    return Ok(());
+                }
+                Err(Failure { error, .. }) => error,
+            };
+            let key = statement
+                .single_key()
+                .map(str::to_string)
+                .unwrap_or_else(|| row_text(&statement.sql));
+            let reason = match &error {
+                D1Error::Sql { message } => message.clone(),
+                other => other.to_string(),
+            };
+            if ctx.config.on_bad_row == BadRow::Skip && statement.row_count() == 1 {
+                log::warn(&format!(
+                    "table {table}, row {key}: rejected by D1: {reason}"
+                ));
+                sent.failed += 1;
+                return ctx.rejects.write(table, &key, &reason, &statement.sql);
+            }
+            Err(Error::Row {
+                table: table.to_string(),
+                key,
+                message: format!("D1 rejected the row: {reason}"),
+            })
+        }
+    }
+}
+
+/// The row tuple of a one-row insert (or the statement), cut short, to name a row in an error.
+fn row_text(sql: &str) -> String {
+    let text = sql.find(" VALUES ").map(|at| &sql[at + 8..]).unwrap_or(sql);
+    let text = text.trim_end_matches(" ON CONFLICT DO NOTHING");
+    if text.len() > 200 {
+        let mut end = 200;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &text[..end])
+    } else {
+        text.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_is_named_by_its_tuple() {
+        assert_eq!(
+            row_text("INSERT INTO \"t\" (rowid,\"a\") VALUES (5,'x') ON CONFLICT DO NOTHING"),
+            "(5,'x')"
+        );
+    }
+}

@@ -1,0 +1,201 @@
+//! The target's schema: what D1 already holds, creating what it lacks (tables before the data;
+//! indexes, views and triggers after it) with idempotent DDL, and `sqlite_sequence`.
+
+use std::collections::HashMap;
+
+use crate::d1::{D1Client, Failure};
+use crate::discover::{Schema, SchemaObject};
+use crate::error::{D1Error, Error, Result};
+use crate::value::quote_text;
+
+/// Indexes, then views, then triggers (which may use views), each in catalog order.
+pub fn ordered_objects(schema: &Schema) -> impl Iterator<Item = &SchemaObject> {
+    ["index", "view", "trigger"]
+        .into_iter()
+        .flat_map(move |kind| schema.objects.iter().filter(move |o| o.kind == kind))
+}
+
+/// Foreign keys whose parent table is neither in the selection nor already on the target.
+pub fn missing_parents(
+    schema: &Schema,
+    existing: &HashMap<String, (String, String)>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in &schema.tables {
+        for fk in &t.foreign_keys {
+            let copied = schema.table(&fk.parent).is_some();
+            if !copied && !existing.contains_key(&fk.parent.to_lowercase()) {
+                out.push(format!(
+                    "table {:?} references {:?}, which MIGRATION_TABLES / MIGRATION_EXCLUDE_TABLES leave out",
+                    t.name, fk.parent
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Names and SQL of what the target already has: `name (lower-case) -> (type, sql)`.
+pub fn target_objects(client: &D1Client) -> Result<HashMap<String, (String, String)>> {
+    let result = client.query("SELECT type, name, sql FROM sqlite_schema")?;
+    Ok(result
+        .rows
+        .into_iter()
+        .map(|r| {
+            let s = |i: usize| {
+                r.get(i)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            (s(1).to_lowercase(), (s(0), s(2)))
+        })
+        .collect())
+}
+
+fn normalize(sql: &str) -> String {
+    sql.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Creates what the target lacks; what it has must have the same SQL. Returns the names of the
+/// objects it created.
+pub fn create_missing<'a>(
+    client: &D1Client,
+    objects: impl Iterator<Item = (&'a str, &'a str, &'a str)>,
+    existing: &HashMap<String, (String, String)>,
+) -> Result<Vec<String>> {
+    let mut todo: Vec<(&str, &str)> = Vec::new();
+    for (kind, name, sql) in objects {
+        match existing.get(&name.to_lowercase()) {
+            Some((_, have)) if normalize(have) == normalize(sql) => {}
+            Some((have_kind, _)) => {
+                return Err(Error::Refused(format!(
+                    "{kind} {name:?} already exists on D1 as a {have_kind} with a different definition; \
+                     drop it on D1 or exclude the table (MIGRATION_EXCLUDE_TABLES)"
+                )))
+            }
+            None => todo.push((name, sql)),
+        }
+    }
+    execute_named(client, &todo)?;
+    Ok(todo.iter().map(|(n, _)| n.to_string()).collect())
+}
+
+/// Runs DDL in one request; if D1 refuses it, runs each alone to name the one at fault.
+fn execute_named(client: &D1Client, items: &[(&str, &str)]) -> Result<()> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let sqls: Vec<String> = items.iter().map(|(_, s)| if_not_exists(s)).collect();
+    match client.execute(&sqls) {
+        Ok(_) => Ok(()),
+        Err(Failure {
+            error: D1Error::Sql { .. },
+            ..
+        }) if items.len() > 1 => {
+            for ((name, _), sql) in items.iter().zip(&sqls) {
+                client
+                    .execute(&[sql])
+                    .map_err(|f| Error::Refused(format!("creating {name:?} on D1: {}", f.error)))?;
+            }
+            Ok(())
+        }
+        Err(f) if matches!(f.error, D1Error::Sql { .. }) => Err(Error::Refused(format!(
+            "creating {:?} on D1: {}",
+            items[0].0, f.error
+        ))),
+        Err(f) => Err(f.error.into()),
+    }
+}
+
+/// The DDL with `IF NOT EXISTS`, so that a request whose answer was lost can be sent again.
+/// SQLite drops the clause from the text it keeps in `sqlite_schema`, so the stored DDL stays the
+/// source's.
+pub fn if_not_exists(sql: &str) -> String {
+    let words: Vec<&str> = sql.split_whitespace().take(6).collect();
+    let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
+    let kind_words = match upper
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["CREATE", "VIRTUAL", "TABLE", ..] | ["CREATE", "UNIQUE", "INDEX", ..] => 3,
+        ["CREATE", "TABLE" | "INDEX" | "VIEW" | "TRIGGER", ..] => 2,
+        _ => return sql.to_string(),
+    };
+    if upper.get(kind_words).map(String::as_str) == Some("IF") {
+        return sql.to_string();
+    }
+    // Find the end of the kind words in the original text.
+    let mut rest = sql.trim_start();
+    for _ in 0..kind_words {
+        rest = rest.trim_start();
+        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        rest = &rest[end..];
+    }
+    let head = &sql[..sql.len() - rest.len()];
+    format!("{head} IF NOT EXISTS{rest}")
+}
+
+/// Sets the target's `sqlite_sequence` rows of the copied tables to the source's, rowids
+/// included, so AUTOINCREMENT counters ahead of `max(id)` stay ahead.
+pub fn copy_sequence(client: &D1Client, schema: &Schema) -> Result<()> {
+    if schema.sequence.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = schema
+        .sequence
+        .iter()
+        .map(|s| quote_text(&s.name))
+        .collect();
+    let values: Vec<String> = schema
+        .sequence
+        .iter()
+        .map(|s| {
+            format!(
+                "({}, {}, {})",
+                s.rowid,
+                quote_text(&s.name),
+                s.seq.literal()
+            )
+        })
+        .collect();
+    let delete = format!(
+        "DELETE FROM sqlite_sequence WHERE name IN ({})",
+        names.join(", ")
+    );
+    let insert = format!(
+        "INSERT INTO sqlite_sequence (rowid, name, seq) VALUES {}",
+        values.join(", ")
+    );
+    client
+        .execute(&[delete, insert])
+        .map_err(|f| Error::Refused(format!("setting sqlite_sequence on D1: {}", f.error)))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ddl_becomes_idempotent() {
+        assert_eq!(
+            if_not_exists("CREATE TABLE \"a b\"(x)"),
+            "CREATE TABLE IF NOT EXISTS \"a b\"(x)"
+        );
+        assert_eq!(
+            if_not_exists("create unique index i on t(x)"),
+            "create unique index IF NOT EXISTS i on t(x)"
+        );
+        assert_eq!(
+            if_not_exists("CREATE VIRTUAL TABLE docs USING fts5(a)"),
+            "CREATE VIRTUAL TABLE IF NOT EXISTS docs USING fts5(a)"
+        );
+        assert_eq!(
+            if_not_exists("CREATE VIEW IF NOT EXISTS v AS SELECT 1"),
+            "CREATE VIEW IF NOT EXISTS v AS SELECT 1"
+        );
+    }
+}
