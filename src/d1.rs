@@ -164,6 +164,17 @@ struct ApiMessage {
 struct StatementResult {
     #[serde(default)]
     results: Option<RawResult>,
+    #[serde(default)]
+    meta: Option<Meta>,
+}
+
+/// What D1 says a statement cost: the rows it read and wrote, as Cloudflare bills them.
+#[derive(Debug, Default, Deserialize)]
+struct Meta {
+    #[serde(default)]
+    rows_read: u64,
+    #[serde(default)]
+    rows_written: u64,
 }
 
 /// Counters shared by every thread using the client.
@@ -172,6 +183,9 @@ pub struct Counters {
     pub requests: AtomicU64,
     pub retries: AtomicU64,
     pub bytes_sent: AtomicU64,
+    /// D1's `meta.rows_read` and `meta.rows_written`, summed over every answered statement.
+    pub rows_read: AtomicU64,
+    pub rows_written: AtomicU64,
 }
 
 /// A D1 database behind the REST API.
@@ -450,7 +464,7 @@ impl D1Client {
             classify(status, &messages, retry_after)
         };
         let outcome = if verdict == Verdict::Success {
-            parse_results(envelope.result, defer_keys)
+            parse_results(envelope.result, defer_keys, &self.counters)
         } else {
             let message = messages.join("; ");
             Err(match status {
@@ -530,12 +544,25 @@ fn batch_body<S: AsRef<str>>(statements: &[S], defer_keys: bool) -> String {
     serde_json::json!({ "batch": items }).to_string()
 }
 
-fn parse_results(result: Option<Json>, defer_keys: bool) -> Result<Vec<RawResult>, D1Error> {
+/// The rows of each statement (the deferral pragma's left out); D1's meta is added to `counters`.
+fn parse_results(
+    result: Option<Json>,
+    defer_keys: bool,
+    counters: &Counters,
+) -> Result<Vec<RawResult>, D1Error> {
     let Some(result) = result else {
         return Ok(Vec::new());
     };
     let mut list: Vec<StatementResult> =
         serde_json::from_value(result).map_err(|e| D1Error::BadAnswer(e.to_string()))?;
+    for meta in list.iter().filter_map(|r| r.meta.as_ref()) {
+        counters
+            .rows_read
+            .fetch_add(meta.rows_read, Ordering::Relaxed);
+        counters
+            .rows_written
+            .fetch_add(meta.rows_written, Ordering::Relaxed);
+    }
     // The first result is the deferral pragma's.
     if defer_keys && !list.is_empty() {
         list.remove(0);
@@ -626,6 +653,21 @@ mod tests {
         assert!(!is_loopback("https://api.cloudflare.com/client/v4"));
         assert!(!is_loopback("http://10.0.0.5:8787/client/v4"));
         assert!(!is_loopback("https://127.0.0.1.example.com/client/v4"));
+    }
+
+    #[test]
+    fn rows_read_and_written_are_summed_from_every_statement() {
+        let counters = Counters::default();
+        let answer = serde_json::json!([
+            {"results": {"columns": [], "rows": []}, "meta": {"rows_read": 0, "rows_written": 0}},
+            {"results": {"columns": ["a"], "rows": [[1]]}, "meta": {"rows_read": 7, "rows_written": 2}},
+            {"results": {"columns": [], "rows": []}, "meta": {"rows_read": 1, "rows_written": 3}},
+            {"results": {"columns": [], "rows": []}}
+        ]);
+        let rows = parse_results(Some(answer), true, &counters).unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(counters.rows_read.load(Ordering::Relaxed), 8);
+        assert_eq!(counters.rows_written.load(Ordering::Relaxed), 5);
     }
 
     #[test]

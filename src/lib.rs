@@ -186,6 +186,12 @@ fn finish(
     report.bytes_sent = counters
         .bytes_sent
         .load(std::sync::atomic::Ordering::Relaxed);
+    report.d1_rows_read = counters
+        .rows_read
+        .load(std::sync::atomic::Ordering::Relaxed);
+    report.d1_rows_written = counters
+        .rows_written
+        .load(std::sync::atomic::Ordering::Relaxed);
     report.duration_ms = started.elapsed().as_millis() as u64;
     report.total();
     report.success = result.is_ok();

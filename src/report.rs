@@ -53,6 +53,9 @@ pub struct Report {
     pub http_requests: u64,
     pub retries: u64,
     pub bytes_sent: u64,
+    /// D1's own `meta.rows_read` and `meta.rows_written` summed over the run: what D1 bills.
+    pub d1_rows_read: u64,
+    pub d1_rows_written: u64,
     pub objects_created: Vec<String>,
     /// True when the checkpoint said the migration was already complete.
     pub already_complete: bool,
@@ -163,10 +166,12 @@ impl Report {
             out.push_str(&v.summary());
         }
         out.push_str(&format!(
-            "HTTP requests {}, retries {}, {:.1} MB sent, {:.2} s\n",
+            "HTTP requests {}, retries {}, {:.1} MB sent, D1 rows read {} / written {}, {:.2} s\n",
             self.http_requests,
             self.retries,
             self.bytes_sent as f64 / 1e6,
+            self.d1_rows_read,
+            self.d1_rows_written,
             self.duration_ms as f64 / 1000.0
         ));
         if let Some(file) = &self.reject_file {

@@ -50,9 +50,10 @@ export default {
     }
     const items = Array.isArray(body.batch) ? body.batch : [body];
 
-    let statements;
+    const local = { served_by_colo: "LOCAL", served_by_primary: true, served_by_region: "LOCAL" };
+    let queries;
     try {
-      statements = [];
+      queries = [];
       for (const item of items) {
         if (typeof item.sql !== "string") throw new Error("sql must be a string");
         const parts = splitStatements(item.sql);
@@ -61,54 +62,47 @@ export default {
         if (parts.length > 1 && params.length > 0) {
           throw new Error("When executing multiple SQL statements in a single call, only the last statement can have parameters.");
         }
-        for (const part of parts) {
-          const stmt = db.prepare(part);
-          statements.push(params.length ? stmt.bind(...params.map(toBindValue)) : stmt);
-        }
+        for (const part of parts) queries.push({ sql: part, params: params.map(toBindValue) });
       }
     } catch (e) {
       return sqlError(e);
     }
 
-    const local = { served_by_colo: "LOCAL", served_by_primary: true, served_by_region: "LOCAL" };
-    if (format === "raw" && statements.length === 1) {
-      // One statement is atomic on its own; raw() keeps rows as arrays, as /raw answers them.
-      let rows;
-      try {
-        rows = await statements[0].raw({ columnNames: true });
-      } catch (e) {
-        return sqlError(e);
-      }
-      const columns = rows.length ? rows.shift() : [];
-      return envelope(200, [], [{ success: true, results: { columns, rows }, meta: { ...local } }]);
-    }
-
-    let results;
+    // The whole request goes to the D1 Durable Object as one transaction, through the binding's
+    // own fetcher: rows come back as arrays (duplicate column names kept, columns even for zero
+    // rows) with every statement's meta (rows_read, rows_written, ...), as Cloudflare answers.
+    let answer;
     try {
-      results = await db.batch(statements);
+      const response = await db.fetcher.fetch("http://d1/query?resultsFormat=ROWS_AND_COLUMNS", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(queries),
+      });
+      answer = await response.json();
     } catch (e) {
       return sqlError(e);
     }
-
-    const result = results.map((r) => ({
+    if (!Array.isArray(answer)) {
+      return sqlError(answer && answer.error ? answer.error : "the D1 engine gave no answer");
+    }
+    const result = answer.map((r) => ({
       success: true,
-      results: format === "raw" ? toRaw(r.results) : r.results,
+      results: format === "raw" ? r.results : toObjects(r.results),
       meta: { ...r.meta, ...local },
     }));
     return envelope(200, [], result);
   },
 };
 
-// Params arrive as JSON: strings, numbers, null, booleans, or arrays of bytes for BLOBs.
+// Params arrive as JSON: strings, numbers, null, booleans, or arrays of bytes for BLOBs (which
+// the engine takes as they are).
 function toBindValue(value) {
-  if (Array.isArray(value)) return new Uint8Array(value);
   if (typeof value === "boolean") return value ? 1 : 0;
   return value;
 }
 
-function toRaw(rows) {
-  const columns = rows.length ? Object.keys(rows[0]) : [];
-  return { columns, rows: rows.map((row) => columns.map((c) => row[c])) };
+function toObjects({ columns, rows }) {
+  return rows.map((row) => Object.fromEntries(columns.map((c, i) => [c, row[i]])));
 }
 
 function sqlError(e) {

@@ -39,6 +39,40 @@ fn the_sample_arrives_exactly() {
 }
 
 #[test]
+fn d1s_rows_read_and_written_are_summed_into_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = generated(dir.path(), "sample");
+    let (d1, db, _) = fresh();
+    let report_path = dir.path().join("copy.json");
+    Run::new(d1, &db, &source)
+        .env("MIGRATION_REPORT", &report_path)
+        .env("MIGRATION_VALIDATE_ALL_ROWS", "true")
+        .ok();
+    let copy = read_json(&report_path);
+    let rows = copy["totals"]["rows_written"].as_u64().unwrap();
+    // Every row copied is a row D1 wrote (indexes add more); full validation read them all.
+    let written = copy["d1_rows_written"].as_u64().unwrap();
+    assert!(written >= rows, "D1 wrote {written} rows for {rows} copied");
+    let read = copy["d1_rows_read"].as_u64().unwrap();
+    assert!(read >= rows, "D1 read {read} rows validating {rows}");
+    assert!(stderr(
+        &Run::new(d1, &db, &source)
+            .env("MIGRATION_MODE", "validate")
+            .ok()
+    )
+    .contains("D1 rows read"));
+    let check_path = dir.path().join("validate.json");
+    Run::new(d1, &db, &source)
+        .env("MIGRATION_MODE", "validate")
+        .env("MIGRATION_VALIDATE_ALL_ROWS", "true")
+        .env("MIGRATION_REPORT", &check_path)
+        .ok();
+    let check = read_json(&check_path);
+    assert_eq!(check["d1_rows_written"], 0, "a validation writes nothing");
+    assert!(check["d1_rows_read"].as_u64().unwrap() >= rows);
+}
+
+#[test]
 fn every_edge_case_arrives_exactly_except_d1s_reserved_names() {
     let (d1, db, dir) = fresh();
     let source = generated(dir.path(), "edge-cases");
