@@ -313,59 +313,137 @@ impl Comparison<'_> {
         format!("({})", parts.join(", "))
     }
 
-    /// Rows of the source spread over the key range, then the same keys on the target.
+    /// A table with no more rows than the sample size is compared whole; a larger one gets
+    /// exactly the sample size of distinct rows spread over its key range. The same keys are then
+    /// read from both sides and matched.
     fn sample(&self, v: &mut TableValidation) -> Result<()> {
         let n = self.options.sample_size;
         if n == 0 || v.source_rows == 0 {
             return Ok(());
         }
-        let mut rng = StdRng::seed_from_u64(self.options.seed ^ table_seed(&self.table.name));
-        let keys = self.keys_sql();
-        let tails: Vec<String> = if self.single_integer_key() {
-            let (lo, hi) = self.key_range()?;
-            (0..n)
-                .map(|_| {
-                    format!(
-                        "WHERE {keys} >= {} ORDER BY {keys} LIMIT 1",
-                        rng.random_range(lo..=hi)
-                    )
-                })
-                .collect()
-        } else {
-            (0..n.min(v.source_rows as usize))
-                .map(|_| {
-                    format!(
-                        "ORDER BY {keys} LIMIT 1 OFFSET {}",
-                        rng.random_range(0..v.source_rows)
-                    )
-                })
-                .collect()
-        };
-        let mut rows: Vec<Vec<Value>> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for found in self.source.select(self.shape, &tails)? {
-            for row in found {
-                if seen.insert(key_of(self.shape, &row)) {
-                    rows.push(row);
-                }
-            }
+        if v.source_rows <= n as u64 {
+            self.full_range(v, None, None)?;
+            v.sampled = v.compared;
+            return Ok(());
         }
-        v.sampled = rows.len() as u64;
-        self.check_json(&rows, v);
-        for chunk in rows.chunks(50) {
-            let tuples: Vec<String> = chunk.iter().map(|r| self.key_tuple(r)).collect();
+        let keys = self.keys_sql();
+        let picked = self.sample_keys(n, v.source_rows)?;
+        v.sampled = picked.len() as u64;
+        for chunk in picked.chunks(50) {
+            let tuples: Vec<String> = chunk.iter().map(|k| self.key_tuple_of(k)).collect();
             let tail = format!(
                 "WHERE ({keys}) IN (VALUES {}) ORDER BY {keys}",
                 tuples.join(", ")
             );
+            let source_rows = self
+                .source
+                .select(self.shape, std::slice::from_ref(&tail))?
+                .pop()
+                .unwrap_or_default();
             let target_rows = self
                 .target
                 .select(self.shape, &[tail])?
                 .pop()
                 .unwrap_or_default();
-            self.match_rows(chunk, &target_rows, false, v);
+            self.check_json(&source_rows, v);
+            self.match_rows(&source_rows, &target_rows, false, v);
         }
         Ok(())
+    }
+
+    /// `n` distinct keys of the source (which has `rows` > `n` rows), in key order, reproducible
+    /// from the seed. The key range (or, for keys that are not one integer, the rank range) is cut
+    /// into `n` strata and a key drawn in each; where gaps in the keys leave strata empty, more
+    /// keys are drawn at random, and what is still missing is taken from the keys that follow a
+    /// random point. Only keys are read here.
+    fn sample_keys(&self, n: usize, rows: u64) -> Result<Vec<Vec<Value>>> {
+        let mut rng = StdRng::seed_from_u64(self.options.seed ^ table_seed(&self.table.name));
+        let keys = self.keys_sql();
+        let key_shape = self.key_shape();
+        let mut picked: std::collections::BTreeMap<Vec<u8>, Vec<Value>> = Default::default();
+        let take =
+            |found: Vec<Vec<Vec<Value>>>,
+             picked: &mut std::collections::BTreeMap<Vec<u8>, Vec<Value>>| {
+                for row in found.into_iter().flatten() {
+                    if picked.len() < n {
+                        picked.entry(canonical(&row)).or_insert(row);
+                    }
+                }
+            };
+        if !self.single_integer_key() {
+            // Ranks: stratum i holds ranks [i*rows/n, (i+1)*rows/n), never empty as rows > n.
+            let (rows, n128) = (rows as u128, n as u128);
+            let tails: Vec<String> = (0..n128)
+                .map(|i| {
+                    let (a, b) = ((i * rows / n128) as u64, ((i + 1) * rows / n128) as u64);
+                    format!(
+                        "ORDER BY {keys} LIMIT 1 OFFSET {}",
+                        rng.random_range(a..b.max(a + 1))
+                    )
+                })
+                .collect();
+            take(self.source.select(&key_shape, &tails)?, &mut picked);
+        } else {
+            let (lo, hi) = self.key_range()?;
+            let (lo, span) = (lo as i128, hi as i128 - lo as i128 + 1);
+            let at =
+                |tail_from: i128| format!("WHERE {keys} >= {tail_from} ORDER BY {keys} LIMIT 1");
+            let tails: Vec<String> = (0..n as i128)
+                .map(|i| {
+                    let a = lo + span * i / n as i128;
+                    let b = (lo + span * (i + 1) / n as i128).max(a + 1);
+                    at(rng.random_range(a..b))
+                })
+                .collect();
+            take(self.source.select(&key_shape, &tails)?, &mut picked);
+            for _ in 0..2 {
+                if picked.len() >= n {
+                    break;
+                }
+                let tails: Vec<String> = (picked.len()..n)
+                    .map(|_| at(rng.random_range(lo..lo + span)))
+                    .collect();
+                take(self.source.select(&key_shape, &tails)?, &mut picked);
+            }
+        }
+        if picked.len() < n {
+            // The keys following a random point, then the first keys: together at least `n`
+            // distinct keys, so at least the missing number of new ones.
+            let mut tails = vec![format!("ORDER BY {keys} LIMIT {n}")];
+            if !picked.is_empty() {
+                let start = picked.values().nth(rng.random_range(0..picked.len()));
+                let start = self.key_tuple_of(start.expect("a picked key"));
+                tails.insert(
+                    0,
+                    format!("WHERE ({keys}) >= {start} ORDER BY {keys} LIMIT {n}"),
+                );
+            }
+            take(self.source.select(&key_shape, &tails)?, &mut picked);
+        }
+        Ok(picked.into_values().collect())
+    }
+
+    /// The shape of the key columns alone.
+    fn key_shape(&self) -> Shape {
+        let s = self.shape;
+        Shape {
+            table: s.table.clone(),
+            columns: s
+                .key_positions
+                .iter()
+                .map(|&p| s.columns[p].clone())
+                .collect(),
+            affinities: s.key_positions.iter().map(|&p| s.affinities[p]).collect(),
+            key_positions: (0..s.key_positions.len()).collect(),
+            key_exprs: s.key_exprs.clone(),
+            deferred: Vec::new(),
+            is_virtual: s.is_virtual,
+        }
+    }
+
+    fn key_tuple_of(&self, key: &[Value]) -> String {
+        let parts: Vec<String> = key.iter().map(Value::literal).collect();
+        format!("({})", parts.join(", "))
     }
 
     /// The smallest and largest integer key of the source.
@@ -660,6 +738,114 @@ impl Validation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tables of 93 and 200 rows with dense keys, 200 rows with two far-apart clusters of
+    /// keys, and 200 rows of a composite key, in one file that is both source and target.
+    fn sample_source(dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("s.sqlite");
+        let mut db = rusqlite::Connection::open(&path).unwrap();
+        let db = db.transaction().unwrap();
+        db.execute_batch(
+            "CREATE TABLE small (id INTEGER PRIMARY KEY, v TEXT);
+             CREATE TABLE dense (id INTEGER PRIMARY KEY, v TEXT);
+             CREATE TABLE sparse (id INTEGER PRIMARY KEY, v TEXT);
+             CREATE TABLE pairs (a TEXT, b INTEGER, v TEXT, PRIMARY KEY (a, b)) WITHOUT ROWID;",
+        )
+        .unwrap();
+        for i in 1..=200i64 {
+            if i <= 93 {
+                db.execute("INSERT INTO small VALUES (?, 'x')", [i])
+                    .unwrap();
+            }
+            db.execute("INSERT INTO dense VALUES (?, 'x')", [i])
+                .unwrap();
+            let far = if i <= 100 { i } else { 1_000_000_000_000 + i };
+            db.execute("INSERT INTO sparse VALUES (?, 'x')", [far])
+                .unwrap();
+            db.execute(
+                "INSERT INTO pairs VALUES (?, ?, 'x')",
+                rusqlite::params![format!("k{}", i % 7), i],
+            )
+            .unwrap();
+        }
+        db.commit().unwrap();
+        path
+    }
+
+    fn sampled(table: &str, size: usize) -> TableValidation {
+        let dir = tempfile::tempdir().unwrap();
+        let path = sample_source(dir.path());
+        let side = crate::source::SqliteSide::new(&path, "source").unwrap();
+        let conn = crate::source::open_read_only(&path).unwrap();
+        let schema = crate::discover::discover(&crate::source::SqliteCatalog(&conn)).unwrap();
+        let options = Options {
+            sample_size: size,
+            seed: 3,
+            all_rows: false,
+            page: 1000,
+            max_examples: 10,
+            segments: 1,
+        };
+        let t = schema.table(table).unwrap();
+        validate_table(&side, &side, t, &schema, options).unwrap()
+    }
+
+    #[test]
+    fn a_table_no_larger_than_the_sample_is_compared_whole() {
+        let v = sampled("small", 100);
+        assert_eq!((v.sampled, v.compared, v.source_rows), (93, 93, 93));
+        assert!(v.ok, "{v:?}");
+    }
+
+    #[test]
+    fn a_larger_table_gets_exactly_the_sample_size_spread_over_its_keys() {
+        for table in ["dense", "sparse", "pairs"] {
+            let v = sampled(table, 100);
+            assert_eq!(v.sampled, 100, "{table}: {v:?}");
+            assert_eq!(v.compared, 100, "{table}");
+            assert!(v.ok, "{table}: {v:?}");
+        }
+        // Spread: the sampled keys of the dense table reach every quarter of its range.
+        let dir = tempfile::tempdir().unwrap();
+        let path = sample_source(dir.path());
+        let side = crate::source::SqliteSide::new(&path, "source").unwrap();
+        let conn = crate::source::open_read_only(&path).unwrap();
+        let schema = crate::discover::discover(&crate::source::SqliteCatalog(&conn)).unwrap();
+        let table = schema.table("dense").unwrap();
+        let shape = Shape::new(table, &[]);
+        let comparison = Comparison {
+            source: &side,
+            target: &side,
+            shape: &shape,
+            table,
+            options: Options {
+                sample_size: 100,
+                seed: 3,
+                all_rows: false,
+                page: 1000,
+                max_examples: 10,
+                segments: 1,
+            },
+        };
+        let keys = comparison.sample_keys(100, 200).unwrap();
+        let ids: std::collections::BTreeSet<i64> = keys
+            .iter()
+            .map(|k| match k[0] {
+                Value::Integer(i) => i,
+                _ => panic!("integer keys"),
+            })
+            .collect();
+        assert_eq!(ids.len(), 100);
+        for quarter in 0..4 {
+            let inside = ids
+                .iter()
+                .filter(|&&i| (quarter * 50 + 1..=(quarter + 1) * 50).contains(&i))
+                .count();
+            assert!((20..=30).contains(&inside), "quarter {quarter}: {inside}");
+        }
+        // The same seed, the same keys.
+        assert_eq!(comparison.sample_keys(100, 200).unwrap(), keys);
+    }
 
     #[test]
     fn segments_cover_every_key_once() {

@@ -153,3 +153,51 @@ fn chinook_and_northwind_pass_full_validation() {
         assert_eq!(compared, rows, "{name}: every row compared");
     }
 }
+
+/// Regression: with MIGRATION_SAMPLE_SIZE=100, a 93-row table was "64 sampled" and a 200-row
+/// table "84 sampled" (keys drawn with replacement). Now the first is compared whole and the
+/// second gets exactly 100 distinct rows, read from D1 too.
+#[test]
+fn samples_have_the_size_asked_for() {
+    let (d1, db, dir) = fresh();
+    let src = dir.path().join("sizes.sqlite");
+    let mut conn = rusqlite::Connection::open(&src).unwrap();
+    let tx = conn.transaction().unwrap();
+    tx.execute_batch(
+        "CREATE TABLE small (id INTEGER PRIMARY KEY, v TEXT);
+         CREATE TABLE large (id INTEGER PRIMARY KEY, v TEXT);",
+    )
+    .unwrap();
+    for i in 1..=200i64 {
+        if i <= 93 {
+            tx.execute("INSERT INTO small VALUES (?, 's')", [i])
+                .unwrap();
+        }
+        tx.execute("INSERT INTO large VALUES (?, 'l')", [i * 3])
+            .unwrap();
+    }
+    tx.commit().unwrap();
+    let report_path = dir.path().join("report.json");
+    let out = Run::new(d1, &db, &src)
+        .env("MIGRATION_SAMPLE_SIZE", "100")
+        .env("MIGRATION_REPORT", &report_path)
+        .ok();
+    let tables = read_json(&report_path)["validation"]["tables"].clone();
+    let sampled = |name: &str| {
+        tables
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["table"] == name)
+            .map(|t| {
+                (
+                    t["sampled"].as_u64().unwrap(),
+                    t["compared"].as_u64().unwrap(),
+                )
+            })
+            .unwrap()
+    };
+    assert_eq!(sampled("small"), (93, 93), "{tables}");
+    assert_eq!(sampled("large"), (100, 100), "{tables}");
+    assert!(stderr(&out).contains("93 sampled"), "{}", stderr(&out));
+}
