@@ -285,8 +285,9 @@ fn copy_rows(
             (0..shapes.len()).map(|_| None).collect();
         for page in page_rx {
             let page = page?;
-            let bar = bars[page.table]
-                .get_or_insert_with(|| progress.table(&shapes[page.table].table, 0));
+            let bar = bars[page.table].get_or_insert_with(|| {
+                progress.table(&shapes[page.table].table, counts[page.table])
+            });
             let stmt = &mut statements[page.table];
             let st = &mut stats[page.table];
             for row in &page.rows {
@@ -302,6 +303,7 @@ fn copy_rows(
             }
             st.rows_read += page.rows.len() as u64;
             bar.add(page.rows.len() as u64);
+            bar.add_bytes(page.rows.iter().flatten().map(|v| v.size() as u64).sum());
         }
         Ok(())
     })?;

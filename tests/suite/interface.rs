@@ -102,9 +102,13 @@ fn a_terminal_shows_live_bars_and_the_summary() {
         screen.contains("all tables"),
         "an overall bar was drawn: {screen}"
     );
+    assert!(screen.contains(" rows/s"), "bars show a rate: {screen}");
+    // Regression: rates read `248,528.2973/s`; now a unit stands between the number and `/s`.
     assert!(
-        screen.contains("rows/s") || screen.contains("/s eta"),
-        "bars show a rate: {screen}"
+        !screen
+            .match_indices("/s")
+            .any(|(at, _)| screen[..at].ends_with(|c: char| c.is_ascii_digit())),
+        "{screen}"
     );
     assert!(
         screen.contains('\u{1b}'),
@@ -124,7 +128,24 @@ fn a_log_file_gets_plain_lines_and_the_same_summary() {
         !log.contains('\u{1b}'),
         "no control sequences in a log: {log}"
     );
-    assert!(log.contains("order_lines: 2453 rows in"), "{log}");
+    assert!(
+        log.contains("order_lines (data): 2,453 rows copied in"),
+        "{log}"
+    );
+    // Rates are whole rows per second, not `248,528.2973/s`.
+    let rate = log
+        .lines()
+        .find(|l| l.contains("order_lines (data)"))
+        .and_then(|l| l.split('(').nth(2))
+        .unwrap_or_default();
+    assert!(
+        rate.split(" rows/s")
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == ','),
+        "{log}"
+    );
     assert!(
         log.contains("table") && log.contains("validation") && log.contains("(all)"),
         "{log}"
