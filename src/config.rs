@@ -42,7 +42,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ("MIGRATION_SAMPLE_SIZE", "rows sampled per table by validation", "100"),
     ("MIGRATION_SAMPLE_SEED", "seed choosing the sampled rows", "0"),
     ("MIGRATION_REPORT", "path of a JSON report of the run", "none"),
-    ("MIGRATION_STATE_DIR", "folder of the checkpoint that lets a stopped run resume", "d1-migrator-state"),
+    ("MIGRATION_STATE_DIR", "folder of the checkpoints (one per migration) that let a stopped run resume", "d1-migrator-state"),
     ("MIGRATION_ON_BAD_ROW", "a row D1 rejects: fail (stop, naming it) or skip (to the reject file)", "fail"),
     ("MIGRATION_CONTINUE_ON_ERROR", "skip bad rows and go on with other tables when one fails", "false"),
     ("MIGRATION_REJECT_FILE", "JSON lines of rejected rows: table, key, reason, re-insertable SQL", "<state dir>/rejected-rows.jsonl"),

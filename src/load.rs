@@ -16,7 +16,7 @@ use crate::error::{D1Error, Error, Result};
 use crate::log;
 use crate::pack::{Request, Statement};
 use crate::produce::{pass_filter, produce, Pass, Produced, Work};
-use crate::progress::Progress;
+use crate::progress::{Progress, Stage};
 use crate::report::TableStats;
 use crate::source::open_read_only;
 use crate::state::State;
@@ -226,30 +226,35 @@ struct Flight {
 }
 
 /// Requests in flight of one table, in the order they were sent: the checkpoint advances over
-/// the prefix D1 has committed.
+/// the prefix D1 has committed, with the rows that prefix wrote.
 #[derive(Default)]
 struct Watermark {
-    pending: std::collections::VecDeque<(u64, Option<Vec<Value>>, bool)>,
+    /// (sequence number, last key, rows written once committed).
+    pending: std::collections::VecDeque<(u64, Option<Vec<Value>>, Option<u64>)>,
+    /// Rows of committed requests without a key of their own, not yet in a checkpoint.
+    carry: u64,
 }
 
 impl Watermark {
     fn sent(&mut self, seq: u64, last_key: Option<Vec<Value>>) {
-        self.pending.push_back((seq, last_key, false));
+        self.pending.push_back((seq, last_key, None));
     }
 
-    /// Marks `seq` committed; returns the new key up to which everything is committed.
-    fn committed(&mut self, seq: u64) -> Option<Vec<Value>> {
+    /// Marks `seq` committed with the `rows` it wrote; returns the new key up to which
+    /// everything is committed, and the rows written up to it since the last one returned.
+    fn committed(&mut self, seq: u64, rows: u64) -> Option<(Vec<Value>, u64)> {
         if let Some(entry) = self.pending.iter_mut().find(|e| e.0 == seq) {
-            entry.2 = true;
+            entry.2 = Some(rows);
         }
         let mut key = None;
-        while self.pending.front().is_some_and(|e| e.2) {
-            let (_, k, _) = self.pending.pop_front().expect("front");
+        while self.pending.front().is_some_and(|e| e.2.is_some()) {
+            let (_, k, rows) = self.pending.pop_front().expect("front");
+            self.carry += rows.unwrap_or(0);
             if k.is_some() {
                 key = k;
             }
         }
-        key
+        key.map(|k| (k, std::mem::take(&mut self.carry)))
     }
 }
 
@@ -277,9 +282,16 @@ fn copy_rows(
         ));
     }
     let total = ctx.rows.get(&table).copied().unwrap_or(0);
-    let mut bar = ctx
-        .progress
-        .table(&table, if work.pass == Pass::Insert { total } else { 0 });
+    let stage = match work.pass {
+        Pass::Insert if shape.is_virtual => Stage::VirtualRefill,
+        Pass::Insert => Stage::Data,
+        Pass::SetDeferred => Stage::DeferredKeys,
+    };
+    let mut bar = ctx.progress.pass(
+        &table,
+        stage,
+        if work.pass == Pass::Insert { total } else { 0 },
+    );
     let (ack_tx, ack_rx) = unbounded::<(u64, Result<Sent>)>();
     let mut flight = Flight::default();
     let mut on_ack =
@@ -290,10 +302,12 @@ fn copy_rows(
                 stats.statements += sent.statements;
                 stats.bytes_sent += sent.bytes;
                 stats.requests += sent.requests;
+                bar.add(sent.rows);
+                bar.add_bytes(sent.bytes);
                 if work.pass == Pass::Insert {
-                    bar.add(sent.rows);
-                    if let Some(key) = flight.watermark.committed(seq) {
-                        if let Err(e) = ctx.state.committed_up_to(&table, &key) {
+                    let written = sent.rows - sent.failed;
+                    if let Some((key, rows)) = flight.watermark.committed(seq, written) {
+                        if let Err(e) = ctx.state.advanced(&table, &key, rows) {
                             flight.error.get_or_insert(e);
                         }
                     }
@@ -477,6 +491,21 @@ fn row_text(sql: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_checkpoint_advances_over_the_committed_prefix_with_its_rows() {
+        let key = |k: i64| Some(vec![Value::Integer(k)]);
+        let mut w = Watermark::default();
+        w.sent(0, key(10));
+        w.sent(1, None);
+        w.sent(2, key(30));
+        w.sent(3, key(40));
+        // Answers out of order: nothing is checkpointed before the first request is.
+        assert_eq!(w.committed(2, 10), None);
+        assert_eq!(w.committed(1, 1), None);
+        assert_eq!(w.committed(0, 9), Some((vec![Value::Integer(30)], 20)));
+        assert_eq!(w.committed(3, 10), Some((vec![Value::Integer(40)], 10)));
+    }
 
     #[test]
     fn a_row_is_named_by_its_tuple() {

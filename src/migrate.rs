@@ -22,6 +22,7 @@ use crate::state::{Fingerprint, State};
 use crate::target::{
     copy_sequence, create_missing, missing_parents, ordered_objects, target_objects,
 };
+use crate::value::quote_ident;
 
 /// Runs the forward migration, filling `report`. Resumes from the checkpoint in
 /// `MIGRATION_STATE_DIR` when there is one.
@@ -58,6 +59,7 @@ pub fn forward(
         )));
     }
     let state = State::open(&config.state_dir, fingerprint(config, &schema))?;
+    check_target(&state, client, &existing)?;
     if state.is_complete() {
         log::info(&format!(
             "this migration is already complete (checkpoint {}); nothing to do. \
@@ -145,6 +147,52 @@ pub fn forward(
     Ok(())
 }
 
+/// Trusts the checkpoint only as far as the target still holds what it recorded: a table that is
+/// gone from D1, or holds fewer rows than the checkpoint covers (a database deleted and created
+/// again under the same id), is copied again from its start, with a line saying why.
+fn check_target(
+    state: &State,
+    client: &D1Client,
+    existing: &HashMap<String, (String, String)>,
+) -> Result<()> {
+    let recorded = state.recorded();
+    let present: Vec<&(String, u64)> = recorded
+        .iter()
+        .filter(|(name, _)| existing.contains_key(&name.to_lowercase()))
+        .collect();
+    let mut counts: HashMap<&str, u64> = HashMap::new();
+    for chunk in present.chunks(50) {
+        let sqls: Vec<String> = chunk
+            .iter()
+            .map(|(name, _)| format!("SELECT count(*) FROM {}", quote_ident(name)))
+            .collect();
+        for ((name, _), result) in chunk.iter().zip(client.read(&sqls)?) {
+            let n = result
+                .rows
+                .first()
+                .and_then(|row| row.first())
+                .and_then(|v| v.as_u64())
+                .unwrap_or(0);
+            counts.insert(name.as_str(), n);
+        }
+    }
+    for (name, rows) in &recorded {
+        let why = match counts.get(name.as_str()) {
+            None => format!("D1 has no table {name:?}"),
+            Some(&held) if held < *rows => format!(
+                "D1's table {name:?} holds {held} rows, fewer than the {rows} the checkpoint recorded"
+            ),
+            Some(_) => continue,
+        };
+        log::warn(&format!(
+            "{name}: copied again from its start: {why} (checkpoint {})",
+            state.path().display()
+        ));
+        state.forget(name)?;
+    }
+    Ok(())
+}
+
 /// What a checkpoint must match: the same source (and schema), target and table selection.
 fn fingerprint(config: &Config, schema: &Schema) -> Fingerprint {
     let mut ddl = blake3::Hasher::new();
@@ -158,6 +206,7 @@ fn fingerprint(config: &Config, schema: &Schema) -> Fingerprint {
             .to_string(),
         source_schema: ddl.finalize().to_hex().to_string(),
         api_url: config.endpoint.api_url.clone(),
+        account_id: config.endpoint.account_id.clone(),
         database_id: config.endpoint.database_id.clone(),
         tables: config.tables.clone(),
         exclude_tables: config.exclude_tables.clone(),

@@ -438,9 +438,10 @@ pub fn deferred_update(shape: &Shape, row: &[Value]) -> Option<Unit> {
         sets.join(", "),
         shape.key_predicate(row)
     );
+    // One row whose keys are set (counted by the progress of the keys pass, not as written).
     Some(Unit {
         statements: vec![Statement::plain(sql)],
-        rows: 0,
+        rows: 1,
         last_key: None,
     })
 }

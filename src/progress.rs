@@ -154,19 +154,16 @@ impl Progress {
     pub fn pass(&self, name: &str, stage: Stage, rows: u64) -> TableProgress<'_> {
         let bytes = Arc::new(AtomicU64::new(0));
         let bar = self.overall.as_ref().map(|_| {
-            let bar = BARS
-                .get()
-                .expect("bars")
-                .insert_from_back(1, ProgressBar::new(rows));
-            bar.set_style(style(bytes.clone()));
-            bar.set_prefix(name.chars().take(20).collect::<String>());
-            bar.set_message(match stage {
-                Stage::Data => "data",
-                Stage::DeferredKeys => "keys",
-                Stage::LargeValues => "large",
-                Stage::VirtualRefill => "refill",
-            });
-            bar
+            let bar = ProgressBar::new(rows)
+                .with_style(style(bytes.clone()))
+                .with_prefix(name.chars().take(20).collect::<String>())
+                .with_message(match stage {
+                    Stage::Data => "data",
+                    Stage::DeferredKeys => "keys",
+                    Stage::LargeValues => "large",
+                    Stage::VirtualRefill => "refill",
+                });
+            BARS.get().expect("bars").insert_from_back(1, bar)
         });
         TableProgress {
             progress: self,

@@ -1,12 +1,22 @@
-//! Checkpoints of a forward run, in `MIGRATION_STATE_DIR`: per table, the key up to which every
-//! row is known to be committed on D1 (a key, never a row offset), and which phases are done.
+//! Checkpoints of forward runs, in `MIGRATION_STATE_DIR`: per table, the key up to which every
+//! row is known to be committed on D1 (a key, never a row offset), how many rows that is at
+//! least, and which phases are done.
+//!
+//! One folder holds the checkpoints of many migrations side by side, one file each, named after
+//! the migration's identity (the source file, the API, account and database it goes to), so
+//! staging and production, or one database per tenant, run from the same folder without seeing
+//! each other's. A run holds an OS lock on its migration's lock file while it runs: a second run
+//! of the same migration at once is refused, and the lock of a killed run goes with its process.
 //!
 //! A rerun reads the checkpoint and starts each table after its key; rows beyond it that D1
 //! already has are skipped by the idempotent inserts, so there is no duplicate and no gap. A
-//! checkpoint written for another source, target or configuration is refused. The file is
-//! replaced atomically (write, then rename), so a kill at any point leaves a readable checkpoint.
+//! checkpoint of the same migration written for another source schema or table selection is
+//! refused. The file is replaced atomically (write, then rename), so a kill at any point leaves a
+//! readable checkpoint.
 
 use std::collections::BTreeMap;
+use std::fs::{File, TryLockError};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -21,9 +31,33 @@ pub struct Fingerprint {
     pub source: String,
     pub source_schema: String,
     pub api_url: String,
+    #[serde(default)]
+    pub account_id: String,
     pub database_id: String,
     pub tables: Vec<String>,
     pub exclude_tables: Vec<String>,
+}
+
+impl Fingerprint {
+    /// Which migration this is: the source file and the API, account and database it goes to.
+    /// Names its checkpoint file; the rest of the fingerprint must then match.
+    pub fn migration_id(&self) -> String {
+        let mut h = blake3::Hasher::new();
+        for part in [
+            &self.source,
+            &self.api_url,
+            &self.account_id,
+            &self.database_id,
+        ] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        h.finalize().to_hex()[..16].to_string()
+    }
+
+    fn same_migration(&self, other: &Fingerprint) -> bool {
+        self.migration_id() == other.migration_id()
+    }
 }
 
 /// A key value as stored in the checkpoint (exact for every type).
@@ -66,10 +100,20 @@ pub struct TableState {
     /// Every row up to this key (inclusive) is committed on D1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     after: Option<Vec<StoredValue>>,
+    /// At least this many rows of the table are on D1 (rows up to `after`, less rejected ones).
+    #[serde(default)]
+    pub rows: u64,
     #[serde(default)]
     pub inserted: bool,
     #[serde(default)]
     pub deferred_done: bool,
+}
+
+impl TableState {
+    /// Whether the checkpoint says the table holds something on D1.
+    fn has_progress(&self) -> bool {
+        self.after.is_some() || self.inserted || self.rows > 0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,20 +128,31 @@ struct Checkpoint {
     complete: bool,
 }
 
-/// The checkpoint of one run, shared by its workers.
+/// The checkpoint of one run, shared by its workers. Holds its migration's lock until dropped.
 pub struct State {
     path: PathBuf,
     inner: Mutex<Checkpoint>,
+    _lock: File,
 }
 
+/// The file name of the single checkpoint a state folder held before it held one per migration.
+const LEGACY: &str = "checkpoint.json";
+
 impl State {
-    /// Opens the checkpoint in `dir`, or starts one. Refuses one written for another run.
+    /// Opens the checkpoint of this migration in `dir`, or starts one, and locks it. Refuses a
+    /// migration another run is working on, and a checkpoint of this migration written for
+    /// another source schema or table selection.
     pub fn open(dir: &Path, fingerprint: Fingerprint) -> Result<State> {
-        let path = dir.join("checkpoint.json");
-        let io = |source| Error::Io {
-            path: path.clone(),
-            source,
+        let id = fingerprint.migration_id();
+        let path = dir.join(format!("checkpoint-{id}.json"));
+        let lock_path = dir.join(format!("checkpoint-{id}.lock"));
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io { path, source }
         };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let lock = lock(&lock_path, &fingerprint)?;
+        adopt_legacy(dir, &path, &fingerprint)?;
         let checkpoint = match std::fs::read_to_string(&path) {
             Ok(text) => {
                 let found: Checkpoint = serde_json::from_str(&text).map_err(|e| {
@@ -108,29 +163,27 @@ impl State {
                 })?;
                 if found.fingerprint != fingerprint {
                     return Err(Error::Refused(format!(
-                        "the checkpoint in {} belongs to another migration ({}); \
-                         set MIGRATION_STATE_DIR to another folder, or remove that one to start over",
-                        dir.display(),
+                        "the checkpoint {} of this migration was written for another run ({}); \
+                         remove that file to start this migration over",
+                        path.display(),
                         difference(&found.fingerprint, &fingerprint)
                     )));
                 }
                 found
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(dir).map_err(io)?;
-                Checkpoint {
-                    version: 1,
-                    fingerprint,
-                    tables: BTreeMap::new(),
-                    phases: Vec::new(),
-                    complete: false,
-                }
-            }
-            Err(e) => return Err(io(e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Checkpoint {
+                version: 1,
+                fingerprint,
+                tables: BTreeMap::new(),
+                phases: Vec::new(),
+                complete: false,
+            },
+            Err(e) => return Err(io(&path)(e)),
         };
         let state = State {
             path,
             inner: Mutex::new(checkpoint),
+            _lock: lock,
         };
         state.save()?;
         Ok(state)
@@ -178,10 +231,35 @@ impl State {
             .and_then(|k| k.iter().map(load).collect::<Option<Vec<_>>>())
     }
 
-    pub fn committed_up_to(&self, name: &str, key: &[Value]) -> Result<()> {
+    /// Every row of `name` up to `key` is committed on D1, `rows` more of them than before.
+    pub fn advanced(&self, name: &str, key: &[Value], rows: u64) -> Result<()> {
         self.update(|c| {
-            c.tables.entry(name.to_string()).or_default().after =
-                Some(key.iter().map(store).collect())
+            let t = c.tables.entry(name.to_string()).or_default();
+            t.after = Some(key.iter().map(store).collect());
+            t.rows += rows;
+        })
+    }
+
+    /// The tables the checkpoint says hold rows on D1, with how many at least (0 when only
+    /// their being there is known).
+    pub fn recorded(&self) -> Vec<(String, u64)> {
+        self.inner
+            .lock()
+            .expect("state lock")
+            .tables
+            .iter()
+            .filter(|(_, t)| t.has_progress())
+            .map(|(name, t)| (name.clone(), t.rows))
+            .collect()
+    }
+
+    /// Forgets what the checkpoint says of `name` (its target no longer holds it): the table is
+    /// copied again from its start, and the phases after the data run again.
+    pub fn forget(&self, name: &str) -> Result<()> {
+        self.update(|c| {
+            c.tables.remove(name);
+            c.phases.clear();
+            c.complete = false;
         })
     }
 
@@ -211,15 +289,80 @@ impl State {
     }
 }
 
+/// Takes the lock of a migration, or says which process holds it.
+fn lock(path: &Path, fingerprint: &Fingerprint) -> Result<File> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(path).unwrap_or_default();
+            let holder = holder.trim();
+            return Err(Error::Refused(format!(
+                "another run of this migration (source {}, D1 database {}) is in progress{}: \
+                 its lock {} is held; wait for it to finish (a killed run's lock goes with it)",
+                fingerprint.source,
+                fingerprint.database_id,
+                if holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (process {holder})")
+                },
+                path.display()
+            )));
+        }
+        Err(TryLockError::Error(e)) => return Err(io(e)),
+    }
+    file.set_len(0)
+        .and_then(|()| write!(file, "{}", std::process::id()))
+        .map_err(io)?;
+    Ok(file)
+}
+
+/// A folder's single checkpoint of the earlier layout becomes this migration's, when it is this
+/// migration's.
+fn adopt_legacy(dir: &Path, path: &Path, fingerprint: &Fingerprint) -> Result<()> {
+    let legacy = dir.join(LEGACY);
+    if path.exists() {
+        return Ok(());
+    }
+    let Ok(text) = std::fs::read_to_string(&legacy) else {
+        return Ok(());
+    };
+    let Ok(found) = serde_json::from_str::<Checkpoint>(&text) else {
+        return Ok(());
+    };
+    let mut theirs = found.fingerprint.clone();
+    if theirs.account_id.is_empty() {
+        theirs.account_id = fingerprint.account_id.clone();
+    }
+    if theirs.same_migration(fingerprint) {
+        let adopted = Checkpoint {
+            fingerprint: theirs,
+            ..found
+        };
+        let text = serde_json::to_string_pretty(&adopted).expect("a checkpoint serialises");
+        std::fs::write(path, text)
+            .and_then(|()| std::fs::remove_file(&legacy))
+            .map_err(|source| Error::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
 fn difference(a: &Fingerprint, b: &Fingerprint) -> String {
-    if a.source != b.source {
-        format!("source {} there, {} here", a.source, b.source)
-    } else if a.database_id != b.database_id || a.api_url != b.api_url {
-        format!(
-            "D1 database {} there, {} here",
-            a.database_id, b.database_id
-        )
-    } else if a.source_schema != b.source_schema {
+    if a.source_schema != b.source_schema {
         "the source's schema has changed since".to_string()
     } else {
         "MIGRATION_TABLES or MIGRATION_EXCLUDE_TABLES differ".to_string()
@@ -235,6 +378,7 @@ mod tests {
             source: "/data/app.sqlite".into(),
             source_schema: "h".into(),
             api_url: "http://x".into(),
+            account_id: "acc".into(),
             database_id: db.into(),
             tables: vec![],
             exclude_tables: vec![],
@@ -250,7 +394,7 @@ mod tests {
             Value::Integer(i64::MIN),
         ];
         let state = State::open(dir.path(), fp("one")).unwrap();
-        state.committed_up_to("t", &key).unwrap();
+        state.advanced("t", &key, 0).unwrap();
         drop(state);
         let again = State::open(dir.path(), fp("one")).unwrap();
         let back = again.resume_after("t").unwrap();
@@ -260,14 +404,96 @@ mod tests {
     }
 
     #[test]
-    fn a_checkpoint_of_another_migration_is_refused() {
+    fn migrations_from_one_folder_keep_their_own_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = State::open(dir.path(), fp("one")).unwrap();
+        one.advanced("t", &[Value::Integer(5)], 0).unwrap();
+        one.set_complete().unwrap();
+        // Another database from the same folder, while the first is still open.
+        let two = State::open(dir.path(), fp("two")).unwrap();
+        assert!(!two.is_complete());
+        assert_eq!(two.resume_after("t"), None);
+        two.advanced("t", &[Value::Integer(9)], 0).unwrap();
+        drop((one, two));
+        let one = State::open(dir.path(), fp("one")).unwrap();
+        assert!(one.is_complete());
+        assert_eq!(one.resume_after("t"), Some(vec![Value::Integer(5)]));
+        // Another account or API is another migration too.
+        let mut other = fp("one");
+        other.account_id = "other".into();
+        assert!(!State::open(dir.path(), other).unwrap().is_complete());
+        let mut other = fp("one");
+        other.api_url = "http://y".into();
+        assert!(!State::open(dir.path(), other).unwrap().is_complete());
+    }
+
+    #[test]
+    fn a_second_run_of_the_same_migration_at_once_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = State::open(dir.path(), fp("one")).unwrap();
+        let e = State::open(dir.path(), fp("one")).err().unwrap();
+        let text = e.to_string();
+        assert!(text.contains("another run of this migration"), "{text}");
+        assert!(
+            text.contains(&format!("process {}", std::process::id())),
+            "{text}"
+        );
+        assert_eq!(e.exit_code(), 2);
+        drop(first);
+        State::open(dir.path(), fp("one")).unwrap();
+    }
+
+    #[test]
+    fn a_changed_schema_of_the_same_migration_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         State::open(dir.path(), fp("one")).unwrap();
-        let e = State::open(dir.path(), fp("two"))
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(e.contains("belongs to another migration"), "{e}");
-        assert!(e.contains("D1 database one there, two here"), "{e}");
+        let mut changed = fp("one");
+        changed.source_schema = "other".into();
+        let e = State::open(dir.path(), changed).err().unwrap().to_string();
+        assert!(e.contains("the source's schema has changed since"), "{e}");
+    }
+
+    #[test]
+    fn a_forgotten_table_is_copied_again_and_the_run_is_not_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path(), fp("one")).unwrap();
+        state.advanced("a", &[Value::Integer(7)], 7).unwrap();
+        state.advanced("a", &[Value::Integer(9)], 2).unwrap();
+        state.set_inserted("b").unwrap();
+        state.set_phase_done("sequence").unwrap();
+        state.set_complete().unwrap();
+        assert_eq!(
+            state.recorded(),
+            vec![("a".to_string(), 9), ("b".to_string(), 0)]
+        );
+        state.forget("a").unwrap();
+        assert!(!state.is_complete());
+        assert!(!state.phase_done("sequence"));
+        assert_eq!(state.resume_after("a"), None);
+        assert!(state.table("b").inserted);
+    }
+
+    #[test]
+    fn the_single_checkpoint_of_the_earlier_layout_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = fp("one");
+        old.account_id = String::new();
+        let legacy = Checkpoint {
+            version: 1,
+            fingerprint: old,
+            tables: BTreeMap::new(),
+            phases: vec!["sequence".into()],
+            complete: true,
+        };
+        std::fs::write(
+            dir.path().join(LEGACY),
+            serde_json::to_string(&legacy).unwrap(),
+        )
+        .unwrap();
+        // Another migration leaves it alone; its own takes it over.
+        assert!(!State::open(dir.path(), fp("two")).unwrap().is_complete());
+        assert!(dir.path().join(LEGACY).exists());
+        assert!(State::open(dir.path(), fp("one")).unwrap().is_complete());
+        assert!(!dir.path().join(LEGACY).exists());
     }
 }

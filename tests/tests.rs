@@ -9,6 +9,8 @@
 //!   replaced as asked.
 //! - `dry_run`: writes nothing; finds each D1 problem by name and key; predicts the real run.
 //! - `interface`: bars on a terminal, plain lines in logs, the summary, `--help`, the report schema.
+//! - `checkpoints`: many migrations from one state folder, each with its own checkpoint; a
+//!   second run of the same migration at once is refused; an emptied target is copied again.
 //! - `resilience`: killed runs resume exactly; bad rows stop the run or go to the reject file;
 //!   corrupt and locked sources are refused; the source is never changed; the token never leaks.
 
@@ -26,6 +28,9 @@ mod validate;
 
 #[path = "suite/rollback.rs"]
 mod rollback;
+
+#[path = "suite/checkpoints.rs"]
+mod checkpoints;
 
 #[path = "suite/resilience.rs"]
 mod resilience;

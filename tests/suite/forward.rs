@@ -152,28 +152,6 @@ fn running_again_adds_nothing_and_changes_nothing() {
 }
 
 #[test]
-fn a_checkpoint_of_another_migration_is_refused() {
-    let d1 = LocalD1::shared();
-    let (first, second) = (d1.fresh_database(), d1.fresh_database());
-    let dir = tempfile::tempdir().unwrap();
-    let source = generated(dir.path(), "sample");
-    let state = dir.path().join("state");
-    Run::new(d1, &first, &source)
-        .env("MIGRATION_STATE_DIR", &state)
-        .ok();
-    let out = Run::new(d1, &second, &source)
-        .env("MIGRATION_STATE_DIR", &state)
-        .output();
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("belongs to another migration"),
-        "{}",
-        stderr(&out)
-    );
-    d1.assert_untouched(&second);
-}
-
-#[test]
 fn bad_configuration_is_refused_with_status_2_naming_the_variable() {
     let (d1, db, dir) = fresh();
     let source = generated(dir.path(), "sample");

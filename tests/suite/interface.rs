@@ -132,6 +132,13 @@ fn a_log_file_gets_plain_lines_and_the_same_summary() {
         log.contains("order_lines (data): 2,453 rows copied in"),
         "{log}"
     );
+    // Regression: the deferred-key pass printed `customers: 0 rows in 0.01 s`, as if the table
+    // were copied twice, empty.
+    assert!(
+        log.contains("customers (keys set after the data): 60 rows with keys set in"),
+        "{log}"
+    );
+    assert!(!log.contains("customers: 0 rows"), "{log}");
     // Rates are whole rows per second, not `248,528.2973/s`.
     let rate = log
         .lines()
