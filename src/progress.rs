@@ -291,7 +291,7 @@ mod tests {
         assert_eq!(rows_rate(248_528, second), "248,528 rows/s");
         // Regression: the bars showed `248,528.2973/s`.
         assert_eq!(
-            rows_rate(248_528_297, Duration::from_millis(1000_000)),
+            rows_rate(248_528_297, Duration::from_secs(1_000)),
             "248,528 rows/s"
         );
         assert_eq!(bytes_rate(12_400_000, second), "12.4 MB/s");
