@@ -26,7 +26,8 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ("MIGRATION_D1_API_URL", "API base URL", DEFAULT_API_URL),
     ("MIGRATION_DIRECTION", "sqlite-to-d1, or d1-to-sqlite for a rollback", "sqlite-to-d1"),
     ("MIGRATION_ROLLBACK_MODE", "when the rollback's file exists: refuse, missing (add the rows it lacks) or replace (after a backup)", "refuse"),
-    ("MIGRATION_MODE", "migrate (copy, then validate) or validate (compare only, write nothing)", "migrate"),
+    ("MIGRATION_MODE", "migrate (copy, then validate), validate (compare only, write nothing) or sync (write only what differs, then validate)", "migrate"),
+    ("MIGRATION_SYNC_DELETE", "sync deletes the target's rows the source no longer has (otherwise they are listed and the run exits 3)", "false"),
     ("MIGRATION_BATCH_SIZE", "rows read from the source per batch", "1000"),
     ("MIGRATION_PARALLEL_TABLES", "tables worked on at once", "2"),
     ("MIGRATION_CONCURRENCY", "HTTP requests in flight at once", "3"),
@@ -61,6 +62,7 @@ pub struct RawConfig {
     direction: Option<String>,
     rollback_mode: Option<String>,
     mode: Option<String>,
+    sync_delete: Option<String>,
     batch_size: Option<String>,
     parallel_tables: Option<String>,
     concurrency: Option<String>,
@@ -94,6 +96,8 @@ pub enum Direction {
 pub enum RunMode {
     Migrate,
     Validate,
+    /// Bring the target level with the source, writing only what differs.
+    Sync,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -117,6 +121,8 @@ pub struct Config {
     pub direction: Direction,
     pub rollback_mode: RollbackMode,
     pub mode: RunMode,
+    /// Sync deletes the rows only the target holds.
+    pub sync_delete: bool,
     pub batch_size: usize,
     pub parallel_tables: usize,
     pub concurrency: usize,
@@ -221,6 +227,7 @@ impl Config {
             &[
                 ("migrate", RunMode::Migrate),
                 ("validate", RunMode::Validate),
+                ("sync", RunMode::Sync),
             ],
         )?;
         let log_level = choice(
@@ -259,6 +266,7 @@ impl Config {
             direction,
             rollback_mode,
             mode,
+            sync_delete: boolean(raw.sync_delete, "MIGRATION_SYNC_DELETE", false)?,
             batch_size: number(raw.batch_size, "MIGRATION_BATCH_SIZE", 1000, 1, 1_000_000)?,
             parallel_tables: number(raw.parallel_tables, "MIGRATION_PARALLEL_TABLES", 2, 1, 64)?,
             concurrency: number(raw.concurrency, "MIGRATION_CONCURRENCY", 3, 1, 64)?,

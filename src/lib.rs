@@ -11,6 +11,7 @@
 pub mod compat;
 pub mod config;
 pub mod d1;
+pub mod diff;
 pub mod discover;
 pub mod dryrun;
 pub mod error;
@@ -25,8 +26,10 @@ pub mod progress;
 pub mod remote;
 pub mod report;
 pub mod rollback;
+pub mod sides;
 pub mod source;
 pub mod state;
+pub mod sync;
 pub mod target;
 pub mod validate;
 pub mod value;
@@ -58,48 +61,13 @@ impl Outcome {
 
 /// Compares the SQLite file and the D1 database, source against target.
 fn validation(config: &Config, client: &D1Client) -> Result<validate::Validation, Error> {
-    let sqlite_label = match config.direction {
-        Direction::SqliteToD1 => "source (SQLite)",
-        Direction::D1ToSqlite => "target (SQLite)",
-    };
-    let sqlite = source::SqliteSide::new(&config.sqlite_path, sqlite_label)?;
-    let sqlite_schema = {
-        let conn = source::open_read_only(&config.sqlite_path)?;
-        discover::discover(&source::SqliteCatalog(&conn))?
-    };
-    let d1_label = match config.direction {
-        Direction::SqliteToD1 => "target (D1)",
-        Direction::D1ToSqlite => "source (D1)",
-    };
-    let d1 = remote::D1Side {
-        client,
-        label: d1_label,
-    };
-    let d1_schema = discover::discover(&remote::D1Catalog(client))?;
-    let options = validate::Options {
-        sample_size: config.sample_size,
-        seed: config.sample_seed,
-        all_rows: config.validate_all_rows,
-        page: 20_000,
-        max_examples: 10,
-        segments: config.concurrency,
-    };
-    let (mut source_schema, target_schema, source_side, target_side): (
-        _,
-        _,
-        &dyn validate::RowSide,
-        &dyn validate::RowSide,
-    ) = match config.direction {
-        Direction::SqliteToD1 => (sqlite_schema, d1_schema, &sqlite, &d1),
-        Direction::D1ToSqlite => (d1_schema, sqlite_schema, &d1, &sqlite),
-    };
-    discover::select_tables(&mut source_schema, &config.tables, &config.exclude_tables)?;
+    let sides = sides::Sides::open(config, client)?;
     validate::validate(
-        source_side,
-        target_side,
-        &source_schema,
-        &target_schema,
-        options,
+        sides.source(),
+        sides.target(),
+        &sides.source_schema,
+        &sides.target_schema,
+        sides::options(config, config.validate_all_rows),
         config.parallel_tables,
     )
 }
@@ -120,10 +88,17 @@ pub fn run(config: &Config) -> Outcome {
         _ if config.dry_run => "dry-run",
         RunMode::Migrate => "migrate",
         RunMode::Validate => "validate",
+        RunMode::Sync => "sync",
     };
     let mut report = Report::new(direction, mode);
     let progress = Progress::new(Mode::detect(config.quiet), 0);
     let client = D1Client::new(config.endpoint.clone(), config.retry.clone());
+    if config.mode == RunMode::Sync {
+        // A sync validates every row itself at its end; its dry run stops before writing.
+        let result = sync::sync(config, &client, &progress, &mut report);
+        progress.finish();
+        return finish(config, report, result, &client, started);
+    }
     if config.dry_run {
         let result = dryrun::dry_run(config, &client).and_then(|plan| {
             let ok = plan.would_succeed;
@@ -139,7 +114,7 @@ pub fn run(config: &Config) -> Outcome {
         return finish(config, report, result, &client, started);
     }
     let copied = match (config.direction, config.mode) {
-        (_, RunMode::Validate) => Ok(()),
+        (_, RunMode::Validate | RunMode::Sync) => Ok(()),
         (Direction::SqliteToD1, RunMode::Migrate) => {
             migrate::forward(config, &client, &progress, &mut report)
         }

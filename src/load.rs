@@ -273,7 +273,7 @@ fn copy_rows(
     let filter = pass_filter(work);
     let after = match work.pass {
         Pass::Insert => ctx.state.resume_after(&table),
-        Pass::SetDeferred => None,
+        Pass::SetDeferred | Pass::Sync => None,
     };
     if after.is_some() {
         log::info(&format!(
@@ -281,16 +281,24 @@ fn copy_rows(
             shape.key_text_of(after.as_deref().unwrap_or_default())
         ));
     }
-    let total = ctx.rows.get(&table).copied().unwrap_or(0);
+    let total = match work.pass {
+        Pass::Sync => work.prepared.iter().map(|r| r.rows as u64).sum(),
+        _ => ctx.rows.get(&table).copied().unwrap_or(0),
+    };
     let stage = match work.pass {
         Pass::Insert if shape.is_virtual => Stage::VirtualRefill,
         Pass::Insert => Stage::Data,
         Pass::SetDeferred => Stage::DeferredKeys,
+        Pass::Sync => Stage::Differences,
     };
     let mut bar = ctx.progress.pass(
         &table,
         stage,
-        if work.pass == Pass::Insert { total } else { 0 },
+        if work.pass == Pass::SetDeferred {
+            0
+        } else {
+            total
+        },
     );
     let (ack_tx, ack_rx) = unbounded::<(u64, Result<Sent>)>();
     let mut flight = Flight::default();
@@ -344,7 +352,7 @@ fn copy_rows(
         }
     };
 
-    let produced = produce(config, &conn, work, &filter, after, |event| {
+    let mut sink = |event: Produced| {
         match event {
             Produced::Read(n) => stats.rows_read += n,
             Produced::Request(request) => send(request, stats, &mut flight),
@@ -365,7 +373,20 @@ fn copy_rows(
             }
         }
         Ok(flight.error.is_none() && !cancel.load(Ordering::Relaxed))
-    });
+    };
+    // A sync's requests were prepared from its differences; the others are read and packed now.
+    let produced = match work.pass {
+        Pass::Sync => work.prepared.iter().try_for_each(|request| {
+            if sink(Produced::Request(request.clone()))? {
+                Ok(())
+            } else {
+                Err(Error::Refused(
+                    "stopped because another table failed".into(),
+                ))
+            }
+        }),
+        _ => produce(config, &conn, work, &filter, after, sink),
+    };
     if let Err(e) = produced {
         flight.error.get_or_insert(e);
     }
@@ -391,6 +412,7 @@ fn copy_rows(
     match work.pass {
         Pass::Insert => ctx.state.set_inserted(&table),
         Pass::SetDeferred => ctx.state.set_deferred_done(&table),
+        Pass::Sync => Ok(()),
     }
 }
 

@@ -81,6 +81,8 @@ fn main() -> ExitCode {
     let outcome = run(&config);
     let what = if config.dry_run {
         "dry run"
+    } else if config.mode == RunMode::Sync {
+        "sync"
     } else if config.mode == RunMode::Validate {
         "validation"
     } else if config.direction == Direction::D1ToSqlite {

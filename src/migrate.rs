@@ -89,6 +89,7 @@ pub fn forward(
         match pass {
             Pass::Insert => t.inserted,
             Pass::SetDeferred => t.deferred_done,
+            Pass::Sync => false,
         }
     });
     let mut rows = HashMap::new();

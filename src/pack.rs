@@ -371,38 +371,165 @@ impl InsertPacker {
                 keys: vec![self.shape.key_text(row)],
             }),
         }];
-        let predicate = self.shape.key_predicate(row);
-        for i in moved {
-            let column = &self.shape.columns[i];
-            let (bytes, is_text) = match &row[i] {
-                Value::Text(b) => (b, true),
-                Value::Blob(b) => (b, false),
-                _ => unreachable!("only TEXT and BLOB values are moved"),
-            };
-            let overhead = 2 * column.len() + predicate.len() + 120;
-            let piece = (self.limits.statement_bytes.saturating_sub(overhead) / 2).max(1);
-            let mut done = 0usize;
-            for chunk in bytes.chunks(piece) {
-                // `||` always yields TEXT: the result is cast back to the value's own type.
-                let mut sql = format!(
-                    "UPDATE {} SET {column} = CAST({column} || ",
-                    quote_ident(&self.shape.table)
-                );
-                write_hex_literal(chunk, &mut sql);
-                sql.push_str(if is_text { " AS TEXT)" } else { " AS BLOB)" });
-                sql.push_str(&format!(
-                    " WHERE {predicate} AND length(CAST({column} AS BLOB)) = {done}"
-                ));
-                done += chunk.len();
-                statements.push(Statement::plain(sql));
-            }
-        }
+        statements.extend(append_pieces(
+            &self.shape,
+            row,
+            &moved,
+            self.limits.statement_bytes,
+        ));
         Unit {
             statements,
             rows: 1,
             last_key: Some(self.shape.key_values(row)),
         }
     }
+}
+
+/// Statements appending the values at `moved` (TEXT or BLOB, left empty by the statement before)
+/// to the row, in pieces of at most `statement_bytes`, each guarded by the length so far so that
+/// a piece sent twice appends nothing.
+fn append_pieces(
+    shape: &Shape,
+    row: &[Value],
+    moved: &[usize],
+    statement_bytes: usize,
+) -> Vec<Statement> {
+    let predicate = shape.key_predicate(row);
+    let mut statements = Vec::new();
+    for &i in moved {
+        let column = &shape.columns[i];
+        let (bytes, is_text) = match &row[i] {
+            Value::Text(b) => (b, true),
+            Value::Blob(b) => (b, false),
+            _ => unreachable!("only TEXT and BLOB values are moved"),
+        };
+        let overhead = 2 * column.len() + predicate.len() + 120;
+        let piece = (statement_bytes.saturating_sub(overhead) / 2).max(1);
+        let mut done = 0usize;
+        for chunk in bytes.chunks(piece) {
+            // `||` always yields TEXT: the result is cast back to the value's own type.
+            let mut sql = format!(
+                "UPDATE {} SET {column} = CAST({column} || ",
+                quote_ident(&shape.table)
+            );
+            write_hex_literal(chunk, &mut sql);
+            sql.push_str(if is_text { " AS TEXT)" } else { " AS BLOB)" });
+            sql.push_str(&format!(
+                " WHERE {predicate} AND length(CAST({column} AS BLOB)) = {done}"
+            ));
+            done += chunk.len();
+            statements.push(Statement::plain(sql));
+        }
+    }
+    statements
+}
+
+/// The unit that sets a row's `columns` to its values, found by its key: one
+/// `UPDATE ... SET ... WHERE key`, or, when the values do not fit one statement, the largest
+/// set empty and appended in guarded pieces, as a large insert is; D1 commits the unit whole.
+/// Sent again, it leaves the same row. `None` when there is nothing to set.
+pub fn update_unit(
+    shape: &Shape,
+    row: &[Value],
+    columns: &[usize],
+    statement_bytes: usize,
+) -> Option<Unit> {
+    if columns.is_empty() {
+        return None;
+    }
+    let head = format!("UPDATE {} SET ", quote_ident(&shape.table));
+    let tail = format!(" WHERE {}", shape.key_predicate(row));
+    let build = |values: &[Value]| {
+        let mut sql = head.clone();
+        for (n, &i) in columns.iter().enumerate() {
+            if n > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&shape.columns[i]);
+            sql.push_str(" = ");
+            values[i].write_literal(&mut sql);
+        }
+        sql.push_str(&tail);
+        sql
+    };
+    let mut slim = row.to_vec();
+    let mut moved = Vec::new();
+    let mut order: Vec<usize> = columns.to_vec();
+    order.sort_by_key(|&i| std::cmp::Reverse(row[i].size()));
+    let mut sql = build(&slim);
+    for i in order {
+        if sql.len() <= statement_bytes {
+            break;
+        }
+        if matches!(row[i], Value::Text(_) | Value::Blob(_)) {
+            slim[i] = row[i].empty_like();
+            moved.push(i);
+            sql = build(&slim);
+        }
+    }
+    let mut statements = vec![Statement::plain(sql)];
+    statements.extend(append_pieces(shape, row, &moved, statement_bytes));
+    Some(Unit {
+        statements,
+        rows: 1,
+        last_key: None,
+    })
+}
+
+/// `DELETE FROM t WHERE key IN (...)` statements for `keys`, each within the statement limits;
+/// a key that is already gone deletes nothing, so they can be sent again.
+pub fn delete_units(shape: &Shape, keys: &[Vec<Value>], limits: Limits) -> Vec<Unit> {
+    let single = shape.key_exprs.len() == 1;
+    let head = if single {
+        format!(
+            "DELETE FROM {} WHERE {} IN (",
+            quote_ident(&shape.table),
+            shape.key_exprs[0]
+        )
+    } else {
+        format!(
+            "DELETE FROM {} WHERE ({}) IN (VALUES ",
+            quote_ident(&shape.table),
+            shape.key_exprs.join(", ")
+        )
+    };
+    let per_statement = (limits.statement_cells / (shape.key_exprs.len() + 1)).max(1);
+    let mut units = Vec::new();
+    let mut sql = String::new();
+    let mut rows = 0usize;
+    let mut tuple = String::new();
+    let mut flush = |sql: &mut String, rows: &mut usize| {
+        if *rows > 0 {
+            sql.push(')');
+            units.push(Unit {
+                statements: vec![Statement::plain(std::mem::take(sql))],
+                rows: std::mem::take(rows),
+                last_key: None,
+            });
+        }
+    };
+    for key in keys {
+        tuple.clear();
+        if single {
+            key[0].write_literal(&mut tuple);
+        } else {
+            write_tuple(key, &[], &mut tuple);
+        }
+        if rows > 0
+            && (sql.len() + 1 + tuple.len() + 1 > limits.statement_bytes || rows >= per_statement)
+        {
+            flush(&mut sql, &mut rows);
+        }
+        if rows == 0 {
+            sql.push_str(&head);
+        } else {
+            sql.push(',');
+        }
+        sql.push_str(&tuple);
+        rows += 1;
+    }
+    flush(&mut sql, &mut rows);
+    units
 }
 
 /// `(v1,v2,...)`, with deferred positions written as NULL.
@@ -608,6 +735,47 @@ mod tests {
         assert!(large.statements[1]
             .sql
             .ends_with("WHERE rowid = 7 AND length(CAST(\"a\" AS BLOB)) = 0"));
+    }
+
+    #[test]
+    fn an_update_sets_only_the_given_columns_and_grows_a_large_value_in_pieces() {
+        let small = update_unit(&shape(), &row(4), &[2], 100_000).unwrap();
+        assert_eq!(
+            small.statements[0].sql,
+            "UPDATE \"t x\" SET \"b\" = 'x' WHERE rowid = 4"
+        );
+        let big: Vec<u8> = (0..150_000u32).map(|i| (i % 253) as u8).collect();
+        let r = vec![Value::Integer(9), Value::Integer(1), Value::Blob(big)];
+        let unit = update_unit(&shape(), &r, &[1, 2], 100_000).unwrap();
+        assert!(unit.statements.len() >= 4);
+        assert!(unit.statements.iter().all(|s| s.sql.len() <= 100_000));
+        assert_eq!(
+            unit.statements[0].sql,
+            "UPDATE \"t x\" SET \"a\" = 1, \"b\" = X'' WHERE rowid = 9"
+        );
+        assert!(unit.statements[1]
+            .sql
+            .ends_with("WHERE rowid = 9 AND length(CAST(\"b\" AS BLOB)) = 0"));
+        assert!(update_unit(&shape(), &r, &[], 100_000).is_none());
+    }
+
+    #[test]
+    fn deletes_name_their_keys_within_the_statement_limits() {
+        let keys: Vec<Vec<Value>> = (0..100).map(|i| vec![Value::Integer(i)]).collect();
+        let limits = Limits {
+            statement_cells: 60,
+            ..Limits::default()
+        };
+        let units = delete_units(&shape(), &keys, limits);
+        assert_eq!(units.iter().map(|u| u.rows).sum::<usize>(), 100);
+        assert_eq!(units.len(), 4);
+        assert_eq!(
+            units[0].statements[0].sql,
+            format!(
+                "DELETE FROM \"t x\" WHERE rowid IN ({})",
+                (0..30).map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+            )
+        );
     }
 
     #[test]

@@ -17,6 +17,8 @@ use crate::value::Value;
 pub enum Pass {
     Insert,
     SetDeferred,
+    /// Requests a sync prepared from its differences (`prepared`), sent as they are.
+    Sync,
 }
 
 /// One table's share of a pass.
@@ -28,6 +30,8 @@ pub struct Work {
     pub parents: Vec<usize>,
     /// Already done by an earlier run (checkpoint).
     pub done: bool,
+    /// The requests of a `Sync` pass, in order.
+    pub prepared: Vec<Request>,
 }
 
 /// The three passes of a forward run: rows of ordinary tables in load order, deferred keys,
@@ -50,6 +54,7 @@ pub fn passes(schema: &Schema, plan: &Plan, done: impl Fn(&str, Pass) -> bool) -
                 sequential: tp.sequential,
                 parents: tp.parents.iter().map(|p| position[p]).collect(),
                 done: done(&table.name, Pass::Insert),
+                prepared: Vec::new(),
             }
         })
         .collect();
@@ -65,6 +70,7 @@ pub fn passes(schema: &Schema, plan: &Plan, done: impl Fn(&str, Pass) -> bool) -
                 sequential: false,
                 parents: Vec::new(),
                 done: done(&table.name, Pass::SetDeferred),
+                prepared: Vec::new(),
             }
         })
         .collect();
@@ -77,6 +83,7 @@ pub fn passes(schema: &Schema, plan: &Plan, done: impl Fn(&str, Pass) -> bool) -
             sequential: false,
             parents: Vec::new(),
             done: done(&schema.tables[i].name, Pass::Insert),
+            prepared: Vec::new(),
         })
         .collect();
     [rows, deferred, virtual_tables]
@@ -85,7 +92,7 @@ pub fn passes(schema: &Schema, plan: &Plan, done: impl Fn(&str, Pass) -> bool) -
 /// The filter of a pass: the deferred pass reads only rows with a deferred key set.
 pub fn pass_filter(work: &Work) -> String {
     match work.pass {
-        Pass::Insert => String::new(),
+        Pass::Insert | Pass::Sync => String::new(),
         Pass::SetDeferred => work
             .shape
             .deferred
@@ -156,6 +163,7 @@ pub fn produce(
                     packer.push(row, &mut units)
                 }
                 Pass::SetDeferred => units.extend(deferred_update(shape, row)),
+                Pass::Sync => {}
             }
         }
         for unit in units.drain(..) {

@@ -53,6 +53,8 @@ pub enum Stage {
     LargeValues,
     /// A virtual (FTS5, R*Tree) table filled after the ordinary tables.
     VirtualRefill,
+    /// A sync's writes: the rows that differ.
+    Differences,
 }
 
 impl Stage {
@@ -62,6 +64,7 @@ impl Stage {
             Stage::DeferredKeys => "keys set after the data",
             Stage::LargeValues => "large values",
             Stage::VirtualRefill => "virtual-table refill",
+            Stage::Differences => "differences",
         }
     }
 
@@ -71,6 +74,7 @@ impl Stage {
             Stage::Data | Stage::VirtualRefill => "copied",
             Stage::DeferredKeys => "with keys set",
             Stage::LargeValues => "completed",
+            Stage::Differences => "written",
         }
     }
 }
@@ -162,6 +166,7 @@ impl Progress {
                     Stage::DeferredKeys => "keys",
                     Stage::LargeValues => "large",
                     Stage::VirtualRefill => "refill",
+                    Stage::Differences => "sync",
                 });
             BARS.get().expect("bars").insert_from_back(1, bar)
         });

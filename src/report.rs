@@ -22,8 +22,19 @@ pub struct TableStats {
     pub bytes_sent: u64,
     pub statements: u64,
     pub duration_ms: u64,
+    /// Rows a sync inserted, updated and deleted.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub inserted: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub updated: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub deleted: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl AddAssign<&TableStats> for TableStats {
@@ -35,6 +46,9 @@ impl AddAssign<&TableStats> for TableStats {
         self.bytes_sent += o.bytes_sent;
         self.statements += o.statements;
         self.duration_ms += o.duration_ms;
+        self.inserted += o.inserted;
+        self.updated += o.updated;
+        self.deleted += o.deleted;
     }
 }
 
@@ -67,6 +81,8 @@ pub struct Report {
     pub validation: Option<crate::validate::Validation>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<crate::dryrun::DryRun>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync: Option<crate::sync::SyncReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -137,6 +153,10 @@ impl Report {
             },
         };
         let mut out = String::new();
+        if let Some(sync) = &self.sync {
+            out.push_str(&self.sync_summary(sync));
+            return out;
+        }
         out.push_str(&format!(
             "{:<28} {:>10} {:>10} {:>7} {:>10} {:>9} {:>9}\n",
             "table", "read", "written", "failed", "validation", "requests", "seconds"
@@ -180,6 +200,89 @@ impl Report {
                 self.rejected_rows
             ));
         }
+        out
+    }
+}
+
+impl Report {
+    /// A sync's summary: per table what differed and what was written; a dry run's lists the
+    /// first keys of each kind.
+    fn sync_summary(&self, sync: &crate::sync::SyncReport) -> String {
+        let dry = self.mode == "dry-run";
+        let mut out = String::new();
+        let verdict = |table: &str| match &self.validation {
+            None => "-",
+            Some(v) => match v.tables.iter().find(|t| t.table == table) {
+                Some(t) if t.ok => "ok",
+                Some(_) => "DIFFERS",
+                None => "-",
+            },
+        };
+        out.push_str(&format!(
+            "{:<28} {:>10} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}\n",
+            "table",
+            "compared",
+            if dry { "to insert" } else { "inserted" },
+            if dry { "to update" } else { "updated" },
+            if dry { "to delete" } else { "deleted" },
+            "validation",
+            "requests",
+            "seconds"
+        ));
+        for c in &sync.tables {
+            let stats = self.tables.iter().find(|t| t.table == c.table);
+            let (inserted, updated, deleted) = match stats {
+                Some(t) if !dry => (t.inserted, t.updated, t.deleted),
+                _ => (c.insert, c.update, c.delete),
+            };
+            out.push_str(&format!(
+                "{:<28} {:>10} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9.2}\n",
+                truncate(&c.table, 28),
+                stats.map_or(0, |t| t.rows_read),
+                inserted,
+                updated,
+                deleted,
+                verdict(&c.table),
+                stats.map_or(0, |t| t.requests),
+                stats.map_or(0, |t| t.duration_ms) as f64 / 1000.0
+            ));
+            if dry {
+                for (kind, keys) in [
+                    ("insert", &c.first_inserts),
+                    ("update", &c.first_updates),
+                    ("delete", &c.first_deletes),
+                ] {
+                    if !keys.is_empty() {
+                        out.push_str(&format!("  {kind} keys: {}\n", keys.join("; ")));
+                    }
+                }
+            }
+        }
+        if sync.deletes_pending > 0 {
+            out.push_str(&format!(
+                "{} rows exist only on the target and are {}: MIGRATION_SYNC_DELETE=true deletes them\n",
+                sync.deletes_pending,
+                if dry { "listed" } else { "left there" }
+            ));
+        }
+        if !sync.triggers_suspended.is_empty() {
+            out.push_str(&format!(
+                "triggers kept from firing (dropped and created again): {}\n",
+                sync.triggers_suspended.join(", ")
+            ));
+        }
+        if let Some(v) = &self.validation {
+            out.push_str(&v.summary());
+        }
+        out.push_str(&format!(
+            "HTTP requests {}, retries {}, {:.1} MB sent, D1 rows read {} / written {}, {:.2} s\n",
+            self.http_requests,
+            self.retries,
+            self.bytes_sent as f64 / 1e6,
+            self.d1_rows_read,
+            self.d1_rows_written,
+            self.duration_ms as f64 / 1000.0
+        ));
         out
     }
 }

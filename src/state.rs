@@ -126,6 +126,9 @@ struct Checkpoint {
     phases: Vec<String>,
     #[serde(default)]
     complete: bool,
+    /// Triggers a sync dropped on the target (name, SQL), to be created again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    dropped_triggers: Vec<(String, String)>,
 }
 
 /// The checkpoint of one run, shared by its workers. Holds its migration's lock until dropped.
@@ -143,16 +146,24 @@ impl State {
     /// migration another run is working on, and a checkpoint of this migration written for
     /// another source schema or table selection.
     pub fn open(dir: &Path, fingerprint: Fingerprint) -> Result<State> {
+        State::open_kind(dir, "checkpoint", fingerprint)
+    }
+
+    /// Opens the state of this migration named `kind` in `dir` (`checkpoint` for the copy;
+    /// a sync keeps its own, `sync`, beside it), and locks it.
+    pub fn open_kind(dir: &Path, kind: &str, fingerprint: Fingerprint) -> Result<State> {
         let id = fingerprint.migration_id();
-        let path = dir.join(format!("checkpoint-{id}.json"));
-        let lock_path = dir.join(format!("checkpoint-{id}.lock"));
+        let path = dir.join(format!("{kind}-{id}.json"));
+        let lock_path = dir.join(format!("{kind}-{id}.lock"));
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| Error::Io { path, source }
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let lock = lock(&lock_path, &fingerprint)?;
-        adopt_legacy(dir, &path, &fingerprint)?;
+        if kind == "checkpoint" {
+            adopt_legacy(dir, &path, &fingerprint)?;
+        }
         let checkpoint = match std::fs::read_to_string(&path) {
             Ok(text) => {
                 let found: Checkpoint = serde_json::from_str(&text).map_err(|e| {
@@ -177,6 +188,7 @@ impl State {
                 tables: BTreeMap::new(),
                 phases: Vec::new(),
                 complete: false,
+                dropped_triggers: Vec::new(),
             },
             Err(e) => return Err(io(&path)(e)),
         };
@@ -282,6 +294,21 @@ impl State {
 
     pub fn set_phase_done(&self, phase: &str) -> Result<()> {
         self.update(|c| c.phases.push(phase.to_string()))
+    }
+
+    /// Triggers dropped on the target and not yet created again.
+    pub fn dropped_triggers(&self) -> Vec<(String, String)> {
+        self.inner
+            .lock()
+            .expect("state lock")
+            .dropped_triggers
+            .clone()
+    }
+
+    /// Records the triggers about to be dropped (before dropping them), or none once they are
+    /// created again.
+    pub fn set_dropped_triggers(&self, triggers: Vec<(String, String)>) -> Result<()> {
+        self.update(|c| c.dropped_triggers = triggers)
     }
 
     pub fn set_complete(&self) -> Result<()> {
@@ -484,6 +511,7 @@ mod tests {
             tables: BTreeMap::new(),
             phases: vec!["sequence".into()],
             complete: true,
+            dropped_triggers: Vec::new(),
         };
         std::fs::write(
             dir.path().join(LEGACY),

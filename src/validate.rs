@@ -75,6 +75,218 @@ pub fn key_segments(lo: i64, hi: i64, n: usize) -> Vec<(Option<i64>, Option<i64>
         .collect()
 }
 
+/// A key range `(after, upto)` as SQL key tuples: keys greater than `after` (none: from the
+/// start) and at most `upto` (none: to the end).
+pub type KeyRange = (Option<String>, Option<String>);
+
+/// One page of a full walk: the source's rows of a key range, the target's rows of the same
+/// range, and whether the two pages hash alike. `range` is the page's key range; a page of rows
+/// only the target holds (beyond the source's last key) has an empty `source` and a `range`
+/// reaching to the end of the walked range.
+pub struct Page<'a> {
+    pub source: &'a [Vec<Value>],
+    pub target: &'a [Vec<Value>],
+    pub equal: bool,
+    pub range: KeyRange,
+}
+
+/// Walks two sides of one table page by page in key order: full validation's comparison and
+/// sync's difference engine. The source is read in pages sized by the width of its rows, the
+/// same key range is read from the target, and both pages are hashed on the client (D1 has no
+/// hash function); whoever walks decides what to do with a page whose hashes differ.
+pub struct Walker<'a> {
+    pub source: &'a dyn RowSide,
+    pub target: &'a dyn RowSide,
+    pub shape: &'a Shape,
+    /// Rows of one page, at most.
+    pub page: usize,
+    /// Key segments walked at once for a large table.
+    pub segments: usize,
+    /// One integer key (rowid tables and virtual tables): large tables split into segments.
+    pub integer_key: bool,
+}
+
+impl<'a> Walker<'a> {
+    pub fn new(
+        source: &'a dyn RowSide,
+        target: &'a dyn RowSide,
+        table: &Table,
+        shape: &'a Shape,
+        options: Options,
+    ) -> Walker<'a> {
+        Walker {
+            source,
+            target,
+            shape,
+            page: options.page,
+            segments: options.segments,
+            integer_key: matches!(
+                table.kind,
+                TableKind::Rowid { .. } | TableKind::Virtual { .. }
+            ),
+        }
+    }
+
+    fn keys_sql(&self) -> String {
+        self.shape.key_exprs.join(", ")
+    }
+
+    /// The row's key as a SQL tuple.
+    pub fn key_tuple(&self, row: &[Value]) -> String {
+        let parts: Vec<String> = self
+            .shape
+            .key_positions
+            .iter()
+            .map(|&p| row[p].literal())
+            .collect();
+        format!("({})", parts.join(", "))
+    }
+
+    /// The smallest and largest integer key of the source.
+    pub fn key_range(&self) -> Result<(i64, i64)> {
+        let keys = self.keys_sql();
+        let ends = self.source.select(
+            self.shape,
+            &[
+                format!("ORDER BY {keys} LIMIT 1"),
+                format!("ORDER BY {keys} DESC LIMIT 1"),
+            ],
+        )?;
+        let key =
+            |rows: &Vec<Vec<Value>>| match rows.first().map(|r| &r[self.shape.key_positions[0]]) {
+                Some(Value::Integer(i)) => *i,
+                _ => 0,
+            };
+        Ok((key(&ends[0]), key(&ends[1])))
+    }
+
+    /// The whole table as key ranges walked at once: large tables in key segments (D1 answers
+    /// reads in parallel), others whole.
+    pub fn ranges(&self, source_rows: u64) -> Result<Vec<KeyRange>> {
+        if self.integer_key && source_rows as usize > 2 * self.page {
+            let (lo, hi) = self.key_range()?;
+            Ok(key_segments(lo, hi, self.segments)
+                .into_iter()
+                .map(|(after, upto)| {
+                    (
+                        after.map(|k| format!("({k})")),
+                        upto.map(|k| format!("({k})")),
+                    )
+                })
+                .collect())
+        } else {
+            Ok(vec![(None, None)])
+        }
+    }
+
+    /// Walks `ranges`, several at once, each with its own accumulator from `init`; `each` sees
+    /// every page. Returns the accumulators in the order of `ranges`.
+    pub fn walk_all<A: Send>(
+        &self,
+        ranges: &[KeyRange],
+        init: impl Fn() -> A + Sync,
+        each: impl Fn(&mut A, Page) -> Result<()> + Sync,
+    ) -> Result<Vec<A>> {
+        let run = |range: &KeyRange| {
+            let mut acc = init();
+            self.walk(range, &mut |page| each(&mut acc, page))
+                .map(|()| acc)
+        };
+        if ranges.len() == 1 {
+            return Ok(vec![run(&ranges[0])?]);
+        }
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = ranges
+                .iter()
+                .map(|range| scope.spawn(move || run(range)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a segment reader"))
+                .collect()
+        })
+    }
+
+    /// Walks the rows with keys in `range`: source pages in key order, the same key range read
+    /// from the target; then what the target holds beyond the source's last key in the range.
+    pub fn walk(&self, range: &KeyRange, each: &mut dyn FnMut(Page) -> Result<()>) -> Result<()> {
+        let keys = self.keys_sql();
+        let (mut after, upto) = range.clone();
+        let mut page = 100.min(self.page);
+        let bounds = |after: &Option<String>| {
+            let mut conditions = Vec::new();
+            if let Some(k) = after {
+                conditions.push(format!("({keys}) > {k}"));
+            }
+            if let Some(k) = &upto {
+                conditions.push(format!("({keys}) <= {k}"));
+            }
+            if conditions.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", conditions.join(" AND "))
+            }
+        };
+        loop {
+            let tail = format!("{} ORDER BY {keys} LIMIT {page}", bounds(&after));
+            let source_rows = self
+                .source
+                .select(self.shape, std::slice::from_ref(&tail))?
+                .pop()
+                .unwrap_or_default();
+            let Some(last) = source_rows.last() else {
+                // What the target holds beyond the source's last key in the range is extra.
+                let rest = (after.clone(), upto.clone());
+                loop {
+                    let tail = format!("{} ORDER BY {keys} LIMIT {page}", bounds(&after));
+                    let extra = self
+                        .target
+                        .select(self.shape, &[tail])?
+                        .pop()
+                        .unwrap_or_default();
+                    let Some(last) = extra.last() else {
+                        return Ok(());
+                    };
+                    after = Some(self.key_tuple(last));
+                    each(Page {
+                        source: &[],
+                        target: &extra,
+                        equal: false,
+                        range: rest.clone(),
+                    })?;
+                }
+            };
+            let upper = self.key_tuple(last);
+            let range = match &after {
+                Some(k) => format!("WHERE ({keys}) > {k} AND ({keys}) <= {upper}"),
+                None => format!("WHERE ({keys}) <= {upper}"),
+            };
+            let target_rows = self
+                .target
+                .select(self.shape, &[format!("{range} ORDER BY {keys}")])?
+                .pop()
+                .unwrap_or_default();
+            each(Page {
+                source: &source_rows,
+                target: &target_rows,
+                equal: page_hash(&source_rows) == page_hash(&target_rows),
+                range: (after.clone(), Some(upper.clone())),
+            })?;
+            page = next_page_rows(&source_rows, self.page);
+            after = Some(upper);
+        }
+    }
+}
+
+/// What a sync already compared, so that its closing validation re-reads only what differed:
+/// every row outside `ranges` was equal on both sides and left alone.
+#[derive(Debug, Clone, Default)]
+pub struct Recheck {
+    pub ranges: Vec<KeyRange>,
+    /// Source rows outside `ranges`, found equal.
+    pub equal_rows: u64,
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct FieldDiff {
     pub column: String,
@@ -124,6 +336,29 @@ pub fn validate(
     options: Options,
     parallel: usize,
 ) -> Result<Validation> {
+    validate_rechecked(
+        source,
+        target,
+        source_schema,
+        target_schema,
+        options,
+        parallel,
+        &HashMap::new(),
+    )
+}
+
+/// A full validation that, for the tables in `rechecks`, compares again only the key ranges a
+/// sync found different (and wrote); the rest of such a table was found equal by the sync's own
+/// full comparison. Counts, columns and indexes are compared as always.
+pub fn validate_rechecked(
+    source: &dyn RowSide,
+    target: &dyn RowSide,
+    source_schema: &Schema,
+    target_schema: &Schema,
+    options: Options,
+    parallel: usize,
+    rechecks: &HashMap<String, Recheck>,
+) -> Result<Validation> {
     let tables: Vec<&Table> = source_schema.tables.iter().collect();
     let results: Vec<Result<TableValidation>> = {
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -138,8 +373,15 @@ pub fn validate(
                 let out = &out;
                 scope.spawn(move || {
                     for (i, table) in rx {
-                        let result = validate_table(source, target, table, target_schema, options)
-                            .map_err(|e| e.in_table(&table.name));
+                        let result = validate_table(
+                            source,
+                            target,
+                            table,
+                            target_schema,
+                            options,
+                            rechecks.get(&table.name),
+                        )
+                        .map_err(|e| e.in_table(&table.name));
                         out.lock().expect("results").push((i, result));
                     }
                 });
@@ -165,6 +407,7 @@ fn validate_table(
     table: &Table,
     target_schema: &Schema,
     options: Options,
+    recheck: Option<&Recheck>,
 ) -> Result<TableValidation> {
     let shape = Shape::new(table, &[]);
     let mut v = TableValidation {
@@ -186,7 +429,10 @@ fn validate_table(
         table,
         options,
     };
-    if options.all_rows {
+    if let Some(recheck) = recheck {
+        comparison.full_ranges(&mut v, &recheck.ranges)?;
+        v.compared += recheck.equal_rows;
+    } else if options.all_rows {
         comparison.full(&mut v)?;
     } else {
         comparison.sample(&mut v)?;
@@ -253,7 +499,7 @@ fn compare_indexes(source: &Schema, target: &Schema) -> Vec<String> {
 }
 
 /// The canonical bytes of a row, and of its key.
-fn canonical(row: &[Value]) -> Vec<u8> {
+pub fn canonical(row: &[Value]) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(b"d1m-row-v1");
     for v in row {
@@ -262,7 +508,7 @@ fn canonical(row: &[Value]) -> Vec<u8> {
     out
 }
 
-fn key_of(shape: &Shape, row: &[Value]) -> Vec<u8> {
+pub fn key_of(shape: &Shape, row: &[Value]) -> Vec<u8> {
     let key: Vec<Value> = shape
         .key_positions
         .iter()
@@ -303,14 +549,14 @@ impl Comparison<'_> {
         self.shape.key_exprs.join(", ")
     }
 
-    fn key_tuple(&self, row: &[Value]) -> String {
-        let parts: Vec<String> = self
-            .shape
-            .key_positions
-            .iter()
-            .map(|&p| row[p].literal())
-            .collect();
-        format!("({})", parts.join(", "))
+    fn walker(&self) -> Walker<'_> {
+        Walker::new(
+            self.source,
+            self.target,
+            self.table,
+            self.shape,
+            self.options,
+        )
     }
 
     /// A table with no more rows than the sample size is compared whole; a larger one gets
@@ -322,7 +568,7 @@ impl Comparison<'_> {
             return Ok(());
         }
         if v.source_rows <= n as u64 {
-            self.full_range(v, None, None)?;
+            self.full_ranges(v, &[(None, None)])?;
             v.sampled = v.compared;
             return Ok(());
         }
@@ -448,66 +694,35 @@ impl Comparison<'_> {
 
     /// The smallest and largest integer key of the source.
     fn key_range(&self) -> Result<(i64, i64)> {
-        let keys = self.keys_sql();
-        let ends = self.source.select(
-            self.shape,
-            &[
-                format!("ORDER BY {keys} LIMIT 1"),
-                format!("ORDER BY {keys} DESC LIMIT 1"),
-            ],
-        )?;
-        let key =
-            |rows: &Vec<Vec<Value>>| match rows.first().map(|r| &r[self.shape.key_positions[0]]) {
-                Some(Value::Integer(i)) => *i,
-                _ => 0,
-            };
-        Ok((key(&ends[0]), key(&ends[1])))
+        self.walker().key_range()
     }
 
     fn single_integer_key(&self) -> bool {
-        matches!(
-            self.table.kind,
-            TableKind::Rowid { .. } | TableKind::Virtual { .. }
-        )
+        self.walker().integer_key
     }
 
     /// Every row: source pages in key order; the same key range read from the target; rows
     /// matched key by key only when the two pages' hashes differ. What the target holds beyond
     /// the source's last key is extra.
     fn full(&self, v: &mut TableValidation) -> Result<()> {
-        let segments =
-            if self.single_integer_key() && v.source_rows as usize > 2 * self.options.page {
-                let (lo, hi) = self.key_range()?;
-                key_segments(lo, hi, self.options.segments)
-            } else {
-                vec![(None, None)]
-            };
-        if segments.len() == 1 {
-            return self.full_range(v, None, None);
-        }
-        // Large tables are compared in key segments at once: D1 answers reads in parallel.
-        let parts: Vec<Result<TableValidation>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = segments
-                .iter()
-                .map(|&(after, upto)| {
-                    scope.spawn(move || {
-                        let mut part = TableValidation::default();
-                        self.full_range(
-                            &mut part,
-                            after.map(|k| format!("({k})")),
-                            upto.map(|k| format!("({k})")),
-                        )
-                        .map(|()| part)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("a segment reader"))
-                .collect()
-        });
+        let ranges = self.walker().ranges(v.source_rows)?;
+        self.full_ranges(v, &ranges)
+    }
+
+    /// Compares the rows in `ranges` (several at once).
+    fn full_ranges(&self, v: &mut TableValidation, ranges: &[KeyRange]) -> Result<()> {
+        let parts = self
+            .walker()
+            .walk_all(ranges, TableValidation::default, |part, page| {
+                self.check_json(page.source, part);
+                if page.equal {
+                    part.compared += page.source.len() as u64;
+                } else {
+                    self.match_rows(page.source, page.target, true, part);
+                }
+                Ok(())
+            })?;
         for part in parts {
-            let part = part?;
             v.compared += part.compared;
             v.mismatched += part.mismatched;
             v.missing += part.missing;
@@ -524,73 +739,6 @@ impl Comparison<'_> {
             }
         }
         Ok(())
-    }
-
-    /// Compares the rows with keys after `after` (exclusive) and up to `upto` (inclusive).
-    fn full_range(
-        &self,
-        v: &mut TableValidation,
-        mut after: Option<String>,
-        upto: Option<String>,
-    ) -> Result<()> {
-        let keys = self.keys_sql();
-        let mut page = 100.min(self.options.page);
-        let bounds = |after: &Option<String>| {
-            let mut conditions = Vec::new();
-            if let Some(k) = after {
-                conditions.push(format!("({keys}) > {k}"));
-            }
-            if let Some(k) = &upto {
-                conditions.push(format!("({keys}) <= {k}"));
-            }
-            if conditions.is_empty() {
-                String::new()
-            } else {
-                format!("WHERE {}", conditions.join(" AND "))
-            }
-        };
-        loop {
-            let tail = format!("{} ORDER BY {keys} LIMIT {page}", bounds(&after));
-            let source_rows = self
-                .source
-                .select(self.shape, std::slice::from_ref(&tail))?
-                .pop()
-                .unwrap_or_default();
-            let Some(last) = source_rows.last() else {
-                // What the target holds beyond the source's last key in the range is extra.
-                loop {
-                    let tail = format!("{} ORDER BY {keys} LIMIT {page}", bounds(&after));
-                    let extra = self
-                        .target
-                        .select(self.shape, &[tail])?
-                        .pop()
-                        .unwrap_or_default();
-                    let Some(last) = extra.last() else {
-                        return Ok(());
-                    };
-                    after = Some(self.key_tuple(last));
-                    self.match_rows(&[], &extra, true, v);
-                }
-            };
-            let upper = self.key_tuple(last);
-            let range = match &after {
-                Some(k) => format!("WHERE ({keys}) > {k} AND ({keys}) <= {upper}"),
-                None => format!("WHERE ({keys}) <= {upper}"),
-            };
-            let target_rows = self
-                .target
-                .select(self.shape, &[format!("{range} ORDER BY {keys}")])?
-                .pop()
-                .unwrap_or_default();
-            self.check_json(&source_rows, v);
-            if page_hash(&source_rows) == page_hash(&target_rows) {
-                v.compared += source_rows.len() as u64;
-            } else {
-                self.match_rows(&source_rows, &target_rows, true, v);
-            }
-            page = next_page_rows(&source_rows, self.options.page);
-            after = Some(upper);
-        }
     }
 
     /// Source values of JSON-declared columns that are not valid JSON: a warning, not a mismatch
@@ -787,7 +935,7 @@ mod tests {
             segments: 1,
         };
         let t = schema.table(table).unwrap();
-        validate_table(&side, &side, t, &schema, options).unwrap()
+        validate_table(&side, &side, t, &schema, options, None).unwrap()
     }
 
     #[test]

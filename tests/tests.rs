@@ -8,6 +8,8 @@
 //! - `rollback`: D1 → SQLite round trips are exact; existing files are refused, completed or
 //!   replaced as asked.
 //! - `dry_run`: writes nothing; finds each D1 problem by name and key; predicts the real run.
+//! - `sync`: only what differs is written, in both directions; foreign keys, large values and
+//!   triggers respected; killed syncs converge; the dry run lists and writes nothing.
 //! - `interface`: bars on a terminal, plain lines in logs, the summary, `--help`, the report schema.
 //! - `checkpoints`: many migrations from one state folder, each with its own checkpoint; a
 //!   second run of the same migration at once is refused; an emptied target is copied again.
@@ -37,6 +39,9 @@ mod resilience;
 
 #[path = "suite/dry_run.rs"]
 mod dry_run;
+
+#[path = "suite/sync.rs"]
+mod sync;
 
 #[path = "suite/interface.rs"]
 mod interface;

@@ -1,0 +1,85 @@
+//! The two sides of a run that compares, by direction: the SQLite file and the D1 database, each
+//! discovered and labelled source or target. Validation and sync both start here.
+
+use crate::config::{Config, Direction};
+use crate::d1::D1Client;
+use crate::discover::{discover, select_tables, Schema};
+use crate::error::Result;
+use crate::remote::{D1Catalog, D1Side};
+use crate::source::{open_read_only, SqliteCatalog, SqliteSide};
+use crate::validate::{Options, RowSide};
+
+pub struct Sides<'a> {
+    pub sqlite: SqliteSide,
+    pub d1: D1Side<'a>,
+    /// The source's schema, less the tables the configuration leaves out.
+    pub source_schema: Schema,
+    pub target_schema: Schema,
+    pub direction: Direction,
+}
+
+impl<'a> Sides<'a> {
+    /// Opens the SQLite file read-only, reads both catalogs, and applies `MIGRATION_TABLES` /
+    /// `MIGRATION_EXCLUDE_TABLES` to the source.
+    pub fn open(config: &Config, client: &'a D1Client) -> Result<Sides<'a>> {
+        let forward = config.direction == Direction::SqliteToD1;
+        let sqlite_label = if forward {
+            "source (SQLite)"
+        } else {
+            "target (SQLite)"
+        };
+        let sqlite = SqliteSide::new(&config.sqlite_path, sqlite_label)?;
+        let sqlite_schema = {
+            let conn = open_read_only(&config.sqlite_path)?;
+            discover(&SqliteCatalog(&conn))?
+        };
+        let d1 = D1Side {
+            client,
+            label: if forward {
+                "target (D1)"
+            } else {
+                "source (D1)"
+            },
+        };
+        let d1_schema = discover(&D1Catalog(client))?;
+        let (mut source_schema, target_schema) = if forward {
+            (sqlite_schema, d1_schema)
+        } else {
+            (d1_schema, sqlite_schema)
+        };
+        select_tables(&mut source_schema, &config.tables, &config.exclude_tables)?;
+        Ok(Sides {
+            sqlite,
+            d1,
+            source_schema,
+            target_schema,
+            direction: config.direction,
+        })
+    }
+
+    pub fn source(&self) -> &dyn RowSide {
+        match self.direction {
+            Direction::SqliteToD1 => &self.sqlite,
+            Direction::D1ToSqlite => &self.d1,
+        }
+    }
+
+    pub fn target(&self) -> &dyn RowSide {
+        match self.direction {
+            Direction::SqliteToD1 => &self.d1,
+            Direction::D1ToSqlite => &self.sqlite,
+        }
+    }
+}
+
+/// What validation (and sync's difference engine) is asked to do.
+pub fn options(config: &Config, all_rows: bool) -> Options {
+    Options {
+        sample_size: config.sample_size,
+        seed: config.sample_seed,
+        all_rows,
+        page: 20_000,
+        max_examples: 10,
+        segments: config.concurrency,
+    }
+}

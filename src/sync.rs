@@ -1,0 +1,634 @@
+//! Sync (`MIGRATION_MODE=sync`): brings the target level with the source, writing only what
+//! differs, in either direction.
+//!
+//! The pipeline is the copy's with another middle and other ends: discover both sides (`sides`),
+//! plan the order (`plan`), find the differences (`diff`, full validation's page walk) instead of
+//! reading every row, pack them (`pack`: inserts, updates with large values in pieces, deletes),
+//! and hand them to a sink: D1's (`load`, the copy's senders, as a `Sync` pass) or a SQLite
+//! transaction. A dry run stops after the differences and lists them.
+//!
+//! Order keeps D1's foreign keys true at the end of every request: inserts and updates go
+//! parents first (keys in a cycle set by a later pass, as the copy does), deletes children
+//! first, after them. Triggers on the target do not fire for these writes: on D1 they are
+//! dropped before and created again after (what was dropped is recorded in
+//! `MIGRATION_STATE_DIR/sync-<migration>.json` first, so a run killed in between creates them on its rerun);
+//! on SQLite they are dropped and created again inside the one transaction that writes. Every
+//! statement is idempotent and a rerun finds what is left, so a killed sync converges.
+//!
+//! It ends with a validation of every row: the pages found equal were compared by the
+//! difference engine itself and not written; the key ranges that differed are compared again.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+
+use crate::config::{Config, Direction};
+use crate::d1::D1Client;
+use crate::diff::{diff_table, TableChanges, TableDiff};
+use crate::discover::{Schema, SchemaObject, Table};
+use crate::error::{Error, Result};
+use crate::load::{run_work, Loader, Rejects};
+use crate::log;
+use crate::pack::{
+    deferred_update, delete_units, update_unit, InsertPacker, Limits, Request, RequestBuilder,
+    Shape, Unit,
+};
+use crate::plan::plan;
+use crate::produce::{Pass, Work};
+use crate::progress::Progress;
+use crate::report::{Report, TableStats};
+use crate::sides::{options, Sides};
+use crate::source::to_sql;
+use crate::state::{Fingerprint, State};
+use crate::target::{copy_sequence, if_not_exists};
+use crate::validate::{validate_rechecked, Options, Recheck};
+use crate::value::quote_ident;
+
+/// What a sync found and did, for the report.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct SyncReport {
+    /// Whether rows only the target holds were deleted (`MIGRATION_SYNC_DELETE`).
+    pub delete: bool,
+    /// Per table, the differences found (counts and first keys).
+    pub tables: Vec<TableChanges>,
+    /// Rows only the target holds, left there because deletes were not asked for.
+    pub deletes_pending: u64,
+    /// Triggers on the target kept from firing (dropped and created again around the writes).
+    pub triggers_suspended: Vec<String>,
+    pub sequence_updated: bool,
+}
+
+/// One table of the sync, in write order.
+struct Item<'s> {
+    table: &'s Table,
+    /// The write shape (cyclic keys deferred, as the copy loads them).
+    shape: Shape,
+    /// Positions in the item list of the tables it references.
+    parents: Vec<usize>,
+    sequential: bool,
+}
+
+/// Runs a sync, filling `report`.
+pub fn sync(
+    config: &Config,
+    client: &D1Client,
+    progress: &Progress,
+    report: &mut Report,
+) -> Result<()> {
+    let sides = Sides::open(config, client)?;
+    report.set_skipped(&sides.source_schema.skipped);
+    let schema = &sides.source_schema;
+    check_targets(schema, &sides.target_schema, sides.target().label())?;
+    let items = order(schema);
+    let options = options(config, true);
+    let diffs = diff_all(&sides, &items, options, config.parallel_tables)?;
+
+    let delete = config.sync_delete;
+    let mut summary = SyncReport {
+        delete,
+        ..SyncReport::default()
+    };
+    for (item, diff) in items.iter().zip(&diffs) {
+        summary.tables.push(TableChanges::of(diff, &item.shape));
+        report.tables.push(TableStats {
+            table: item.table.name.clone(),
+            rows_read: diff.compared,
+            ..TableStats::default()
+        });
+    }
+    let pending: u64 = diffs.iter().map(|d| d.deletes.len() as u64).sum();
+    if !delete {
+        summary.deletes_pending = pending;
+    }
+    let sequence_differs = sequence_differs(schema, &sides.target_schema);
+    report.sync = Some(summary);
+    if config.dry_run {
+        return Ok(());
+    }
+
+    let suspended = triggers_on(&sides.target_schema, &items);
+    let writes = diffs.iter().any(|d| {
+        !d.inserts.is_empty() || !d.updates.is_empty() || (delete && !d.deletes.is_empty())
+    });
+    match config.direction {
+        Direction::SqliteToD1 => {
+            let state = State::open_kind(&config.state_dir, "sync", fingerprint(config))?;
+            let dropped = suspend_d1_triggers(client, &state, &suspended, writes)?;
+            if writes {
+                write_d1(config, client, progress, &state, &items, &diffs, report)?;
+            }
+            if sequence_differs {
+                copy_sequence(client, schema)?;
+            }
+            resume_d1_triggers(client, &state, &dropped)?;
+            if let Some(s) = report.sync.as_mut() {
+                s.triggers_suspended = dropped.into_iter().map(|(n, _)| n).collect();
+            }
+        }
+        Direction::D1ToSqlite => {
+            if writes || sequence_differs {
+                write_sqlite(config, schema, &suspended, &items, &diffs, sequence_differs)?;
+                if let Some(s) = report.sync.as_mut() {
+                    s.triggers_suspended = suspended.iter().map(|t| t.name.clone()).collect();
+                }
+            }
+        }
+    }
+    if let Some(s) = report.sync.as_mut() {
+        s.sequence_updated = sequence_differs;
+    }
+    for (stats, diff) in report.tables.iter_mut().zip(&diffs) {
+        stats.inserted = diff.inserts.len() as u64;
+        stats.updated = diff.updates.len() as u64;
+        stats.deleted = if delete { diff.deletes.len() as u64 } else { 0 };
+        if config.direction == Direction::D1ToSqlite {
+            stats.rows_written = stats.inserted + stats.updated + stats.deleted;
+        }
+    }
+    if pending > 0 && !delete {
+        log::warn(&format!(
+            "{pending} rows exist only on the {} and were left there; MIGRATION_SYNC_DELETE=true deletes them",
+            sides.target().label()
+        ));
+    }
+
+    let rechecks: HashMap<String, Recheck> = diffs
+        .iter()
+        .map(|d| (d.table.clone(), d.recheck.clone()))
+        .collect();
+    let validation = validate_rechecked(
+        sides.source(),
+        sides.target(),
+        schema,
+        &sides.target_schema,
+        options,
+        config.parallel_tables,
+        &rechecks,
+    )?;
+    let ok = validation.ok;
+    let differing: Vec<String> = validation
+        .tables
+        .iter()
+        .filter(|t| !t.ok)
+        .map(|t| t.table.clone())
+        .collect();
+    report.validation = Some(validation);
+    if !ok {
+        return Err(Error::Differences(if differing.is_empty() {
+            "indexes differ".into()
+        } else {
+            format!("tables {}", differing.join(", "))
+        }));
+    }
+    Ok(())
+}
+
+/// Every table must be on the target with the same columns: a sync writes rows, not schema.
+fn check_targets(schema: &Schema, target: &Schema, label: &str) -> Result<()> {
+    let mut problems = Vec::new();
+    for t in &schema.tables {
+        let names = |t: &Table| -> Vec<String> {
+            t.columns.iter().map(|c| c.name.to_lowercase()).collect()
+        };
+        match target.table(&t.name) {
+            None => problems.push(format!("table {:?}: the {label} has no such table", t.name)),
+            Some(other) if names(other) != names(t) => problems.push(format!(
+                "table {:?}: the {label} has other columns ({:?}, source {:?})",
+                t.name,
+                names(other),
+                names(t)
+            )),
+            Some(_) => {}
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Refused(format!(
+            "a sync writes rows, not tables; copy these first (MIGRATION_MODE=migrate), nothing was written:\n  {}",
+            problems.join("\n  ")
+        )))
+    }
+}
+
+/// Ordinary tables in load order (parents first), then virtual tables.
+fn order(schema: &Schema) -> Vec<Item<'_>> {
+    let plan = plan(schema);
+    let position: HashMap<usize, usize> = plan
+        .tables
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.table, i))
+        .collect();
+    let mut items: Vec<Item> = plan
+        .tables
+        .iter()
+        .map(|tp| Item {
+            table: &schema.tables[tp.table],
+            shape: Shape::new(&schema.tables[tp.table], &tp.deferred),
+            parents: tp.parents.iter().map(|p| position[p]).collect(),
+            sequential: tp.sequential,
+        })
+        .collect();
+    items.extend(plan.virtual_tables.iter().map(|&i| Item {
+        table: &schema.tables[i],
+        shape: Shape::new(&schema.tables[i], &[]),
+        parents: Vec::new(),
+        sequential: false,
+    }));
+    items
+}
+
+/// The differences of every table, `parallel` tables at once.
+fn diff_all(
+    sides: &Sides,
+    items: &[Item],
+    options: Options,
+    parallel: usize,
+) -> Result<Vec<TableDiff>> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    for i in 0..items.len() {
+        tx.send(i).expect("queue");
+    }
+    drop(tx);
+    let out = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..parallel.max(1) {
+            let (rx, out) = (rx.clone(), &out);
+            scope.spawn(move || {
+                for i in rx {
+                    let item = &items[i];
+                    let shape = Shape::new(item.table, &[]);
+                    let result = sides
+                        .source()
+                        .count(&item.table.name)
+                        .and_then(|rows| {
+                            diff_table(
+                                sides.source(),
+                                sides.target(),
+                                item.table,
+                                &shape,
+                                options,
+                                rows,
+                            )
+                        })
+                        .map_err(|e| e.in_table(&item.table.name));
+                    out.lock().expect("diffs").push((i, result));
+                }
+            });
+        }
+    });
+    let mut out = out.into_inner().expect("diffs");
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
+fn sequence_differs(source: &Schema, target: &Schema) -> bool {
+    let rows = |s: &Schema| -> Vec<(String, Vec<u8>)> {
+        let mut rows: Vec<(String, Vec<u8>)> = s
+            .sequence
+            .iter()
+            .filter(|r| source.table(&r.name).is_some())
+            .map(|r| {
+                (
+                    r.name.to_lowercase(),
+                    crate::validate::canonical(std::slice::from_ref(&r.seq)),
+                )
+            })
+            .collect();
+        rows.sort();
+        rows
+    };
+    rows(source) != rows(target)
+}
+
+/// The target's triggers on the tables a sync writes.
+fn triggers_on<'s>(target: &'s Schema, items: &[Item]) -> Vec<&'s SchemaObject> {
+    let tables: HashSet<String> = items.iter().map(|i| i.table.name.to_lowercase()).collect();
+    target
+        .objects
+        .iter()
+        .filter(|o| o.kind == "trigger" && tables.contains(&o.table.to_lowercase()))
+        .collect()
+}
+
+/// What a sync's state must match: the same source, target and table selection.
+fn fingerprint(config: &Config) -> Fingerprint {
+    Fingerprint {
+        source: std::fs::canonicalize(&config.sqlite_path)
+            .unwrap_or_else(|_| config.sqlite_path.clone())
+            .display()
+            .to_string(),
+        source_schema: "sync".into(),
+        api_url: config.endpoint.api_url.clone(),
+        account_id: config.endpoint.account_id.clone(),
+        database_id: config.endpoint.database_id.clone(),
+        tables: config.tables.clone(),
+        exclude_tables: config.exclude_tables.clone(),
+    }
+}
+
+/// Drops the target's triggers before D1 writes (when there are writes), recording them first;
+/// returns every trigger to create again: these and any an interrupted run had dropped.
+fn suspend_d1_triggers(
+    client: &D1Client,
+    state: &State,
+    triggers: &[&SchemaObject],
+    writes: bool,
+) -> Result<Vec<(String, String)>> {
+    let mut all = state.dropped_triggers();
+    if !all.is_empty() {
+        log::info(&format!(
+            "an earlier sync dropped {} triggers on D1; they are created again after this one",
+            all.len()
+        ));
+    }
+    if !writes {
+        return Ok(all);
+    }
+    for t in triggers {
+        if !all.iter().any(|(n, _)| n.eq_ignore_ascii_case(&t.name)) {
+            all.push((t.name.clone(), t.sql.clone()));
+        }
+    }
+    if triggers.is_empty() {
+        return Ok(all);
+    }
+    state.set_dropped_triggers(all.clone())?;
+    let drops: Vec<String> = triggers
+        .iter()
+        .map(|t| format!("DROP TRIGGER IF EXISTS {}", quote_ident(&t.name)))
+        .collect();
+    client.execute(&drops).map_err(|f| {
+        Error::Refused(format!(
+            "dropping triggers on D1 before a sync: {}",
+            f.error
+        ))
+    })?;
+    Ok(all)
+}
+
+/// Creates the recorded triggers again (idempotently), then forgets them.
+fn resume_d1_triggers(
+    client: &D1Client,
+    state: &State,
+    triggers: &[(String, String)],
+) -> Result<()> {
+    if triggers.is_empty() {
+        return Ok(());
+    }
+    let creates: Vec<String> = triggers.iter().map(|(_, sql)| if_not_exists(sql)).collect();
+    client.execute(&creates).map_err(|f| {
+        Error::Refused(format!(
+            "creating triggers on D1 again after a sync (run it again to retry): {}",
+            f.error
+        ))
+    })?;
+    state.set_dropped_triggers(Vec::new())
+}
+
+/// Requests grouped from units.
+fn requests(units: Vec<Unit>, limits: Limits) -> Vec<Request> {
+    let mut builder = RequestBuilder::new(limits);
+    let mut out: Vec<Request> = units.into_iter().filter_map(|u| builder.push(u)).collect();
+    out.extend(builder.take());
+    out
+}
+
+/// Inserts (cyclic keys left NULL) and updates (all but cyclic keys) of one table.
+fn upsert_requests(shape: &Shape, diff: &TableDiff, limits: Limits) -> Vec<Request> {
+    let mut units = Vec::new();
+    let mut packer = InsertPacker::new(shape.clone(), limits);
+    for row in &diff.inserts {
+        packer.push(row, &mut units);
+    }
+    packer.flush(&mut units);
+    for u in &diff.updates {
+        let columns: Vec<usize> = u
+            .columns
+            .iter()
+            .copied()
+            .filter(|c| !shape.deferred.contains(c))
+            .collect();
+        units.extend(update_unit(shape, &u.row, &columns, limits.statement_bytes));
+    }
+    requests(units, limits)
+}
+
+/// The cyclic keys of inserted and updated rows, set once every table's rows are there.
+fn deferred_requests(shape: &Shape, diff: &TableDiff, limits: Limits) -> Vec<Request> {
+    if shape.deferred.is_empty() {
+        return Vec::new();
+    }
+    let mut units: Vec<Unit> = diff
+        .inserts
+        .iter()
+        .filter_map(|r| deferred_update(shape, r))
+        .collect();
+    for u in &diff.updates {
+        let columns: Vec<usize> = u
+            .columns
+            .iter()
+            .copied()
+            .filter(|c| shape.deferred.contains(c))
+            .collect();
+        units.extend(update_unit(shape, &u.row, &columns, limits.statement_bytes));
+    }
+    for u in &mut units {
+        u.rows = 0;
+    }
+    requests(units, limits)
+}
+
+/// Writes the differences to D1 through the copy's sink: inserts and updates parents first,
+/// cyclic keys, then deletes children first.
+fn write_d1(
+    config: &Config,
+    client: &D1Client,
+    progress: &Progress,
+    state: &State,
+    items: &[Item],
+    diffs: &[TableDiff],
+    report: &mut Report,
+) -> Result<()> {
+    let limits = config.limits;
+    let work = |pass_requests: Vec<Vec<Request>>, parents: &dyn Fn(usize) -> Vec<usize>| {
+        pass_requests
+            .into_iter()
+            .enumerate()
+            .map(|(i, prepared)| Work {
+                shape: items[i].shape.clone(),
+                pass: Pass::Sync,
+                sequential: items[i].sequential,
+                parents: parents(i),
+                done: prepared.is_empty(),
+                prepared,
+            })
+            .collect::<Vec<Work>>()
+    };
+    let parents = |i: usize| items[i].parents.clone();
+    let children = |i: usize| {
+        (0..items.len())
+            .filter(|&c| c != i && items[c].parents.contains(&i))
+            .collect()
+    };
+    let upserts = work(
+        items
+            .iter()
+            .zip(diffs)
+            .map(|(it, d)| upsert_requests(&it.shape, d, limits))
+            .collect(),
+        &parents,
+    );
+    let deferred = work(
+        items
+            .iter()
+            .zip(diffs)
+            .map(|(it, d)| deferred_requests(&it.shape, d, limits))
+            .collect(),
+        &|_| Vec::new(),
+    );
+    let deletes = work(
+        items
+            .iter()
+            .zip(diffs)
+            .map(|(it, d)| {
+                if config.sync_delete {
+                    requests(delete_units(&it.shape, &d.deletes, limits), limits)
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect(),
+        &children,
+    );
+    let rejects = Rejects::new(config.reject_file.clone());
+    let ctx = Loader {
+        config,
+        client,
+        progress,
+        state,
+        rejects: &rejects,
+        rows: HashMap::new(),
+    };
+    let mut failed = run_work(&ctx, &upserts, &mut report.tables)?;
+    failed.extend(run_work(&ctx, &deferred, &mut report.tables)?);
+    failed.extend(run_work(&ctx, &deletes, &mut report.tables)?);
+    report.rejected_rows = rejects.count();
+    if rejects.count() > 0 {
+        report.reject_file = Some(config.reject_file.display().to_string());
+    }
+    if !failed.is_empty() {
+        return Err(Error::TablesFailed(failed));
+    }
+    Ok(())
+}
+
+/// Writes the differences to the SQLite file in one transaction, its triggers dropped and
+/// created again inside it: a sync killed anywhere leaves the file as it was.
+fn write_sqlite(
+    config: &Config,
+    schema: &Schema,
+    triggers: &[&SchemaObject],
+    items: &[Item],
+    diffs: &[TableDiff],
+    sequence: bool,
+) -> Result<()> {
+    let mut conn = rusqlite::Connection::open(&config.sqlite_path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    // Off outside the transaction: no ON DELETE action of the file's own runs for a sync's writes.
+    conn.pragma_update(None, "foreign_keys", false)?;
+    let tx = conn.transaction()?;
+    for t in triggers {
+        tx.execute_batch(&format!("DROP TRIGGER {}", quote_ident(&t.name)))?;
+    }
+    for (item, diff) in items.iter().zip(diffs) {
+        let shape = Shape::new(item.table, &[]);
+        let table = quote_ident(&shape.table);
+        let key_where: Vec<String> = shape.key_exprs.iter().map(|k| format!("{k} = ?")).collect();
+        let key_where = key_where.join(" AND ");
+        let at = |e: rusqlite::Error| Error::from(e).in_table(&shape.table);
+        if !diff.inserts.is_empty() {
+            let verb = if shape.is_virtual {
+                "INSERT OR REPLACE"
+            } else {
+                "INSERT"
+            };
+            let marks = vec!["?"; shape.columns.len()].join(", ");
+            let mut stmt = tx
+                .prepare(&format!(
+                    "{verb} INTO {table} ({}) VALUES ({marks})",
+                    shape.columns.join(", ")
+                ))
+                .map_err(at)?;
+            for row in &diff.inserts {
+                stmt.execute(rusqlite::params_from_iter(row.iter().map(to_sql)))
+                    .map_err(at)?;
+            }
+        }
+        for u in &diff.updates {
+            let sets: Vec<String> = u
+                .columns
+                .iter()
+                .map(|&c| format!("{} = ?", shape.columns[c]))
+                .collect();
+            let mut stmt = tx
+                .prepare_cached(&format!(
+                    "UPDATE {table} SET {} WHERE {key_where}",
+                    sets.join(", ")
+                ))
+                .map_err(at)?;
+            let values = u
+                .columns
+                .iter()
+                .map(|&c| &u.row[c])
+                .chain(shape.key_positions.iter().map(|&p| &u.row[p]))
+                .map(to_sql);
+            stmt.execute(rusqlite::params_from_iter(values))
+                .map_err(at)?;
+        }
+    }
+    if sequence {
+        let names: Vec<String> = schema
+            .sequence
+            .iter()
+            .map(|s| crate::value::quote_text(&s.name))
+            .collect();
+        if !names.is_empty() {
+            tx.execute_batch(&format!(
+                "DELETE FROM sqlite_sequence WHERE name IN ({})",
+                names.join(", ")
+            ))?;
+            for s in &schema.sequence {
+                tx.execute(
+                    "INSERT INTO sqlite_sequence (rowid, name, seq) VALUES (?, ?, ?)",
+                    rusqlite::params![s.rowid, s.name, to_sql(&s.seq)],
+                )?;
+            }
+        }
+    }
+    if config.sync_delete {
+        for (item, diff) in items.iter().zip(diffs).rev() {
+            if diff.deletes.is_empty() {
+                continue;
+            }
+            let shape = &item.shape;
+            let key_where: Vec<String> =
+                shape.key_exprs.iter().map(|k| format!("{k} = ?")).collect();
+            let mut stmt = tx.prepare(&format!(
+                "DELETE FROM {} WHERE {}",
+                quote_ident(&shape.table),
+                key_where.join(" AND ")
+            ))?;
+            for key in &diff.deletes {
+                stmt.execute(rusqlite::params_from_iter(key.iter().map(to_sql)))
+                    .map_err(|e| Error::from(e).in_table(&shape.table))?;
+            }
+        }
+    }
+    for t in triggers {
+        tx.execute_batch(&t.sql)?;
+    }
+    tx.commit()?;
+    Ok(())
+}

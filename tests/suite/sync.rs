@@ -1,0 +1,347 @@
+//! Sync (`MIGRATION_MODE=sync`): after changes of every kind on one side, the other is brought
+//! level writing only what differs, in both directions; exact (`sqldiff`), foreign keys and
+//! triggers respected, killed runs converge, the dry run lists and writes nothing.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::harness::{fresh, generated, read_json, sqldiff, stderr, LocalD1, Run};
+
+/// A sample source with an audit table that a trigger on `order_lines` writes: a sync that let
+/// the target's trigger fire would double the audit rows it also copies.
+fn audited_sample(dir: &Path) -> PathBuf {
+    let source = generated(dir, "sample");
+    let db = rusqlite::Connection::open(&source).unwrap();
+    db.execute_batch(
+        "CREATE TABLE audit (id INTEGER PRIMARY KEY, what TEXT NOT NULL);
+         CREATE TRIGGER lines_audit AFTER INSERT ON order_lines
+         BEGIN INSERT INTO audit (what) VALUES ('line ' || NEW.order_id || '/' || NEW.product_id); END;
+         INSERT INTO audit (what) VALUES ('before the copy');",
+    )
+    .unwrap();
+    source
+}
+
+/// Changes of every kind: updates (text, real, a NULL, a large BLOB over 100 KB), a new parent
+/// (customer) with new children (orders, lines: the trigger adds audit rows), a new product with
+/// a large picture, and deletes of children and of a parent.
+const CHANGES: &str = "
+    UPDATE customers SET name = name || ' (moved)', email = NULL WHERE id % 37 = 0;
+    UPDATE products SET price = price * 1.5 WHERE id % 9 = 0;
+    UPDATE products SET picture = zeroblob(150000) WHERE id = 3;
+    UPDATE orders SET note = 'changed ' || id WHERE id % 101 = 0;
+    INSERT INTO customers (id, name, email, referred_by, created_at)
+        VALUES (5000, 'New Parent', 'new@example.com', 5001, '2025-01-01'),
+               (5001, 'Referrer', NULL, 5000, '2025-01-01');
+    INSERT INTO orders (id, customer_id, placed_at, note) VALUES (9000, 5000, '2025-01-02', 'new');
+    INSERT INTO products (name, price, picture) VALUES ('Large', 1.25, randomblob(300000));
+    INSERT INTO order_lines VALUES (9000, 1, 2, 3.5), (9000, (SELECT max(id) FROM products), 1, 9.75);
+    DELETE FROM order_lines WHERE order_id IN (SELECT id FROM orders WHERE id % 97 = 0);
+    DELETE FROM orders WHERE id % 97 = 0;
+    DELETE FROM order_lines WHERE order_id = 13;
+";
+
+fn table<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == name)
+        .unwrap_or_else(|| panic!("table {name} in the report"))
+}
+
+fn count(path: &Path, sql: &str) -> i64 {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn forward_sync_writes_every_kind_of_change_and_ends_identical() {
+    let (d1, db, dir) = fresh();
+    let source = audited_sample(dir.path());
+    Run::new(d1, &db, &source).ok();
+    let conn = rusqlite::Connection::open(&source).unwrap();
+    conn.execute_batch(CHANGES).unwrap();
+    let audit = count(&source, "SELECT count(*) FROM audit");
+    drop(conn);
+    let report_path = dir.path().join("sync.json");
+    let out = Run::new(d1, &db, &source)
+        .env("MIGRATION_MODE", "sync")
+        .env("MIGRATION_SYNC_DELETE", "true")
+        .env("MIGRATION_REPORT", &report_path)
+        .ok();
+    let diff = sqldiff(&source, d1.file(&db));
+    assert!(diff.is_empty(), "{}", diff.join("\n"));
+    let report = read_json(&report_path);
+    assert_eq!(report["mode"], "sync");
+    assert_eq!(report["validation"]["ok"], true);
+    assert_eq!(report["validation"]["full"], true);
+    let customers = table(&report, "customers");
+    assert_eq!(customers["inserted"], 2);
+    assert_eq!(customers["updated"], 5, "ids 37, 74, ..., 185");
+    let orders = table(&report, "orders");
+    assert_eq!(orders["inserted"], 1);
+    assert_eq!(orders["deleted"], 10, "ids 97, 194, ..., 970");
+    assert!(table(&report, "order_lines")["deleted"].as_u64().unwrap() > 10);
+    assert_eq!(table(&report, "products")["inserted"], 1);
+    // Only the differences travel and are written: a few hundred rows of 4,000.
+    let written = report["d1_rows_written"].as_u64().unwrap();
+    assert!(written < 400, "D1 wrote {written} rows");
+    // The trigger was kept from firing, and is there again.
+    let on_d1 = d1.sql(
+        &db,
+        &[
+            "SELECT count(*) FROM audit",
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'lines_audit'",
+        ],
+    );
+    assert_eq!(on_d1[0], serde_json::json!([[audit]]));
+    assert_eq!(on_d1[1], serde_json::json!([[1]]));
+    assert_eq!(
+        report["sync"]["triggers_suspended"],
+        serde_json::json!(["orders_note_default", "lines_audit"])
+    );
+    let summary = stderr(&out);
+    assert!(summary.contains("inserted"), "{summary}");
+}
+
+#[test]
+fn rows_only_on_the_target_are_listed_and_kept_without_sync_delete() {
+    let (d1, db, dir) = fresh();
+    let source = generated(dir.path(), "sample");
+    Run::new(d1, &db, &source).ok();
+    rusqlite::Connection::open(&source)
+        .unwrap()
+        .execute_batch(
+            "DELETE FROM order_lines WHERE order_id = 7;
+             UPDATE customers SET name = 'x' WHERE id = 3;",
+        )
+        .unwrap();
+    let report_path = dir.path().join("sync.json");
+    let out = Run::new(d1, &db, &source)
+        .env("MIGRATION_MODE", "sync")
+        .env("MIGRATION_REPORT", &report_path)
+        .output();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let report = read_json(&report_path);
+    let lines = report["sync"]["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "order_lines")
+        .unwrap();
+    assert!(lines["delete"].as_u64().unwrap() >= 1);
+    assert!(lines["first_deletes"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("7, "));
+    assert_eq!(report["sync"]["deletes_pending"], lines["delete"]);
+    assert_eq!(table(&report, "customers")["updated"], 1);
+    let still = d1.sql(
+        &db,
+        &["SELECT count(*) FROM order_lines WHERE order_id = 7"],
+    );
+    assert_ne!(still[0], serde_json::json!([[0]]), "not deleted");
+    assert!(stderr(&out).contains("MIGRATION_SYNC_DELETE"));
+}
+
+#[test]
+fn identical_databases_sync_writing_nothing() {
+    let ids = vec!["same".to_string()];
+    let d1 = LocalD1::start(&ids, None);
+    let dir = tempfile::tempdir().unwrap();
+    let source = audited_sample(dir.path());
+    Run::new(&d1, "same", &source).ok();
+    let before = d1.requests().len();
+    let report_path = dir.path().join("sync.json");
+    Run::new(&d1, "same", &source)
+        .env("MIGRATION_MODE", "sync")
+        .env("MIGRATION_SYNC_DELETE", "true")
+        .env("MIGRATION_REPORT", &report_path)
+        .ok();
+    let report = read_json(&report_path);
+    assert_eq!(report["d1_rows_written"], 0);
+    assert!(report["d1_rows_read"].as_u64().unwrap() > 4000);
+    let writes: Vec<serde_json::Value> = d1.requests()[before..]
+        .iter()
+        .filter(|r| {
+            r["statements"].as_array().unwrap().iter().any(|s| {
+                let s = s.as_str().unwrap();
+                [
+                    "INSERT",
+                    "UPDATE",
+                    "DELETE",
+                    "DROP",
+                    "CREATE",
+                    "PRAGMA DEFER",
+                ]
+                .iter()
+                .any(|w| s.starts_with(w))
+            })
+        })
+        .cloned()
+        .collect();
+    assert!(writes.is_empty(), "requests that write: {writes:?}");
+}
+
+#[test]
+fn backward_sync_leaves_the_file_identical_to_d1() {
+    let (d1, db, dir) = fresh();
+    let source = audited_sample(dir.path());
+    Run::new(d1, &db, &source).ok();
+    // The file to bring level: the source as it was, copied.
+    let file = dir.path().join("local.sqlite");
+    std::fs::copy(&source, &file).unwrap();
+    // Changes on D1 after the switch; its trigger adds audit rows for the new line.
+    d1.sql(
+        &db,
+        &[
+            "UPDATE customers SET name = 'on D1 ' || id, referred_by = NULL WHERE id % 41 = 0",
+            "UPDATE products SET picture = randomblob(200000), price = -0.0 WHERE id = 4",
+            "INSERT INTO customers (id, name, email, created_at) VALUES (7000, 'D1 parent', 'd1@example.com', '2025-03-01')",
+            "INSERT INTO orders (id, customer_id, placed_at) VALUES (7000, 7000, '2025-03-02')",
+            "INSERT INTO order_lines VALUES (7000, 2, 1, 1e300)",
+            "DELETE FROM order_lines WHERE order_id = 20",
+            "DELETE FROM orders WHERE id = 20",
+        ],
+    );
+    let report_path = dir.path().join("sync.json");
+    let out = Run::new(d1, &db, &file)
+        .env("MIGRATION_DIRECTION", "d1-to-sqlite")
+        .env("MIGRATION_MODE", "sync")
+        .env("MIGRATION_SYNC_DELETE", "true")
+        .env("MIGRATION_REPORT", &report_path)
+        .ok();
+    let diff = sqldiff(&file, d1.file(&db));
+    assert!(diff.is_empty(), "{}\n{}", diff.join("\n"), stderr(&out));
+    let report = read_json(&report_path);
+    assert_eq!(report["direction"], "d1-to-sqlite");
+    assert_eq!(table(&report, "orders")["inserted"], 1);
+    assert_eq!(table(&report, "orders")["deleted"], 1);
+    assert_eq!(table(&report, "customers")["updated"], 4);
+    assert_eq!(report["d1_rows_written"], 0, "D1 is only read");
+    // Triggers of the file are there again, and did not fire.
+    assert_eq!(
+        count(
+            &file,
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger'"
+        ),
+        2
+    );
+}
+
+#[test]
+fn the_dry_run_lists_what_sync_would_write_and_writes_nothing() {
+    let ids = vec!["dry".to_string()];
+    let d1 = LocalD1::start(&ids, None);
+    let dir = tempfile::tempdir().unwrap();
+    let source = audited_sample(dir.path());
+    Run::new(&d1, "dry", &source).ok();
+    rusqlite::Connection::open(&source)
+        .unwrap()
+        .execute_batch(CHANGES)
+        .unwrap();
+    let before = d1.requests().len();
+    let report_path = dir.path().join("dry.json");
+    let out = Run::new(&d1, "dry", &source)
+        .env("MIGRATION_MODE", "sync")
+        .env("MIGRATION_DRY_RUN", "true")
+        .env("MIGRATION_REPORT", &report_path)
+        .ok();
+    let report = read_json(&report_path);
+    assert_eq!(report["mode"], "dry-run");
+    assert_eq!(report["d1_rows_written"], 0);
+    let tables = report["sync"]["tables"].as_array().unwrap();
+    let customers = tables.iter().find(|t| t["table"] == "customers").unwrap();
+    assert_eq!(customers["insert"], 2);
+    assert_eq!(
+        customers["first_inserts"],
+        serde_json::json!(["5000", "5001"])
+    );
+    assert_eq!(customers["update"], 5);
+    assert_eq!(customers["first_updates"][0], "37");
+    let orders = tables.iter().find(|t| t["table"] == "orders").unwrap();
+    assert_eq!(orders["delete"], 10);
+    assert_eq!(orders["first_deletes"][0], "97");
+    let summary = stderr(&out);
+    assert!(summary.contains("to insert"), "{summary}");
+    assert!(summary.contains("insert keys: 5000; 5001"), "{summary}");
+    // Nothing but reads was sent.
+    for r in &d1.requests()[before..] {
+        for s in r["statements"].as_array().unwrap() {
+            let s = s.as_str().unwrap();
+            assert!(!s.starts_with("PRAGMA DEFER"), "a write was sent: {r}");
+        }
+    }
+}
+
+#[test]
+fn a_sync_killed_at_several_points_converges_when_run_again() {
+    let ids = vec!["killed-sync".to_string()];
+    let d1 = LocalD1::start(&ids, Some("latency_ms=10,seed=3"));
+    let dir = tempfile::tempdir().unwrap();
+    let source = audited_sample(dir.path());
+    Run::new(&d1, "killed-sync", &source).ok();
+    let conn = rusqlite::Connection::open(&source).unwrap();
+    conn.execute_batch(CHANGES).unwrap();
+    // Many requests' worth of changes: every other line's price.
+    conn.execute_batch("UPDATE order_lines SET unit_price = unit_price + 1 WHERE order_id % 2 = 0")
+        .unwrap();
+    drop(conn);
+    let writes = |d1: &LocalD1| {
+        d1.requests()
+            .iter()
+            .filter(|r| r["statements"][0] == "PRAGMA DEFER_FOREIGN_KEYS")
+            .count()
+    };
+    let mut kills = 0;
+    for point in 0..4 {
+        let before = writes(&d1);
+        let mut child = Run::new(&d1, "killed-sync", &source)
+            .env("MIGRATION_MODE", "sync")
+            .env("MIGRATION_SYNC_DELETE", "true")
+            .env("MIGRATION_REQUEST_BYTES", "100000")
+            .env("MIGRATION_QUIET", "true")
+            .command()
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            // Kill after the trigger drop and a few writes of this attempt.
+            if writes(&d1) >= before + 1 + point {
+                child.kill().unwrap();
+                kills += 1;
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sync neither wrote nor ended"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        child.wait().unwrap();
+    }
+    assert!(kills >= 2, "only {kills} syncs were killed mid-way");
+    let report_path = dir.path().join("sync.json");
+    Run::new(&d1, "killed-sync", &source)
+        .env("MIGRATION_MODE", "sync")
+        .env("MIGRATION_SYNC_DELETE", "true")
+        .env("MIGRATION_REPORT", &report_path)
+        .ok();
+    let diff = sqldiff(&source, d1.file("killed-sync"));
+    assert!(diff.is_empty(), "{}", diff.join("\n"));
+    let triggers = d1.sql(
+        "killed-sync",
+        &["SELECT name FROM sqlite_schema WHERE type = 'trigger' ORDER BY name"],
+    );
+    assert_eq!(
+        triggers[0],
+        serde_json::json!([["lines_audit"], ["orders_note_default"]])
+    );
+    assert_eq!(read_json(&report_path)["validation"]["ok"], true);
+}
