@@ -12,6 +12,7 @@ use crate::config::{BadRow, Config};
 use crate::d1::D1Client;
 use crate::discover::{discover, select_tables, Schema};
 use crate::error::Result;
+use crate::fit::{fit, Fit};
 use crate::plan::plan;
 use crate::produce::{pass_filter, passes, produce, Pass, Produced, Work};
 use crate::source::{open_read_only, SqliteCatalog};
@@ -30,6 +31,12 @@ pub struct PlannedTable {
     pub bytes: u64,
     pub statements: u64,
     pub requests: u64,
+    /// What the run does on D1: "create" the table, "fill" it as it exists there, or "merge by
+    /// name" (wrangler's `d1_migrations`).
+    pub on_d1: String,
+    /// How source columns map to D1's, where it is not one-to-one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub column_mapping: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -64,7 +71,7 @@ pub fn dry_run(config: &Config, client: &D1Client) -> Result<DryRun> {
     out.findings
         .extend(foreign_key_violations(&source, &schema, skip)?);
     out.findings.extend(database_size(&source)?);
-    out.findings.extend(target_check(client, &schema));
+    let fitted = target_check(client, &source, &schema, &mut out.findings)?;
 
     let [rows, deferred, fill] = passes(&schema, &plan, |_, _| false);
     for (work, reason) in rows
@@ -110,8 +117,17 @@ pub fn dry_run(config: &Config, client: &D1Client) -> Result<DryRun> {
             .push(format!("virtual table {}", work.shape.table));
     }
     for o in ordered_objects(&schema) {
-        out.objects_after_data
-            .push(format!("{} {}", o.kind, o.name));
+        if fitted.as_ref().is_none_or(|f| f.creates_object(&o.name)) {
+            out.objects_after_data
+                .push(format!("{} {}", o.kind, o.name));
+        }
+    }
+    for t in &mut out.tables {
+        let fit = fitted
+            .as_ref()
+            .and_then(|f| f.tables.iter().find(|f| f.table == t.table));
+        t.on_d1 = fit.map_or("create".into(), |f| f.action.clone());
+        t.column_mapping = fit.map(|f| f.mapping.clone()).unwrap_or_default();
     }
 
     let data_requests: u64 = out.tables.iter().map(|t| t.requests).sum();
@@ -240,53 +256,66 @@ fn database_size(source: &rusqlite::Connection) -> Result<Vec<Finding>> {
     })
 }
 
-/// Read-only look at the target: tables that already exist there, and whether they match.
-fn target_check(client: &D1Client, schema: &Schema) -> Vec<Finding> {
+/// Read-only look at the target: the tables and objects it already has, compared with the
+/// source's by structure (`fit`). `None` when the target cannot be read (a finding says so).
+fn target_check(
+    client: &D1Client,
+    source: &rusqlite::Connection,
+    schema: &Schema,
+    findings: &mut Vec<Finding>,
+) -> Result<Option<Fit>> {
     let existing = match target_objects(client) {
         Ok(e) => e,
         Err(e) => {
-            return vec![Finding::error(
+            findings.push(Finding::error(
                 "target_unreachable",
                 client.database_id(),
                 format!("the target cannot be read: {e}"),
-            )]
+            ));
+            return Ok(None);
         }
     };
-    let normalize = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-    let orphans = missing_parents(schema, &existing).into_iter().map(|m| {
-        Finding::error(
+    for m in missing_parents(schema, &existing) {
+        findings.push(Finding::error(
             "missing_parent_table",
             client.database_id(),
             format!("{m}; D1 enforces foreign keys"),
-        )
-    });
-    schema
-        .tables
-        .iter()
-        .filter_map(|t| {
-            let (_, sql) = existing.get(&t.name.to_lowercase())?;
-            Some(if normalize(sql) == normalize(&t.sql) {
-                Finding::warning(
-                    "target_table_exists",
-                    &t.name,
-                    format!(
-                        "D1 already has table {:?} with the same definition; rows it has are kept",
-                        t.name
-                    ),
-                )
+        ));
+    }
+    let fit = fit(source, schema, &existing)?;
+    for t in fit.tables.iter().filter(|t| t.action != "create") {
+        for p in &t.problems {
+            findings.push(Finding::error(
+                "target_table_differs",
+                &t.table,
+                format!("{p}; the run would stop before writing"),
+            ));
+        }
+        if t.problems.is_empty() {
+            findings.push(Finding::warning(
+                "target_table_exists",
+                &t.table,
+                format!(
+                    "D1 already has table {:?} and it fits; it is filled as it exists, rows it has are kept",
+                    t.table
+                ),
+            ));
+        }
+        for n in &t.notes {
+            findings.push(Finding::warning("target_table_note", &t.table, n.clone()));
+        }
+    }
+    for o in &fit.objects {
+        if let Some(message) = &o.message {
+            let finding = if o.action == "conflict" {
+                Finding::error
             } else {
-                Finding::error(
-                    "target_table_differs",
-                    &t.name,
-                    format!(
-                        "D1 already has table {:?} with a different definition; the run would stop",
-                        t.name
-                    ),
-                )
-            })
-        })
-        .chain(orphans)
-        .collect()
+                Finding::warning
+            };
+            findings.push(finding("target_object_differs", &o.name, message.clone()));
+        }
+    }
+    Ok(Some(fit))
 }
 
 impl DryRun {
@@ -304,6 +333,18 @@ impl DryRun {
                 t.requests,
                 t.order_reason
             ));
+            out.push_str(&format!(
+                "      on D1: {}\n",
+                match t.on_d1.as_str() {
+                    "fill" => "filled as it exists",
+                    "merge by name" =>
+                        "exists: the source's applied migrations it lacks are added by name",
+                    _ => "created",
+                }
+            ));
+            for m in &t.column_mapping {
+                out.push_str(&format!("        {m}\n"));
+            }
         }
         if !self.objects_after_data.is_empty() {
             out.push_str(&format!(

@@ -3,7 +3,8 @@
 //! Stages, one module each: `discover` (catalog) → `plan` (load order) → `source` (reading
 //! batches) → `pack` (rows to statements under D1's limits) → `produce` (a table's requests) →
 //! `load` (the D1 sink: workers, senders, checkpoints) over `d1` (HTTP with retries), with
-//! `target` holding the target's schema; then `validate`. `migrate` wires the forward run,
+//! `target` holding the target's schema and `fit` comparing the source's with the schema D1
+//! already has; then `validate`. `migrate` wires the forward run,
 //! `dryrun` the same pipeline with a counting end, `rollback` the reverse one; `config` reads
 //! the environment, `report` and `progress` tell what happened.
 #![forbid(unsafe_code)]
@@ -15,6 +16,7 @@ pub mod diff;
 pub mod discover;
 pub mod dryrun;
 pub mod error;
+pub mod fit;
 pub mod fixture;
 pub mod load;
 pub mod log;

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::d1::D1Client;
 use crate::discover::{discover, select_tables, Schema, Table};
 use crate::error::{Error, Result};
+use crate::fit::{fit, Fit, MIGRATIONS_TABLE};
 use crate::load::{run_work, Loader, Rejects};
 use crate::log;
 use crate::plan::plan;
@@ -36,7 +37,8 @@ pub fn forward(
     let mut schema = discover(&SqliteCatalog(&source))?;
     select_tables(&mut schema, &config.tables, &config.exclude_tables)?;
     report.set_skipped(&schema.skipped);
-    let plan = plan(&schema);
+    // The checkpoint's fingerprint is of the whole selection, whatever D1 already holds.
+    let fingerprint = fingerprint(config, &schema);
     let refused: Vec<String> = check_schema(&schema)
         .into_iter()
         .filter(|f| f.is_error())
@@ -58,7 +60,30 @@ pub fn forward(
             orphans.join("\n  ")
         )));
     }
-    let state = State::open(&config.state_dir, fingerprint(config, &schema))?;
+    // The schema D1 already has (the application's migrations): compared by structure; what
+    // does not fit is refused before anything is written.
+    let fit = fit(&source, &schema, &existing)?;
+    let problems = fit.problems();
+    if !problems.is_empty() {
+        return Err(Error::Refused(format!(
+            "the tables already on D1 do not fit the source; nothing was written:\n  {}",
+            problems.join("\n  ")
+        )));
+    }
+    tell_fit(&fit);
+    let merged = fit.merges(MIGRATIONS_TABLE);
+    if merged {
+        // wrangler's history already on D1: the source's entries it lacks are added by name
+        // below, not copied with their ids.
+        schema
+            .tables
+            .retain(|t| !t.name.eq_ignore_ascii_case(MIGRATIONS_TABLE));
+        schema
+            .sequence
+            .retain(|s| !s.name.eq_ignore_ascii_case(MIGRATIONS_TABLE));
+    }
+    let plan = plan(&schema);
+    let state = State::open(&config.state_dir, fingerprint)?;
     check_target(&state, client, &existing)?;
     if state.is_complete() {
         log::info(&format!(
@@ -70,6 +95,14 @@ pub fn forward(
         return Ok(());
     }
     let rejects = Rejects::new(config.reject_file.clone());
+    if merged {
+        let added = merge_migrations(client, &source)?;
+        if added > 0 {
+            log::info(&format!(
+                "{MIGRATIONS_TABLE}: {added} applied migrations of the source added by name"
+            ));
+        }
+    }
 
     let ordinary: Vec<&Table> = plan
         .tables
@@ -146,6 +179,83 @@ pub fn forward(
     }
     state.set_complete()?;
     Ok(())
+}
+
+/// Says how each table the run fills fits the one D1 already has, and what of D1's is kept.
+fn tell_fit(fit: &Fit) {
+    for t in fit.tables.iter().filter(|t| t.action != "create") {
+        let mut line = if t.action == "fill" {
+            format!("{}: filled as it exists on D1", t.table)
+        } else {
+            format!(
+                "{}: already on D1; the source's applied migrations it lacks are added by name",
+                t.table
+            )
+        };
+        if !t.mapping.is_empty() {
+            line.push_str(&format!("; columns by name: {}", t.mapping.join(", ")));
+        }
+        log::info(&line);
+        for note in &t.notes {
+            log::info(&format!("{}: {note}", t.table));
+        }
+    }
+    for o in &fit.objects {
+        if let Some(message) = o.message.as_ref().filter(|_| o.action == "differs") {
+            log::warn(message);
+        }
+    }
+}
+
+/// Adds the source's rows of wrangler's `d1_migrations` that D1's lacks, by name (D1 numbers
+/// them); rows D1 has are left alone. Returns how many were added.
+fn merge_migrations(client: &D1Client, source: &rusqlite::Connection) -> Result<u64> {
+    let table = quote_ident(MIGRATIONS_TABLE);
+    let have: std::collections::HashSet<String> = client
+        .query(&format!("SELECT name FROM {table}"))?
+        .rows
+        .iter()
+        .filter_map(|r| r.first().and_then(|v| v.as_str()).map(str::to_string))
+        .collect();
+    let columns: Vec<String> = {
+        let mut stmt = source.prepare(&format!(
+            "SELECT name FROM pragma_table_info({}) WHERE pk = 0",
+            crate::value::quote_text(MIGRATIONS_TABLE)
+        ))?;
+        let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        names.collect::<rusqlite::Result<_>>()?
+    };
+    if !columns.iter().any(|c| c.eq_ignore_ascii_case("name")) {
+        return Ok(0);
+    }
+    let list: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+    let mut stmt = source.prepare(&format!(
+        "SELECT name, {} FROM {table} ORDER BY rowid",
+        list.join(", ")
+    ))?;
+    let mut inserts = Vec::new();
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let name: Option<String> = row.get(0)?;
+        if name.as_ref().is_some_and(|n| have.contains(n)) {
+            continue;
+        }
+        let values: Vec<String> = (0..columns.len())
+            .map(|i| {
+                row.get_ref(i + 1)
+                    .map(|v| crate::source::value(v).literal())
+            })
+            .collect::<rusqlite::Result<_>>()?;
+        inserts.push(format!(
+            "INSERT INTO {table} ({}) VALUES ({})",
+            list.join(", "),
+            values.join(", ")
+        ));
+    }
+    for chunk in inserts.chunks(50) {
+        client.execute(chunk).map_err(|f| f.error)?;
+    }
+    Ok(inserts.len() as u64)
 }
 
 /// Trusts the checkpoint only as far as the target still holds what it recorded: a table that is

@@ -53,30 +53,17 @@ pub fn target_objects(client: &D1Client) -> Result<HashMap<String, (String, Stri
         .collect())
 }
 
-fn normalize(sql: &str) -> String {
-    sql.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// Creates what the target lacks; what it has must have the same SQL. Returns the names of the
-/// objects it created.
+/// Creates what the target lacks; what it has is kept (`fit` has compared it with the source's
+/// and refused what does not fit). Returns the names of the objects it created.
 pub fn create_missing<'a>(
     client: &D1Client,
     objects: impl Iterator<Item = (&'a str, &'a str, &'a str)>,
     existing: &HashMap<String, (String, String)>,
 ) -> Result<Vec<String>> {
-    let mut todo: Vec<(&str, &str)> = Vec::new();
-    for (kind, name, sql) in objects {
-        match existing.get(&name.to_lowercase()) {
-            Some((_, have)) if normalize(have) == normalize(sql) => {}
-            Some((have_kind, _)) => {
-                return Err(Error::Refused(format!(
-                    "{kind} {name:?} already exists on D1 as a {have_kind} with a different definition; \
-                     drop it on D1 or exclude the table (MIGRATION_EXCLUDE_TABLES)"
-                )))
-            }
-            None => todo.push((name, sql)),
-        }
-    }
+    let todo: Vec<(&str, &str)> = objects
+        .filter(|(_, name, _)| !existing.contains_key(&name.to_lowercase()))
+        .map(|(_, name, sql)| (name, sql))
+        .collect();
     execute_named(client, &todo)?;
     Ok(todo.iter().map(|(n, _)| n.to_string()).collect())
 }
@@ -149,12 +136,14 @@ pub fn copy_sequence(client: &D1Client, schema: &Schema) -> Result<()> {
         .iter()
         .map(|s| quote_text(&s.name))
         .collect();
+    // The source's rowids are kept where they are free; a D1 that already has sequence rows of
+    // its own (wrangler's `d1_migrations`) may hold them, and then D1 numbers the row.
     let values: Vec<String> = schema
         .sequence
         .iter()
         .map(|s| {
             format!(
-                "({}, {}, {})",
+                "(CASE WHEN EXISTS (SELECT 1 FROM sqlite_sequence WHERE rowid = {0}) THEN NULL ELSE {0} END, {1}, {2})",
                 s.rowid,
                 quote_text(&s.name),
                 s.seq.literal()

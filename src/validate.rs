@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::discover::{Schema, Table, TableKind};
 use crate::error::Result;
+use crate::fit::{keeps_values, MIGRATIONS_TABLE};
 use crate::pack::Shape;
 use crate::value::Value;
 
@@ -429,6 +430,18 @@ fn validate_table(
         table,
         options,
     };
+    if table.name.eq_ignore_ascii_case(MIGRATIONS_TABLE)
+        && table
+            .columns
+            .iter()
+            .any(|c| c.name.eq_ignore_ascii_case("name"))
+    {
+        // wrangler's history is merged by name: every source entry must be on the target, which
+        // may have entries (and numbers) of its own.
+        comparison.by_name(&mut v)?;
+        v.ok = v.schema_problems.is_empty() && v.missing == 0;
+        return Ok(v);
+    }
     if let Some(recheck) = recheck {
         comparison.full_ranges(&mut v, &recheck.ranges)?;
         v.compared += recheck.equal_rows;
@@ -445,24 +458,35 @@ fn validate_table(
     Ok(v)
 }
 
+/// Columns are matched by name, case-insensitively, in any order: each of the source's stored
+/// columns must be on the target with an affinity that keeps its values. The target may have
+/// columns of its own (a schema the application created, with a column the source lacks).
 fn compare_schema(source: &Table, target: &Table, label: &str) -> Vec<String> {
-    let cols = |t: &Table| -> Vec<(String, String)> {
-        t.columns
-            .iter()
-            .map(|c| (c.name.clone(), c.decl_type.to_ascii_uppercase()))
-            .collect()
-    };
     let mut problems = Vec::new();
-    if cols(source) != cols(target) {
-        problems.push(format!(
-            "columns differ: source {:?}, {label} {:?}",
-            cols(source),
-            cols(target)
-        ));
+    for c in source.data_columns() {
+        match target
+            .columns
+            .iter()
+            .find(|t| t.name.eq_ignore_ascii_case(&c.name))
+        {
+            None => problems.push(format!(
+                "column {:?} ({}) is missing from the {label}",
+                c.name, c.decl_type
+            )),
+            Some(t) if !keeps_values(c.affinity(), t.affinity()) => problems.push(format!(
+                "column {:?}: source {:?}, {label} {:?}",
+                c.name, c.decl_type, t.decl_type
+            )),
+            Some(_) => {}
+        }
     }
-    if std::mem::discriminant(&source.kind) != std::mem::discriminant(&target.kind)
-        || matches!((&source.kind, &target.kind), (TableKind::Rowid { rowid_alias: a }, TableKind::Rowid { rowid_alias: b }) if a != b)
-    {
+    let same_kind = match (&source.kind, &target.kind) {
+        (TableKind::Rowid { rowid_alias: a }, TableKind::Rowid { rowid_alias: b }) => {
+            a.as_deref().map(str::to_lowercase) == b.as_deref().map(str::to_lowercase)
+        }
+        (a, b) => std::mem::discriminant(a) == std::mem::discriminant(b),
+    };
+    if !same_kind {
         problems.push(format!(
             "table kind differs: source {:?}, {label} {:?}",
             source.kind, target.kind
@@ -667,6 +691,48 @@ impl Comparison<'_> {
             take(self.source.select(&key_shape, &tails)?, &mut picked);
         }
         Ok(picked.into_values().collect())
+    }
+
+    /// Compares the `name` column of both sides as sets: each source name must be on the target.
+    fn by_name(&self, v: &mut TableValidation) -> Result<()> {
+        let name = crate::value::quote_ident("name");
+        let shape = Shape {
+            table: self.shape.table.clone(),
+            columns: vec![name.clone()],
+            affinities: vec![crate::discover::Affinity::Text],
+            key_positions: vec![0],
+            key_exprs: vec![name.clone()],
+            deferred: Vec::new(),
+            is_virtual: false,
+        };
+        let tail = [format!("ORDER BY {name}")];
+        let names = |side: &dyn RowSide| -> Result<Vec<Vec<Value>>> {
+            Ok(side.select(&shape, &tail)?.into_iter().flatten().collect())
+        };
+        let ours = names(self.source)?;
+        let theirs: std::collections::HashSet<Vec<u8>> =
+            names(self.target)?.iter().map(|r| canonical(r)).collect();
+        v.compared = ours.len() as u64;
+        v.sampled = v.compared;
+        for row in &ours {
+            if !theirs.contains(&canonical(row)) {
+                v.missing += 1;
+                if v.differences.len() < self.options.max_examples {
+                    v.differences.push(Difference {
+                        key: shape.key_text(row),
+                        kind: "missing".into(),
+                        fields: Vec::new(),
+                    });
+                }
+            }
+        }
+        let only_target = theirs.len().saturating_sub(ours.len() - v.missing as usize);
+        if only_target > 0 {
+            v.warnings.push(format!(
+                "{only_target} applied migrations are only on the target (merged by name)"
+            ));
+        }
+        Ok(())
     }
 
     /// The shape of the key columns alone.

@@ -4,6 +4,9 @@
 //! - `local_d1`: the local D1 server speaks D1's REST API, enforces D1's limits, injects faults.
 //! - `forward`: SQLite → D1 copies are exact (`sqldiff`), under faults too, and bad input is
 //!   refused before anything is written.
+//! - `existing_schema`: D1's schema made first by the application's migrations (reformatted,
+//!   reordered, a column of its own, wrangler's history) is filled as it exists; a table that
+//!   does not fit is refused before any write, one line per column.
 //! - `validate`: clean copies pass; each kind of tampering is caught and named.
 //! - `rollback`: D1 → SQLite round trips are exact; existing files are refused, completed or
 //!   replaced as asked.
@@ -24,6 +27,9 @@ mod local_d1;
 
 #[path = "suite/forward.rs"]
 mod forward;
+
+#[path = "suite/existing_schema.rs"]
+mod existing_schema;
 
 #[path = "suite/validate.rs"]
 mod validate;

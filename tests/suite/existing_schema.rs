@@ -1,0 +1,397 @@
+//! Into the schema the application already has: D1's tables created first, the way
+//! `wrangler d1 migrations apply` would (other formatting and constraint layout, lower-case names,
+//! columns in another order, a column of D1's own, wrangler's `d1_migrations` holding a row),
+//! then filled. Tables that fit are filled as they exist, compared by structure; a table that
+//! does not fit is refused before anything is written, one line per difference.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use crate::harness::{dataset, fresh, generated, read_json, stderr, LocalD1, Run};
+
+/// wrangler's table of applied migrations, as `wrangler d1 migrations apply` creates it.
+const D1_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS d1_migrations(
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    name       TEXT UNIQUE,
+    applied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP NOT NULL
+)";
+
+/// The source's tables as an application's migration would write them: lower-case names, no
+/// brackets, the primary key and foreign keys laid out otherwise, the columns of `reversed` in
+/// reverse order, and a nullable column `extra_note` added to `extended`.
+fn app_schema(source: &Path, reversed: &str, extended: &str) -> Vec<String> {
+    let db = Connection::open(source).unwrap();
+    let tables: Vec<(String, String)> = db
+        .prepare(
+            "SELECT name, sql FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite%' \
+             AND name <> 'd1_migrations' ORDER BY name",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut out = Vec::new();
+    for (table, sql) in tables {
+        let q = format!("'{}'", table.replace('\'', "''"));
+        let mut columns: Vec<(String, String, bool, Option<String>, i64)> = db
+            .prepare(&format!(
+                "SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info({q})"
+            ))
+            .unwrap()
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        if table == reversed {
+            columns.reverse();
+        }
+        let autoincrement = sql.to_uppercase().contains("AUTOINCREMENT");
+        let pk_count = columns.iter().filter(|c| c.4 > 0).count();
+        let mut defs: Vec<String> = columns
+            .iter()
+            .map(|(name, ty, not_null, default, pk)| {
+                let mut d = format!("{} {}", name.to_lowercase(), ty.to_lowercase());
+                if *pk > 0 && pk_count == 1 {
+                    d.push_str(" primary key");
+                    if autoincrement {
+                        d.push_str(" autoincrement");
+                    }
+                }
+                if *not_null {
+                    d.push_str(" not null");
+                }
+                if let Some(v) = default {
+                    d.push_str(&format!(" default {v}"));
+                }
+                d
+            })
+            .collect();
+        if table == extended {
+            defs.push("extra_note text".into());
+        }
+        if pk_count > 1 {
+            let mut pk: Vec<&(String, String, bool, Option<String>, i64)> =
+                columns.iter().filter(|c| c.4 > 0).collect();
+            pk.sort_by_key(|c| c.4);
+            let names: Vec<String> = pk.iter().map(|c| c.0.to_lowercase()).collect();
+            defs.push(format!("primary key ({})", names.join(", ")));
+        }
+        let uniques: Vec<String> = db
+            .prepare(&format!(
+                "SELECT group_concat(i.name, ', ') FROM pragma_index_list({q}) l, pragma_index_info(l.name) i \
+                 WHERE l.origin = 'u' GROUP BY l.name"
+            ))
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        for u in uniques {
+            defs.push(format!("unique ({})", u.to_lowercase()));
+        }
+        let fks: Vec<(i64, String, String, Option<String>)> = db
+            .prepare(&format!(
+                "SELECT id, \"table\", \"from\", \"to\" FROM pragma_foreign_key_list({q}) ORDER BY id, seq"
+            ))
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        for (_, parent, from, to) in fks {
+            defs.push(format!(
+                "foreign key ({}) references {} ({})",
+                from.to_lowercase(),
+                parent.to_lowercase(),
+                to.unwrap_or_else(|| "id".into()).to_lowercase()
+            ));
+        }
+        let without_rowid = sql.to_uppercase().contains("WITHOUT ROWID");
+        out.push(format!(
+            "create table {} (\n  {}\n){}",
+            table.to_lowercase(),
+            defs.join(",\n  "),
+            if without_rowid { " without rowid" } else { "" }
+        ));
+    }
+    out
+}
+
+/// Asserts that every column of every source table holds the same values on D1, matched by
+/// name, whatever else D1's table has.
+fn assert_source_columns_equal(source: &Path, d1_file: &Path) {
+    let src = Connection::open(source).unwrap();
+    let d1 = Connection::open(d1_file).unwrap();
+    let tables: Vec<String> = src
+        .prepare(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite%' \
+             AND name <> 'd1_migrations' AND sql NOT LIKE 'CREATE VIRTUAL%'",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(!tables.is_empty());
+    for table in tables {
+        let columns: Vec<String> = src
+            .prepare(&format!(
+                "SELECT '\"' || replace(name, '\"', '\"\"') || '\"' FROM pragma_table_info('{}')",
+                table.replace('\'', "''")
+            ))
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let sql = format!(
+            "SELECT {0} FROM \"{1}\" ORDER BY {0}",
+            columns.join(", "),
+            table.replace('"', "\"\"")
+        );
+        let read = |db: &Connection| -> Vec<Vec<rusqlite::types::Value>> {
+            let mut stmt = db.prepare(&sql).unwrap();
+            let n = stmt.column_count();
+            stmt.query_map([], |r| (0..n).map(|i| r.get(i)).collect())
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        let (a, b) = (read(&src), read(&d1));
+        assert_eq!(a.len(), b.len(), "{table}: rows");
+        assert!(a == b, "{table}: the source's columns differ on D1");
+    }
+}
+
+fn names(d1: &LocalD1, db: &str) -> Vec<String> {
+    d1.sql(db, &["SELECT name FROM d1_migrations ORDER BY id"])[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[0].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The sample database with wrangler's history of two applied migrations.
+fn sample_with_history(dir: &Path) -> std::path::PathBuf {
+    let source = generated(dir, "sample");
+    let db = Connection::open(&source).unwrap();
+    db.execute_batch(&format!(
+        "{D1_MIGRATIONS};
+         INSERT INTO d1_migrations (name, applied_at) VALUES
+           ('0001_init.sql', '2024-05-01 10:00:00'), ('0002_tiers.sql', '2024-06-01 10:00:00');"
+    ))
+    .unwrap();
+    source
+}
+
+/// Applies `ddl` to D1 as `wrangler d1 migrations apply` would, with the history D1 has: a
+/// migration of the application's own, then the source's first.
+fn apply_migrations(d1: &LocalD1, db: &str, ddl: &[String]) {
+    let mut statements: Vec<&str> = vec![D1_MIGRATIONS];
+    statements.extend(ddl.iter().map(String::as_str));
+    statements.push(
+        "INSERT INTO d1_migrations (name, applied_at) VALUES \
+         ('0000_app_only.sql', '2025-01-01 00:00:00'), ('0001_init.sql', '2025-01-02 00:00:00')",
+    );
+    d1.sql(db, &statements);
+}
+
+/// Also the regression test of `setting sqlite_sequence on D1: ... UNIQUE constraint failed:
+/// sqlite_sequence.rowid`: D1's own AUTOINCREMENT table (wrangler's history) held the rowid the
+/// source's sequence row had.
+#[test]
+fn a_schema_the_app_migrated_is_filled_as_it_exists() {
+    let (d1, db, dir) = fresh();
+    let source = sample_with_history(dir.path());
+    apply_migrations(d1, &db, &app_schema(&source, "products", "customers"));
+
+    // The dry run says what the run will do with each table.
+    let dry = Run::new(d1, &db, &source)
+        .env("MIGRATION_DRY_RUN", "true")
+        .env("MIGRATION_REPORT", dir.path().join("dry.json"))
+        .ok();
+    let text = stderr(&dry);
+    assert!(text.contains("on D1: filled as it exists"), "{text}");
+    assert!(text.contains("price → price (column 2 on D1)"), "{text}");
+    assert!(text.contains("(none) → extra_note (D1 only)"), "{text}");
+    assert!(
+        text.contains("on D1: exists: the source's applied migrations it lacks are added by name"),
+        "{text}"
+    );
+    let plan = read_json(&dir.path().join("dry.json"));
+    let on_d1 = |table: &str| {
+        plan["dry_run"]["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["table"] == table)
+            .map(|t| t["on_d1"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert_eq!(on_d1("customers"), "fill");
+    assert_eq!(on_d1("d1_migrations"), "merge by name");
+
+    let report = dir.path().join("report.json");
+    let out = Run::new(d1, &db, &source)
+        .env("MIGRATION_REPORT", &report)
+        .env("MIGRATION_VALIDATE_ALL_ROWS", "true")
+        .ok();
+    let log = stderr(&out);
+    assert!(
+        log.contains("customers: filled as it exists on D1; columns by name:"),
+        "{log}"
+    );
+    let report = read_json(&report);
+    assert_eq!(report["validation"]["ok"], true, "{report}");
+    assert_source_columns_equal(&source, d1.file(&db));
+    // D1's own column is left NULL; wrangler's history gains the source's entry it lacked, by
+    // name, and keeps its own as they were.
+    assert_eq!(
+        d1.sql(
+            &db,
+            &["SELECT count(*) FROM customers WHERE extra_note IS NOT NULL"]
+        )[0],
+        serde_json::json!([[0]])
+    );
+    assert_eq!(
+        names(d1, &db),
+        ["0000_app_only.sql", "0001_init.sql", "0002_tiers.sql"]
+    );
+    assert_eq!(
+        d1.sql(
+            &db,
+            &["SELECT applied_at FROM d1_migrations WHERE name = '0001_init.sql'"]
+        )[0],
+        serde_json::json!([["2025-01-02 00:00:00"]])
+    );
+    // The view and trigger D1 lacked were created; the index it had is kept.
+    let objects = d1.sql(
+        &db,
+        &["SELECT name FROM sqlite_schema WHERE name IN ('order_totals', 'orders_note_default') ORDER BY name"],
+    );
+    assert_eq!(
+        objects[0],
+        serde_json::json!([["order_totals"], ["orders_note_default"]])
+    );
+    // Run again: complete, and the history is not added twice.
+    let again = Run::new(d1, &db, &source).ok();
+    assert!(
+        stderr(&again).contains("already complete"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(names(d1, &db).len(), 3);
+}
+
+#[test]
+fn an_incompatible_table_is_refused_before_any_write_one_line_per_column() {
+    let (d1, db, dir) = fresh();
+    let source = sample_with_history(dir.path());
+    let mut ddl = app_schema(&source, "", "");
+    for t in &mut ddl {
+        if t.starts_with("create table customers") {
+            // No email column, and a NOT NULL column the source cannot fill.
+            *t = "create table customers (id integer primary key, name text not null, \
+                  referred_by integer references customers(id), created_at text not null, \
+                  tier text not null)"
+                .into();
+        }
+        if t.starts_with("create table products") {
+            *t =
+                "create table products (id integer primary key autoincrement, name text not null, \
+                  price text not null, picture blob)"
+                    .into();
+        }
+    }
+    apply_migrations(d1, &db, &ddl);
+    let schema_before = d1.sql(
+        &db,
+        &["SELECT type, name, sql FROM sqlite_schema ORDER BY name"],
+    );
+    let out = Run::new(d1, &db, &source).output();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let log = stderr(&out);
+    for line in [
+        "table \"customers\", column \"email\": source TEXT (text affinity), D1 has no such column",
+        "table \"customers\", column \"tier\": source has no such column, D1 TEXT (text affinity) NOT NULL: NOT NULL without a default",
+        "table \"products\", column \"price\": source REAL (real affinity) NOT NULL, D1 TEXT (text affinity) NOT NULL: the affinity would change stored values",
+    ] {
+        assert!(log.contains(line), "{line}\n{log}");
+    }
+    assert!(log.contains("nothing was written"), "{log}");
+    // Nothing was written: the same schema, no rows but wrangler's.
+    assert_eq!(
+        d1.sql(
+            &db,
+            &["SELECT type, name, sql FROM sqlite_schema ORDER BY name"]
+        ),
+        schema_before
+    );
+    for table in ["customers", "products", "orders", "order_lines"] {
+        assert_eq!(
+            d1.sql(&db, &[&format!("SELECT count(*) FROM {table}")])[0],
+            serde_json::json!([[0]]),
+            "{table}"
+        );
+    }
+    assert_eq!(names(d1, &db).len(), 2);
+
+    // The dry run names the same differences and says the run would not succeed.
+    let dry = Run::new(d1, &db, &source)
+        .env("MIGRATION_DRY_RUN", "true")
+        .output();
+    assert_eq!(dry.status.code(), Some(2));
+    assert!(
+        stderr(&dry).contains("table \"customers\", column \"email\""),
+        "{}",
+        stderr(&dry)
+    );
+}
+
+#[test]
+fn chinook_fills_the_schema_its_app_migrated() {
+    let Some(chinook) = dataset("chinook.sqlite") else {
+        return;
+    };
+    let (d1, db, dir) = fresh();
+    let source = dir.path().join("chinook.sqlite");
+    std::fs::copy(&chinook, &source).unwrap();
+    Connection::open(&source)
+        .unwrap()
+        .execute_batch(&format!(
+            "{D1_MIGRATIONS}; INSERT INTO d1_migrations (name) VALUES ('0001_init.sql');"
+        ))
+        .unwrap();
+    let mut ddl = app_schema(&source, "Track", "Artist");
+    // The app's indexes, written its own way: kept, not created again.
+    ddl.push("create index ifk_trackalbumid on track (albumid)".into());
+    apply_migrations(d1, &db, &ddl);
+    let report = dir.path().join("report.json");
+    let out = Run::new(d1, &db, &source)
+        .env("MIGRATION_REPORT", &report)
+        .env("MIGRATION_VALIDATE_ALL_ROWS", "true")
+        .ok();
+    let log = stderr(&out);
+    assert!(log.contains("Artist: filled as it exists on D1"), "{log}");
+    assert!(
+        log.contains("Track: filled as it exists on D1; columns by name:"),
+        "{log}"
+    );
+    let report = read_json(&report);
+    assert_eq!(report["validation"]["ok"], true, "{report}");
+    assert!(
+        !report["objects_created"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o == "IFK_TrackAlbumId"),
+        "{report}"
+    );
+    assert_source_columns_equal(&source, d1.file(&db));
+    assert_eq!(names(d1, &db), ["0000_app_only.sql", "0001_init.sql"]);
+}
