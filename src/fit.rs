@@ -40,6 +40,9 @@ pub struct TableFit {
     /// Differences that change nothing the run copies.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// The table's name as D1 spells it, where it is there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub d1_name: Option<String>,
 }
 
 /// What the run does with one index, view or trigger.
@@ -79,6 +82,14 @@ impl Fit {
             .any(|t| t.table.eq_ignore_ascii_case(table) && t.action == "create")
     }
 
+    /// The name D1 spells `table` with, when D1 has it.
+    pub fn d1_name(&self, table: &str) -> Option<&str> {
+        self.tables
+            .iter()
+            .find(|t| t.table.eq_ignore_ascii_case(table))
+            .and_then(|t| t.d1_name.as_deref())
+    }
+
     /// Whether `table` is wrangler's `d1_migrations`, already on D1: merged by name.
     pub fn merges(&self, table: &str) -> bool {
         self.tables
@@ -112,6 +123,7 @@ pub fn fit(
                     mapping: Vec::new(),
                     problems: Vec::new(),
                     notes: Vec::new(),
+                    d1_name: None,
                 },
                 Some((kind, sql)) if kind != "table" => TableFit {
                     table: table.name.clone(),
@@ -123,6 +135,7 @@ pub fn fit(
                         one_line(sql)
                     )],
                     notes: Vec::new(),
+                    d1_name: None,
                 },
                 Some((_, sql)) => fit_table(source, table, sql)?,
             });
@@ -178,6 +191,8 @@ struct ColumnInfo {
 /// A table's structure as SQLite reads it back from its definition.
 #[derive(Debug, Clone)]
 struct Structure {
+    /// The table's name as its definition spells it.
+    name: String,
     columns: Vec<ColumnInfo>,
     without_rowid: bool,
     strict: bool,
@@ -288,6 +303,7 @@ impl Structure {
             let mut checks = checks(sql);
             checks.sort();
             Ok(Structure {
+                name: name.clone(),
                 columns,
                 without_rowid,
                 strict,
@@ -361,6 +377,7 @@ fn fit_table(source: &Connection, table: &Table, d1_sql: &str) -> Result<TableFi
         mapping: Vec::new(),
         problems: Vec::new(),
         notes: Vec::new(),
+        d1_name: None,
     };
     if table.is_virtual() {
         if canonical_sql(&table.sql) != canonical_sql(d1_sql) {
@@ -381,6 +398,7 @@ fn fit_table(source: &Connection, table: &Table, d1_sql: &str) -> Result<TableFi
             return Ok(fit);
         }
     };
+    fit.d1_name = Some(theirs.name.clone());
     let mut problem = |column: &str, source_side: String, d1_side: String, why: &str| {
         fit.problems.push(format!(
             "table {name:?}, column {column:?}: source {source_side}, D1 {d1_side}: {why}"

@@ -71,6 +71,12 @@ pub fn forward(
         )));
     }
     tell_fit(&fit);
+    // AUTOINCREMENT finds its sequence row by the table's name exactly as D1 spells it.
+    for row in &mut schema.sequence {
+        if let Some(name) = fit.d1_name(&row.name) {
+            row.name = name.to_string();
+        }
+    }
     let merged = fit.merges(MIGRATIONS_TABLE);
     if merged {
         // wrangler's history already on D1: the source's entries it lacks are added by name

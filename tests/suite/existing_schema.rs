@@ -395,3 +395,29 @@ fn chinook_fills_the_schema_its_app_migrated() {
     assert_source_columns_equal(&source, d1.file(&db));
     assert_eq!(names(d1, &db), ["0000_app_only.sql", "0001_init.sql"]);
 }
+
+/// AUTOINCREMENT finds its `sqlite_sequence` row by the table's name exactly as D1 spells it:
+/// a counter ahead of the largest id stays ahead when D1's table is spelled otherwise.
+#[test]
+fn an_autoincrement_counter_stays_ahead_in_a_table_d1_spells_otherwise() {
+    let (d1, db, dir) = fresh();
+    let source = dir.path().join("counter.sqlite");
+    Connection::open(&source)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE Counter (Id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT);
+             INSERT INTO Counter (v) VALUES ('a'), ('b'), ('c');
+             UPDATE sqlite_sequence SET seq = 10 WHERE name = 'Counter';",
+        )
+        .unwrap();
+    d1.sql(
+        &db,
+        &["create table counter (id integer primary key autoincrement, v text)"],
+    );
+    Run::new(d1, &db, &source).ok();
+    d1.sql(&db, &["INSERT INTO counter (v) VALUES ('next')"]);
+    assert_eq!(
+        d1.sql(&db, &["SELECT id FROM counter WHERE v = 'next'"])[0],
+        serde_json::json!([[11]])
+    );
+}
