@@ -204,7 +204,8 @@ struct Structure {
     unique: Vec<Vec<String>>,
     /// Foreign keys: (columns, parent, parent columns), lower-case.
     foreign_keys: Vec<(Vec<String>, String, Vec<String>)>,
-    checks: Vec<String>,
+    /// CHECK constraints: (canonical SQL, the expression as written).
+    checks: Vec<(String, String)>,
 }
 
 impl Structure {
@@ -579,11 +580,28 @@ fn fit_table(source: &Connection, table: &Table, d1_sql: &str) -> Result<TableFi
             ));
         }
     }
-    for check in &theirs.checks {
-        if !ours.checks.contains(check) {
-            fit.notes.push(format!(
-                "CHECK ({check}) on D1 only: rows that break it are refused (MIGRATION_ON_BAD_ROW)"
-            ));
+    for (check, written) in &theirs.checks {
+        if ours.checks.iter().any(|(c, _)| c == check) {
+            continue;
+        }
+        match count(
+            source,
+            &format!("SELECT count(*) FROM {qt} WHERE NOT ({written})"),
+        ) {
+            Some(0) => fit.notes.push(format!(
+                "CHECK ({}) on D1 only; every source row meets it",
+                one_line(written)
+            )),
+            Some(n) => problem(
+                "(check)",
+                format!("{n} rows that break it"),
+                format!("CHECK ({})", one_line(written)),
+                "D1 would refuse those rows",
+            ),
+            None => fit.notes.push(format!(
+                "CHECK ({}) on D1 only (not checkable on the source): rows that break it are refused (MIGRATION_ON_BAD_ROW)",
+                one_line(written)
+            )),
         }
     }
     // The mapping, where it is not one-to-one.
@@ -655,14 +673,22 @@ fn matching(tokens: &[String], open: usize) -> Option<usize> {
     None
 }
 
-/// The CHECK constraints of a CREATE TABLE, each as canonical SQL.
-fn checks(sql: &str) -> Vec<String> {
-    let tokens = tokens(sql);
+/// The CHECK constraints of a CREATE TABLE: each as canonical SQL and as written.
+fn checks(sql: &str) -> Vec<(String, String)> {
+    let mut lexer = Lexer::new(sql);
+    let mut tokens: Vec<(String, usize, usize)> = Vec::new();
+    while let Some(t) = lexer.next_token() {
+        tokens.push(t);
+    }
+    let words: Vec<String> = tokens.iter().map(|t| t.0.clone()).collect();
     let mut out = Vec::new();
-    for (i, t) in tokens.iter().enumerate() {
-        if t == "check" && tokens.get(i + 1).map(String::as_str) == Some("(") {
-            if let Some(close) = matching(&tokens, i + 1) {
-                out.push(tokens[i + 2..close].join(" "));
+    for (i, t) in words.iter().enumerate() {
+        if t == "check" && words.get(i + 1).map(String::as_str) == Some("(") {
+            if let Some(close) = matching(&words, i + 1) {
+                out.push((
+                    words[i + 2..close].join(" "),
+                    sql[tokens[i + 1].2..tokens[close].1].to_string(),
+                ));
             }
         }
     }
@@ -880,9 +906,17 @@ mod tests {
         let d1 = existing(&[(
             "table",
             "t",
-            "CREATE TABLE t (id TEXT PRIMARY KEY, b REAL, c TEXT NOT NULL, d TEXT UNIQUE, e INT NOT NULL)",
+            "CREATE TABLE t (id TEXT PRIMARY KEY, b REAL, c TEXT NOT NULL, d TEXT UNIQUE, e INT NOT NULL,
+               CHECK (length(d)>=4), CHECK(b <= 2))",
         )]);
-        let problems = fit(&conn, &schema, &d1).unwrap().problems();
+        let fitted = fit(&conn, &schema, &d1).unwrap();
+        assert!(
+            fitted.tables[0].notes.contains(
+                &"CHECK (length(d)>=4) on D1 only; every source row meets it".to_string()
+            ),
+            "{fitted:?}"
+        );
+        let problems = fitted.problems();
         let expect = [
             "table \"t\", column \"a\": source TEXT (text affinity), D1 has no such column",
             "table \"t\", column \"b\": source INTEGER (integer affinity), D1 REAL (real affinity): the affinity would change",
@@ -891,6 +925,7 @@ mod tests {
             "table \"t\", column \"(primary key)\": source PRIMARY KEY (id), INTEGER PRIMARY KEY (the rowid), D1 PRIMARY KEY (id), rowid",
             "table \"t\", column \"d\": source not unique (1 values occur more than once), D1 UNIQUE",
             "table \"t\", column \"id\": source INTEGER (integer affinity), D1 TEXT (text affinity)",
+            "table \"t\", column \"(check)\": source 1 rows that break it, D1 CHECK (b <= 2)",
         ];
         for e in expect {
             assert!(
