@@ -102,6 +102,8 @@ struct Job {
 #[derive(Debug, Default)]
 struct Sent {
     rows: u64,
+    /// Rows too large for one statement, appended in pieces.
+    large_rows: u64,
     failed: u64,
     statements: u64,
     bytes: u64,
@@ -291,6 +293,9 @@ fn copy_rows(
         Pass::SetDeferred => Stage::DeferredKeys,
         Pass::Sync => Stage::Differences,
     };
+    // Rows too large for one statement get a line of their own, after the pass's, when there are
+    // any.
+    let mut large: Option<crate::progress::TableProgress<'_>> = None;
     let mut bar = ctx.progress.pass(
         &table,
         stage,
@@ -312,6 +317,11 @@ fn copy_rows(
                 stats.requests += sent.requests;
                 bar.add(sent.rows);
                 bar.add_bytes(sent.bytes);
+                if sent.large_rows > 0 {
+                    large
+                        .get_or_insert_with(|| ctx.progress.pass(&table, Stage::LargeValues, 0))
+                        .add(sent.large_rows);
+                }
                 if work.pass == Pass::Insert {
                     let written = sent.rows - sent.failed;
                     if let Some((key, rows)) = flight.watermark.committed(seq, written) {
@@ -423,6 +433,7 @@ fn sender(ctx: &Loader<'_>, jobs: Receiver<Job>) {
         let result =
             send_statements(ctx, &job.table, &job.request.statements, &mut sent).map(|()| {
                 sent.rows = job.request.rows as u64;
+                sent.large_rows = job.request.large_rows as u64;
                 sent
             });
         let _ = job.ack.send((job.seq, result));

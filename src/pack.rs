@@ -578,6 +578,8 @@ pub fn deferred_update(shape: &Shape, row: &[Value]) -> Option<Unit> {
 pub struct Request {
     pub statements: Vec<Statement>,
     pub rows: usize,
+    /// Rows among them too large for one statement (inserted, then appended in pieces).
+    pub large_rows: usize,
     pub bytes: usize,
     /// The key of the request's last row: once D1 has committed this request and every one
     /// before it, the table is copied up to this key.
@@ -608,6 +610,9 @@ impl RequestBuilder {
         let done = if full { self.take() } else { None };
         self.current.bytes += bytes;
         self.current.rows += unit.rows;
+        if unit.rows == 1 && unit.statements.len() > 1 {
+            self.current.large_rows += 1;
+        }
         self.current.statements.extend(unit.statements);
         if unit.last_key.is_some() {
             self.current.last_key = unit.last_key;

@@ -206,3 +206,19 @@ fn help_and_readme_list_every_variable_and_the_exit_statuses() {
         .unwrap();
     assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
+
+#[test]
+fn rows_appended_in_pieces_get_a_large_values_line() {
+    let (d1, db, dir) = fresh();
+    let source = generated(dir.path(), "edge-cases");
+    let out = Run::new(d1, &db, &source).ok();
+    let log = stderr(&out);
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("big (large values): "))
+        .unwrap_or_else(|| panic!("a large-values line for table big: {log}"));
+    assert!(line.contains(" rows completed in "), "{line}");
+    // It follows the data line of the same table.
+    let data = log.find("big (data): ").expect("data line");
+    assert!(data < log.find(line).unwrap(), "{log}");
+}
