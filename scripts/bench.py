@@ -23,7 +23,7 @@ def start_d1(ids):
     for line in proc.stdout:
         if " ready at " in line:
             url = line.split(" ready at ")[1].split()[0]
-            files = json.loads(line.split("databases=")[1])
+            files = {i: d["file"] for i, d in json.loads(line.split("databases=")[1]).items()}
             return proc, url, files
     raise SystemExit("the local D1 did not start")
 

@@ -17,6 +17,9 @@ use serde_json::Value as Json;
 use crate::error::D1Error;
 use crate::log;
 
+mod account;
+pub use account::DatabaseInfo;
+
 /// The API token; its `Debug` never shows it.
 #[derive(Clone, PartialEq)]
 pub struct Secret(String);
@@ -25,7 +28,7 @@ impl Secret {
     pub fn new(token: String) -> Secret {
         Secret(token)
     }
-    fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }

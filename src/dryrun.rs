@@ -135,7 +135,8 @@ pub fn dry_run(config: &Config, client: &D1Client) -> Result<DryRun> {
         + u64::from(!schema.sequence.is_empty())
         + u64::from(!plan.virtual_tables.is_empty())
         + u64::from(!schema.objects.is_empty());
-    out.http_requests = 1 + ddl_requests + data_requests; // 1: reading the target's catalog
+    // 2: reading the target's catalog, and the Time Travel bookmark taken before the first write
+    out.http_requests = 2 + ddl_requests + data_requests;
     out.statements = out.tables.iter().map(|t| t.statements).sum();
     out.estimated_seconds_at_rate_limit = if out.http_requests as f64 <= RATE_LIMIT_PER_5_MIN {
         0.0

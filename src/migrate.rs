@@ -101,6 +101,7 @@ pub fn forward(
         return Ok(());
     }
     let rejects = Rejects::new(config.reject_file.clone());
+    report.take_bookmark(client);
     if merged {
         let added = merge_migrations(client, &source)?;
         if added > 0 {

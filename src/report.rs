@@ -85,6 +85,12 @@ pub struct Report {
     pub sync: Option<crate::sync::SyncReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// D1's Time Travel bookmark taken before this run's first write, and the command that
+    /// restores the database to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bookmark_before: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restore_command: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -200,7 +206,27 @@ impl Report {
                 self.rejected_rows
             ));
         }
+        if let Some(command) = &self.restore_command {
+            out.push_str(&format!("to undo this run's writes: {command}\n"));
+        }
         out
+    }
+
+    /// Takes D1's Time Travel bookmark before the run's first write. A failure (an API without
+    /// Time Travel) is a warning: the run goes on without one.
+    pub fn take_bookmark(&mut self, client: &crate::d1::D1Client) {
+        match client.bookmark() {
+            Ok(bookmark) => {
+                self.restore_command = Some(format!(
+                    "wrangler d1 time-travel restore {} --bookmark={bookmark}",
+                    client.database_id()
+                ));
+                self.bookmark_before = Some(bookmark);
+            }
+            Err(e) => crate::log::warn(&format!(
+                "could not take a Time Travel bookmark before writing ({e}); going on without one"
+            )),
+        }
     }
 }
 

@@ -113,6 +113,9 @@ pub fn sync(
     match config.direction {
         Direction::SqliteToD1 => {
             let state = State::open_kind(&config.state_dir, "sync", fingerprint(config))?;
+            if writes || sequence_differs {
+                report.take_bookmark(client);
+            }
             let dropped = suspend_d1_triggers(client, &state, &suspended, writes)?;
             if writes {
                 write_d1(config, client, progress, &state, &items, &diffs, report)?;

@@ -2,6 +2,10 @@
 //!
 //! Table of contents:
 //! - `local_d1`: the local D1 server speaks D1's REST API, enforces D1's limits, injects faults.
+//! - `conformance`: Cloudflare's own clients (the `cloudflare` SDK, wrangler 4) drive the local
+//!   D1: queries, raw, databases, import, Time Travel, errors.
+//! - `account`: the client finds databases by name, reads, creates and deletes them, takes
+//!   Time Travel bookmarks.
 //! - `forward`: SQLite → D1 copies are exact (`sqldiff`), under faults too, and bad input is
 //!   refused before anything is written.
 //! - `existing_schema`: D1's schema made first by the application's migrations (reformatted,
@@ -24,6 +28,12 @@ mod harness;
 
 #[path = "suite/local_d1.rs"]
 mod local_d1;
+
+#[path = "suite/conformance.rs"]
+mod conformance;
+
+#[path = "suite/account.rs"]
+mod account;
 
 #[path = "suite/forward.rs"]
 mod forward;

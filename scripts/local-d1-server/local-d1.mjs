@@ -1,20 +1,28 @@
 // Starts Cloudflare's D1 engine (miniflare, workerd inside) behind D1's REST API shape.
 //
-// worker.js runs each request over a real D1 binding. When faults (LOCAL_D1_FAULTS) or a request
+// worker.js serves the API over real D1 bindings. When faults (LOCAL_D1_FAULTS) or a request
 // log (LOCAL_D1_LOG) are asked for, a Node HTTP front end on LOCAL_D1_PORT takes each request,
 // applies the fault, logs it, and hands it on to the Worker. Faults are decided before a request
 // reaches D1 (429, 5xx, drop) or after D1 has answered in full (lost), so a fault never
 // half-applies a request. Otherwise workerd serves LOCAL_D1_PORT itself, as Cloudflare's edge
-// would: nothing of ours in between, and responses gzip-compressed when the client accepts it.
+// would: nothing of ours in between.
+//
+// Databases: miniflare declares its D1 bindings when it starts, so besides the configured
+// databases the Worker gets LOCAL_D1_SPARE spare bindings, each with a fresh UUID; creating a
+// database (POST .../d1/database) takes one and names it. Every database, configured or created,
+// is recorded in $LOCAL_D1_PERSIST/databases.json as {"<id>": {"name", "file", "created_at"}},
+// and declared again on the next start, so created databases persist like configured ones.
 //
 // Environment:
 //   LOCAL_D1_PORT       port to listen on (default 8787; 0 picks a free one)
 //   LOCAL_D1_PERSIST    state folder (default .local-d1/)
-//   LOCAL_D1_DATABASES  comma-separated database ids (default "local")
+//   LOCAL_D1_DATABASES  comma-separated database ids (default "local"); each is also its name
+//   LOCAL_D1_SPARE      spare bindings for databases created at run time (default 16)
 //   LOCAL_D1_TOKEN      bearer token accepted (default "local-dev-token")
 //   LOCAL_D1_ACCOUNT    account id accepted (default: any)
 //   LOCAL_D1_FAULTS     e.g. "429=0.05,500=0.05,drop=0.02,lost=0.01,latency_ms=30,seed=7,retry_after=1"
 //   LOCAL_D1_LOG        file to append one JSON line per request to (default: none)
+//   LOCAL_D1_TIME_TRAVEL  "off" removes the time_travel routes, as an API without Time Travel
 //   LOCAL_D1_STOP_ON_EOF  stop when standard input closes (used by test harnesses)
 
 import http from "node:http";
@@ -29,6 +37,7 @@ const env = process.env;
 const port = Number(env.LOCAL_D1_PORT ?? 8787);
 const persist = path.resolve(env.LOCAL_D1_PERSIST || ".local-d1");
 const databaseIds = (env.LOCAL_D1_DATABASES || "local").split(",").map((s) => s.trim()).filter(Boolean);
+const spareCount = Number(env.LOCAL_D1_SPARE ?? 16);
 const token = env.LOCAL_D1_TOKEN || "local-dev-token";
 const account = env.LOCAL_D1_ACCOUNT || "";
 const faults = parseFaults(env.LOCAL_D1_FAULTS || "");
@@ -81,29 +90,71 @@ function databaseFile(id) {
   return path.join(persist, "miniflare-D1DatabaseObject", Buffer.concat([a, b]).toString("hex") + ".sqlite");
 }
 
-const bindings = Object.fromEntries(databaseIds.map((id, i) => [id, `DB_${i}`]));
-const frontEnd = Boolean(logPath || env.LOCAL_D1_FAULTS);
 fs.mkdirSync(persist, { recursive: true });
+const registryPath = path.join(persist, "databases.json");
+
+// Every database: those recorded by an earlier start (created ones included), then the configured.
+const databases = new Map(); // id -> {name, file, created_at}
+if (fs.existsSync(registryPath)) {
+  for (const [id, entry] of Object.entries(JSON.parse(fs.readFileSync(registryPath, "utf8")))) {
+    // Files written before databases had names map an id to its file.
+    const e = typeof entry === "string" ? { file: entry } : entry;
+    databases.set(id, { name: e.name ?? id, file: databaseFile(id), created_at: e.created_at ?? new Date().toISOString() });
+  }
+}
+for (const id of databaseIds) {
+  if (!databases.has(id)) databases.set(id, { name: id, file: databaseFile(id), created_at: new Date().toISOString() });
+}
+function saveRegistry() {
+  const tmp = registryPath + ".tmp";
+  fs.writeFileSync(tmp, JSON.stringify(Object.fromEntries(databases), null, 2) + "\n");
+  fs.renameSync(tmp, registryPath);
+}
+saveRegistry();
+
+const declared = [...databases.entries()].map(([id, d], i) => ({ id, name: d.name, created_at: d.created_at, binding: `DB_${i}` }));
+const spare = Array.from({ length: spareCount }, (_, i) => ({ id: crypto.randomUUID(), binding: `SPARE_${i}` }));
+
+// The Worker tells us of databases it creates or deletes; we keep databases.json.
+async function launcher(request) {
+  const { pathname } = new URL(request.url);
+  const body = await request.json();
+  if (pathname === "/created") {
+    databases.set(body.id, { name: body.name, file: databaseFile(body.id), created_at: body.created_at });
+  } else if (pathname === "/deleted") {
+    const entry = databases.get(body.id);
+    databases.delete(body.id);
+    if (entry) for (const suffix of ["", "-wal", "-shm"]) fs.rmSync(entry.file + suffix, { force: true });
+  } else {
+    return new Response("unknown launcher call", { status: 404 });
+  }
+  saveRegistry();
+  return new Response("ok");
+}
+
+const frontEnd = Boolean(logPath || env.LOCAL_D1_FAULTS);
 const mf = new Miniflare({
   modules: true,
   scriptPath: path.join(here, "worker.js"),
+  modulesRoot: here,
   compatibilityDate: "2026-07-01",
-  d1Databases: Object.fromEntries(databaseIds.map((id, i) => [`DB_${i}`, id])),
+  d1Databases: Object.fromEntries([...declared, ...spare].map((d) => [d.binding, d.id])),
   d1Persist: persist,
-  bindings: { TOKEN: token, ACCOUNT: account, DATABASES: JSON.stringify(bindings) },
+  bindings: {
+    TOKEN: token,
+    ACCOUNT: account,
+    REGISTRY: JSON.stringify({ databases: declared, spare }),
+    TIME_TRAVEL: env.LOCAL_D1_TIME_TRAVEL || "on",
+  },
+  serviceBindings: { LAUNCHER: launcher },
   port: frontEnd ? 0 : port,
   host: "127.0.0.1",
 });
 const workerUrl = await mf.ready;
 
-// Where each database's file is (created on its first request).
-const files = Object.fromEntries(databaseIds.map((id) => [id, databaseFile(id)]));
-fs.writeFileSync(path.join(persist, "databases.json"), JSON.stringify(files, null, 2) + "\n");
-
-if (!frontEnd) {
-  const base = new URL("client/v4", workerUrl).href;
-  console.log(`local-d1 ready at ${base} databases=${JSON.stringify(files)}`);
-}
+// The ready line names each database at start: {"<id>": {"name", "file", "created_at"}}.
+const ready = (base) => console.log(`local-d1 ready at ${base} databases=${JSON.stringify(Object.fromEntries(databases))}`);
+if (!frontEnd) ready(new URL("client/v4", workerUrl).href);
 
 const log = logPath ? fs.createWriteStream(logPath, { flags: "a" }) : null;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -148,7 +199,7 @@ const server = http.createServer(async (req, res) => {
     return;
   }
 
-  const answer = await mf.dispatchFetch(`http://local-d1${req.url}`, {
+  const answer = await mf.dispatchFetch(`http://${req.headers.host || "local-d1"}${req.url}`, {
     method: req.method,
     headers: req.headers,
     body: req.method === "GET" || req.method === "HEAD" ? undefined : body,
@@ -160,8 +211,10 @@ const server = http.createServer(async (req, res) => {
     return;
   }
   const headers = { "content-type": answer.headers.get("content-type") || "application/json" };
-  const cfD1 = answer.headers.get("cf-d1");
-  if (cfD1) headers["cf-d1"] = cfD1;
+  for (const name of ["cf-d1", "etag"]) {
+    const value = answer.headers.get(name);
+    if (value) headers[name] = value;
+  }
   res.writeHead(answer.status, headers);
   res.end(text);
 });
@@ -169,8 +222,7 @@ server.keepAliveTimeout = 60_000;
 
 if (frontEnd) {
   server.listen(port, "127.0.0.1", () => {
-    const base = `http://127.0.0.1:${server.address().port}/client/v4`;
-    console.log(`local-d1 ready at ${base} databases=${JSON.stringify(files)}`);
+    ready(`http://127.0.0.1:${server.address().port}/client/v4`);
   });
 }
 

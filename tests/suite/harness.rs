@@ -35,8 +35,37 @@ impl LocalD1 {
         LocalD1::launch(ids, faults, true)
     }
 
-    fn launch(ids: &[String], faults: Option<&str>, logged: bool) -> LocalD1 {
+    /// Like [`LocalD1::start`], with more LOCAL_D1_* variables.
+    pub fn start_with(ids: &[String], vars: &[(&str, &str)]) -> LocalD1 {
         let dir = tempfile::tempdir().expect("temp dir");
+        LocalD1::launch_in(dir, ids, None, true, vars)
+    }
+
+    fn launch(ids: &[String], faults: Option<&str>, logged: bool) -> LocalD1 {
+        LocalD1::launch_in(
+            tempfile::tempdir().expect("temp dir"),
+            ids,
+            faults,
+            logged,
+            &[],
+        )
+    }
+
+    /// Stops this server and starts another on the same state folder (and request log).
+    pub fn restart(mut self) -> LocalD1 {
+        self.stop();
+        let ids = std::mem::take(&mut self.ids);
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        LocalD1::launch_in(dir, &ids, None, true, &[])
+    }
+
+    fn launch_in(
+        dir: tempfile::TempDir,
+        ids: &[String],
+        faults: Option<&str>,
+        logged: bool,
+        vars: &[(&str, &str)],
+    ) -> LocalD1 {
         let log = dir.path().join("requests.jsonl");
         let mut cmd = Command::new(repo().join("scripts/local-d1"));
         cmd.env("LOCAL_D1_PORT", "0")
@@ -56,6 +85,7 @@ impl LocalD1 {
         if let Some(f) = faults {
             cmd.env("LOCAL_D1_FAULTS", f);
         }
+        cmd.envs(vars.iter().copied());
         let mut child = cmd.spawn().expect("scripts/local-d1 starts");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
@@ -77,7 +107,13 @@ impl LocalD1 {
             .split("databases=")
             .nth(1)
             .expect("ready line names the files");
-        let files: HashMap<String, PathBuf> = serde_json::from_str(files_json).expect("files json");
+        // {"<id>": {"name", "file", "created_at"}}
+        let databases: HashMap<String, serde_json::Value> =
+            serde_json::from_str(files_json).expect("databases json");
+        let files = databases
+            .into_iter()
+            .map(|(id, d)| (id, PathBuf::from(d["file"].as_str().expect("file"))))
+            .collect();
         let stdin = child.stdin.take();
         LocalD1 {
             child: Mutex::new(Some(child)),
@@ -152,6 +188,35 @@ impl LocalD1 {
         (status, serde_json::from_str(&text).expect("JSON answer"))
     }
 
+    /// Sends `method` to `path` (under `/client/v4`, e.g. `/accounts/{ACCOUNT}/d1/database`)
+    /// with the test token and returns the status and JSON answer.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build()
+            .into();
+        let url = format!("{}{path}", self.api_url);
+        let builder = ureq::http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .header("Content-Type", "application/json");
+        let mut resp = match body {
+            Some(b) => agent.run(builder.body(b.to_string()).expect("request")),
+            None => agent.run(builder.body(()).expect("request")),
+        }
+        .expect("local D1 answers");
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().expect("body");
+        (status, serde_json::from_str(&text).expect("JSON answer"))
+    }
+
     /// Runs statements as one request; panics on failure. Returns each statement's rows.
     pub fn sql(&self, id: &str, statements: &[&str]) -> Vec<serde_json::Value> {
         let batch: Vec<serde_json::Value> = statements
@@ -189,6 +254,12 @@ impl LocalD1 {
 
 impl Drop for LocalD1 {
     fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl LocalD1 {
+    fn stop(&mut self) {
         drop(self.stdin.lock().unwrap().take());
         if let Some(mut child) = self.child.lock().unwrap().take() {
             for _ in 0..50 {

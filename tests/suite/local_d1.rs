@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::harness::{LocalD1, TOKEN};
+use crate::harness::{LocalD1, ACCOUNT, TOKEN};
 
 #[test]
 fn three_statements_give_three_results_in_cloudflares_envelope() {
@@ -150,4 +150,341 @@ fn faults_happen_at_their_configured_rates_and_never_half_apply() {
         count > ok as usize,
         "lost answers were applied: {count} rows, {ok} answered"
     );
+}
+
+/// The `meta` every statement carries on Cloudflare (D1_FACTS §1), in every body form.
+fn assert_full_meta(result: &serde_json::Value) {
+    let meta = &result["meta"];
+    for key in [
+        "duration",
+        "changes",
+        "last_row_id",
+        "size_after",
+        "rows_read",
+        "rows_written",
+    ] {
+        assert!(meta[key].is_number(), "meta.{key} missing: {result}");
+    }
+    assert!(meta["changed_db"].is_boolean(), "{result}");
+    assert!(meta["served_by_primary"].is_boolean(), "{result}");
+    assert!(meta["served_by_colo"].is_string(), "{result}");
+    let region = meta["served_by_region"].as_str().unwrap_or_default();
+    assert!(
+        ["WNAM", "ENAM", "WEUR", "EEUR", "APAC", "OC"].contains(&region),
+        "served_by_region {region}"
+    );
+    assert!(meta["timings"]["sql_duration_ms"].is_number(), "{result}");
+}
+
+#[test]
+fn raw_columns_come_from_the_statement_not_the_first_row() {
+    // Regression: columns were rebuilt from the first row's keys, so a zero-row result had none,
+    // `SELECT 1 AS a, 2 AS a` had one, and integer-like names moved to the front.
+    let d1 = LocalD1::shared();
+    let db = d1.fresh_database();
+    d1.sql(&db, &["CREATE TABLE t(b, \"2\", a)"]);
+    let statements = [
+        ("SELECT * FROM t", json!(["b", "2", "a"]), json!([])),
+        ("SELECT 1 AS a, 2 AS a", json!(["a", "a"]), json!([[1, 2]])),
+        (
+            "SELECT 'x' AS z, 'y' AS \"10\", 'w' AS \"1\"",
+            json!(["z", "10", "1"]),
+            json!([["x", "y", "w"]]),
+        ),
+    ];
+    for (sql, columns, rows) in &statements {
+        // One statement alone, the same inside a batch, and several in one `sql`.
+        for body in [
+            json!({"sql": sql}),
+            json!({"batch": [{"sql": "SELECT 0"}, {"sql": sql}]}),
+            json!({"sql": format!("SELECT 0; {sql}")}),
+        ] {
+            let (status, answer) = d1.post(&db, body.clone(), Some(TOKEN));
+            assert_eq!(status, 200, "{answer}");
+            let last = answer["result"].as_array().unwrap().last().unwrap().clone();
+            assert_eq!(last["results"]["columns"], *columns, "{body}");
+            assert_eq!(last["results"]["rows"], *rows, "{body}");
+        }
+    }
+}
+
+#[test]
+fn every_statement_has_the_full_meta_in_every_body_form() {
+    // Regression: a single statement to /raw answered a meta with only served_by_*.
+    let d1 = LocalD1::shared();
+    let db = d1.fresh_database();
+    d1.sql(&db, &["CREATE TABLE t(id INTEGER PRIMARY KEY, x)"]);
+    for endpoint in ["raw", "query"] {
+        for body in [
+            json!({"sql": "INSERT INTO t(x) VALUES (1)"}),
+            json!({"batch": [{"sql": "INSERT INTO t(x) VALUES (2)"}, {"sql": "SELECT * FROM t"}]}),
+        ] {
+            let (status, answer) = d1.call(
+                "POST",
+                &format!("/accounts/{ACCOUNT}/d1/database/{db}/{endpoint}"),
+                Some(body),
+            );
+            assert_eq!(status, 200, "{answer}");
+            for result in answer["result"].as_array().unwrap() {
+                assert_full_meta(result);
+            }
+            let first = &answer["result"][0]["meta"];
+            assert_eq!(first["changes"], 1, "{answer}");
+            assert_eq!(first["rows_written"], 1, "{answer}");
+            assert_eq!(first["changed_db"], true, "{answer}");
+            assert!(first["last_row_id"].as_u64().unwrap() >= 1, "{answer}");
+        }
+    }
+    let (_, answer) = d1.call(
+        "POST",
+        &format!("/accounts/{ACCOUNT}/d1/database/{db}/query"),
+        Some(json!({"sql": "SELECT x FROM t ORDER BY id"})),
+    );
+    assert_eq!(
+        answer["result"][0]["results"],
+        json!([{"x": 1}, {"x": 2}, {"x": 1}, {"x": 2}])
+    );
+    assert_eq!(answer["result"][0]["meta"]["changed_db"], false);
+}
+
+#[test]
+fn unknown_routes_answer_in_cloudflares_envelope() {
+    let d1 = LocalD1::shared();
+    let db = d1.fresh_database();
+    let (status, answer) = d1.call(
+        "POST",
+        &format!("/accounts/{ACCOUNT}/d1/database/{db}/nope"),
+        Some(json!({})),
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["success"], false);
+    assert_eq!(answer["errors"][0]["code"], 7000);
+    let (status, answer) = d1.call(
+        "GET",
+        &format!("/accounts/{ACCOUNT}/d1/database/{db}/raw"),
+        None,
+    );
+    assert_eq!(status, 405, "{answer}");
+}
+
+fn list(d1: &LocalD1, query: &str) -> serde_json::Value {
+    let (status, answer) = d1.call(
+        "GET",
+        &format!("/accounts/{ACCOUNT}/d1/database{query}"),
+        None,
+    );
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
+
+#[test]
+fn databases_are_listed_by_page_and_found_by_name() {
+    let d1 = LocalD1::shared();
+    let all = list(d1, "");
+    let total = all["result_info"]["total_count"].as_u64().unwrap();
+    assert!(total >= 64, "{}", all["result_info"]);
+    let page = list(d1, "?per_page=10&page=2");
+    assert_eq!(
+        page["result_info"],
+        json!({"page": 2, "per_page": 10, "count": 10, "total_count": total})
+    );
+    assert_eq!(page["result"][0], all["result"][10]);
+    let last = list(d1, &format!("?per_page=10&page={}", total.div_ceil(10) + 1));
+    assert_eq!(last["result"], json!([]));
+    let found = list(d1, "?name=db17");
+    assert_eq!(found["result"].as_array().unwrap().len(), 1, "{found}");
+    let item = &found["result"][0];
+    assert_eq!(item["uuid"], "db17");
+    assert_eq!(item["name"], "db17");
+    assert_eq!(item["version"], "production");
+    assert!(
+        item["created_at"].as_str().unwrap().ends_with('Z'),
+        "{item}"
+    );
+}
+
+#[test]
+fn get_reports_tables_and_size_by_id_or_name() {
+    let d1 = LocalD1::shared();
+    let db = d1.fresh_database();
+    d1.sql(
+        &db,
+        &[
+            "CREATE TABLE a(x)",
+            "CREATE TABLE b(y)",
+            "INSERT INTO a VALUES (zeroblob(100000))",
+        ],
+    );
+    let (status, answer) = d1.call(
+        "GET",
+        &format!("/accounts/{ACCOUNT}/d1/database/{db}"),
+        None,
+    );
+    assert_eq!(status, 200, "{answer}");
+    let info = &answer["result"];
+    assert_eq!(info["uuid"], db.as_str());
+    assert_eq!(
+        info["num_tables"], 2,
+        "D1's own _cf_ tables are not counted: {info}"
+    );
+    let size = info["file_size"].as_u64().unwrap();
+    let on_disk = std::fs::metadata(d1.file(&db)).unwrap().len();
+    assert!(
+        size >= 100_000 && size <= on_disk.max(size),
+        "file_size {size}, file {on_disk}"
+    );
+    assert_eq!(info["version"], "production");
+    let (_, fields) = d1.call(
+        "GET",
+        &format!("/accounts/{ACCOUNT}/d1/database/{db}?fields=uuid,name"),
+        None,
+    );
+    assert_eq!(fields["result"], json!({"uuid": db, "name": db}));
+    let (status, missing) = d1.call(
+        "GET",
+        &format!("/accounts/{ACCOUNT}/d1/database/nope"),
+        None,
+    );
+    assert_eq!(status, 404);
+    assert_eq!(missing["errors"][0]["code"], 7404);
+}
+
+#[test]
+fn created_databases_get_a_new_uuid_a_unique_name_and_persist_across_restarts() {
+    let d1 = LocalD1::start(&["configured".to_string()], None);
+    let create = |d1: &LocalD1, name: &str| {
+        d1.call(
+            "POST",
+            &format!("/accounts/{ACCOUNT}/d1/database"),
+            Some(json!({"name": name})),
+        )
+    };
+    let (status, made) = create(&d1, "made-at-run-time");
+    assert_eq!(status, 200, "{made}");
+    let id = made["result"]["uuid"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    assert_eq!(made["result"]["name"], "made-at-run-time");
+    let (status, taken) = create(&d1, "made-at-run-time");
+    assert_eq!(status, 400, "{taken}");
+    assert_eq!(taken["errors"][0]["code"], 7502);
+    let (status, taken) = create(&d1, "configured");
+    assert_eq!(taken["errors"][0]["code"], 7502, "{status} {taken}");
+    let (status, other) = create(&d1, "another");
+    assert_eq!(status, 200, "{other}");
+    assert_ne!(other["result"]["uuid"].as_str().unwrap(), id);
+
+    let path = format!("/accounts/{ACCOUNT}/d1/database/{id}/query");
+    let (status, _) = d1.call(
+        "POST",
+        &path,
+        Some(json!({"sql": "CREATE TABLE kept(x); INSERT INTO kept VALUES (42)"})),
+    );
+    assert_eq!(status, 200);
+    let registry = read_registry(&d1);
+    assert_eq!(registry[&id]["name"], "made-at-run-time");
+    assert_eq!(registry["configured"]["name"], "configured");
+    let file = std::path::PathBuf::from(registry[&id]["file"].as_str().unwrap());
+    assert!(file.is_file(), "{}", file.display());
+
+    // Deleting forgets the database and its file.
+    let other_id = other["result"]["uuid"].as_str().unwrap().to_string();
+    let (status, gone) = d1.call(
+        "DELETE",
+        &format!("/accounts/{ACCOUNT}/d1/database/{other_id}"),
+        None,
+    );
+    assert_eq!(status, 200, "{gone}");
+    assert_eq!(gone["success"], true);
+    let (status, _) = d1.call(
+        "GET",
+        &format!("/accounts/{ACCOUNT}/d1/database/{other_id}"),
+        None,
+    );
+    assert_eq!(status, 404);
+    assert!(read_registry(&d1).get(&other_id).is_none());
+
+    let d1 = d1.restart();
+    let (status, rows) = d1.call("POST", &path, Some(json!({"sql": "SELECT x FROM kept"})));
+    assert_eq!(status, 200, "{rows}");
+    assert_eq!(rows["result"][0]["results"], json!([{"x": 42}]));
+    let found = list(&d1, "?name=made-at-run-time");
+    assert_eq!(found["result"][0]["uuid"], id.as_str());
+    assert_eq!(list(&d1, "")["result_info"]["total_count"], 2);
+    let (status, taken) = create(&d1, "made-at-run-time");
+    assert_eq!(
+        (status, taken["errors"][0]["code"].clone()),
+        (400, json!(7502))
+    );
+
+    // The spare bindings (LOCAL_D1_SPARE, 16 by default) run out as D1's "max databases".
+    let refused = (0..40)
+        .map(|i| create(&d1, &format!("spare-{i}")))
+        .find(|(status, _)| *status != 200)
+        .expect("the spare bindings run out");
+    assert_eq!(refused.1["errors"][0]["code"], 7406, "{}", refused.1);
+}
+
+fn read_registry(d1: &LocalD1) -> serde_json::Value {
+    let text = std::fs::read_to_string(d1.dir.path().join("state/databases.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn bookmark(d1: &LocalD1, db: &str, query: &str) -> String {
+    let (status, answer) = d1.call(
+        "GET",
+        &format!("/accounts/{ACCOUNT}/d1/database/{db}/time_travel/bookmark{query}"),
+        None,
+    );
+    assert_eq!(status, 200, "{answer}");
+    answer["result"]["bookmark"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn the_bookmark_changes_exactly_when_the_database_changes() {
+    let d1 = LocalD1::shared();
+    let db = d1.fresh_database();
+    let start = bookmark(d1, &db, "");
+    d1.sql(&db, &["SELECT 1"]);
+    assert_eq!(bookmark(d1, &db, ""), start, "a read changes nothing");
+    let before_write = unix_seconds();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    d1.sql(&db, &["CREATE TABLE t(x)"]);
+    let after_create = bookmark(d1, &db, "");
+    assert_ne!(after_create, start);
+    d1.sql(&db, &["INSERT INTO t VALUES (1)"]);
+    let after_insert = bookmark(d1, &db, "");
+    assert_ne!(after_insert, after_create);
+    assert!(
+        after_insert > after_create && after_create > start,
+        "ordered"
+    );
+    // With a timestamp: the bookmark in force then.
+    assert_eq!(
+        bookmark(d1, &db, &format!("?timestamp={before_write}")),
+        start
+    );
+    assert_eq!(
+        bookmark(d1, &db, "?timestamp=2999-01-01T00:00:00Z"),
+        after_insert
+    );
+    // Restoring is not emulated; it fails in D1's envelope.
+    let (status, answer) = d1.call(
+        "POST",
+        &format!("/accounts/{ACCOUNT}/d1/database/{db}/time_travel/restore?bookmark={start}"),
+        Some(json!({})),
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["success"], false);
+    assert!(
+        answer["errors"][0]["code"].as_u64().unwrap() >= 1000,
+        "{answer}"
+    );
+}
+
+/// Now as Unix seconds, a form the bookmark endpoint's `timestamp` reads.
+fn unix_seconds() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    now.as_secs().to_string()
 }
