@@ -8,6 +8,7 @@ BIN = os.path.join(ROOT, "target/release/d1-migrator")
 DATASET = os.path.join(ROOT, "../shared/datasets/northwind.db")
 TOKEN = "bench-token"
 PEERS = "--peers" in sys.argv
+SYNC = "--sync" in sys.argv
 LARGE_MB = int(os.environ.get("BENCH_LARGE_MB", "1024"))
 # Northwind runs are repeated and the median kept: this machine's speed drifts between runs.
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
@@ -86,8 +87,123 @@ def record(name, wall, rss, rows, nbytes, requests, kb=None):
     print(f"  measured: {results[-1]}", file=sys.stderr, flush=True)
 
 
+def d1_sql(url, db, statements):
+    """Runs statements on the local D1 as one request (changes made on D1 after a switch)."""
+    import urllib.request
+    body = json.dumps({"batch": [{"sql": s} for s in statements]}).encode()
+    req = urllib.request.Request(f"{url}/accounts/bench/d1/database/{db}/raw", data=body, method="POST",
+                                 headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req) as answer:
+        return [r["meta"]["changes"] for r in json.load(answer)["result"]]
+
+
+# About 1% of Northwind's 624k rows: updates, new parents (customers, orders) with children (order
+# lines), and deletes of children and of parents with theirs.
+FORWARD_CHANGES = [
+    "UPDATE [Order Details] SET UnitPrice = UnitPrice + 1 WHERE (OrderID * 7 + ProductID) % 200 = 0",
+    "DELETE FROM [Order Details] WHERE (OrderID * 7 + ProductID) % 400 = 7",
+    "UPDATE Orders SET ShipName = ShipName || ' (re-routed)', Freight = Freight + 0.5 WHERE OrderID % 100 = 0",
+    "WITH RECURSIVE n(value) AS (SELECT 1 UNION ALL SELECT value + 1 FROM n WHERE value < 10) "
+    "INSERT INTO Customers (CustomerID, CompanyName, Country) SELECT 'NEW' || value, 'New company ' || value, 'Nowhere' FROM n",
+    "WITH RECURSIVE n(value) AS (SELECT 1 UNION ALL SELECT value + 1 FROM n WHERE value < 100) "
+    "INSERT INTO Orders (OrderID, CustomerID, EmployeeID, OrderDate, Freight, ShipName) "
+    "SELECT 900000 + value, 'NEW' || (1 + value % 10), 1 + value % 9, '2026-11-29', value, 'new order' FROM n",
+    "INSERT INTO [Order Details] SELECT o.OrderID, p.ProductID, 9.5, 2, 0 FROM Orders o JOIN Products p "
+    "WHERE o.OrderID > 900000 AND p.ProductID <= 10",
+    "DELETE FROM [Order Details] WHERE OrderID IN (SELECT OrderID FROM Orders WHERE OrderID % 500 = 3)",
+    "DELETE FROM Orders WHERE OrderID % 500 = 3",
+]
+# Changes made on D1 after the switch, for the backward sync.
+BACKWARD_CHANGES = [
+    "UPDATE [Order Details] SET Quantity = Quantity + 1 WHERE (OrderID * 3 + ProductID) % 300 = 0",
+    "INSERT INTO Orders (OrderID, CustomerID, EmployeeID, OrderDate, ShipName) VALUES (950001, 'ALFKI', 1, '2026-12-01', 'on D1')",
+    "INSERT INTO [Order Details] VALUES (950001, 1, 18, 3, 0), (950001, 2, 19, 1, 0.5)",
+    "DELETE FROM [Order Details] WHERE (OrderID * 3 + ProductID) % 600 = 11",
+    "UPDATE Customers SET Phone = '+1 555 0100' WHERE CustomerID < 'C'",
+]
+
+
+def sqldiff_lines(text):
+    """sqldiff's lines, less those about D1's own tables (`_cf_*`, never copied)."""
+    out, in_cf = [], False
+    for line in text.splitlines():
+        lower = line.lower()
+        if in_cf or lower.startswith("create table _cf_"):
+            in_cf = not line.rstrip().endswith(");")
+            continue
+        if "_cf_" not in lower:
+            out.append(line)
+    return out
+
+
+def sync_bench():
+    """Forward and backward sync after ~1% of Northwind changes (issue 16's targets)."""
+    ids = ["warmup", "sync"]
+    d1, url, files = start_d1(ids)
+    try:
+        sample = os.path.join(work, "sample.sqlite")
+        subprocess.run([BIN, "generate", "sample", sample, "--scale", "5"], check=True)
+        migrator(url, "warmup", sample)
+        nw_rows, nw_bytes = rows_and_bytes(DATASET)
+        wall, rss, copy = migrator(url, "sync", DATASET, MIGRATION_VALIDATE="false")
+        record("migrator forward, Northwind (the full copy)", wall, rss, nw_rows, nw_bytes, copy["http_requests"])
+        validations = sorted(migrator(url, "sync", DATASET, MIGRATION_MODE="validate", MIGRATION_VALIDATE_ALL_ROWS="true")
+                             for _ in range(REPEAT))
+        vwall, vrss, v = validations[len(validations) // 2]
+        record("migrator full validation, Northwind", vwall, vrss, nw_rows, nw_bytes, v["http_requests"])
+        wall, rss, same = migrator(url, "sync", DATASET, MIGRATION_MODE="sync", MIGRATION_SYNC_DELETE="true")
+        record("migrator sync, identical databases", wall, rss, nw_rows, nw_bytes, same["http_requests"])
+        changed = os.path.join(work, "changed.sqlite")
+        shutil.copy(DATASET, changed)
+        conn = sqlite3.connect(changed)
+        for sql in FORWARD_CHANGES:
+            conn.execute(sql)
+        conn.commit()
+        changed_rows = conn.total_changes
+        conn.close()
+        wall, rss, fwd = migrator(url, "sync", changed, MIGRATION_MODE="sync", MIGRATION_SYNC_DELETE="true")
+        record(f"migrator sync forward, {changed_rows} rows changed", wall, rss, nw_rows, nw_bytes, fwd["http_requests"])
+        fwd_diff = subprocess.run(["sqldiff", changed, files["sync"]], capture_output=True, text=True).stdout
+        fwd_diff = sqldiff_lines(fwd_diff)
+        back = os.path.join(work, "back.sqlite")
+        shutil.copy(changed, back)
+        back_changed = sum(d1_sql(url, "sync", BACKWARD_CHANGES))
+        bwall, brss, bwd = migrator(url, "sync", back, MIGRATION_DIRECTION="d1-to-sqlite", MIGRATION_MODE="sync",
+                                    MIGRATION_SYNC_DELETE="true")
+        record(f"migrator sync backward, {back_changed} rows changed on D1", bwall, brss, nw_rows, nw_bytes,
+               bwd["http_requests"])
+        back_diff = subprocess.run(["sqldiff", back, files["sync"]], capture_output=True, text=True).stdout
+        back_diff = sqldiff_lines(back_diff)
+    finally:
+        d1.terminate()
+        d1.wait()
+    print_results()
+    sent = fwd["bytes_sent"] / copy["bytes_sent"]
+    written = fwd["d1_rows_written"] / changed_rows
+    print(f"forward sync: {fwd['bytes_sent']:,} bytes sent = {sent:.2%} of the full copy's {copy['bytes_sent']:,} "
+          f"(target <= 5%); D1 rows written {fwd['d1_rows_written']:,} = {written:.2f}x the {changed_rows:,} rows changed "
+          f"(target <= 2x); wall {results[3]['wall_s']} s = {results[3]['wall_s'] / vwall:.2f}x the full validation's "
+          f"{round(vwall, 2)} s (target <= 1.3x); sqldiff lines after it: {len(fwd_diff)} {fwd_diff[:3]}")
+    print(f"identical databases: D1 rows written {same['d1_rows_written']} (target 0)")
+    print(f"backward sync: sqldiff lines after it: {len(back_diff)} {back_diff[:3]} (target 0); D1 rows written {bwd['d1_rows_written']}")
+    print(f"full validation: median of {REPEAT}; the sync runs once each. D1 rows read: validation "
+          f"{v['d1_rows_read']:,}, forward sync {fwd['d1_rows_read']:,}")
+
+
+def print_results():
+    print(f"machine: {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2**30} GiB")
+    print(f"{'run':<56} {'wall s':>8} {'rows/s':>10} {'MB/s':>7} {'requests':>9} {'KB/request':>11} {'peak RSS MB':>12}")
+    for r in results:
+        fmt = lambda v: "-" if v is None else str(v)
+        print(f"{r['run']:<56} {fmt(r['wall_s']):>8} {fmt(r['rows_per_s']):>10} {fmt(r['mb_per_s']):>7} {fmt(r['requests']):>9} {fmt(r.get('kb_per_request')):>11} {fmt(r['peak_rss_mb']):>12}")
+
+
 if not os.path.exists(DATASET):
     raise SystemExit(f"{DATASET} is absent: the benchmark needs ../shared/datasets beside the checkout")
+if SYNC:
+    sync_bench()
+    shutil.rmtree(work, ignore_errors=True)
+    sys.exit(0)
 ids = ["warmup", "engine", "large"] + [f"nw{i}" for i in range(REPEAT)] + (["peer"] if PEERS else [])
 d1, url, files = start_d1(ids)
 try:
@@ -181,11 +297,7 @@ finally:
     d1.terminate()
     d1.wait()
 
-print(f"machine: {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2**30} GiB")
-print(f"{'run':<56} {'wall s':>8} {'rows/s':>10} {'MB/s':>7} {'requests':>9} {'KB/request':>11} {'peak RSS MB':>12}")
-for r in results:
-    fmt = lambda v: "-" if v is None else str(v)
-    print(f"{r['run']:<56} {fmt(r['wall_s']):>8} {fmt(r['rows_per_s']):>10} {fmt(r['mb_per_s']):>7} {fmt(r['requests']):>9} {fmt(r.get('kb_per_request')):>11} {fmt(r['peak_rss_mb']):>12}")
+print_results()
 fwd = results[0]["wall_s"]
 print(f"migrator Order Details / engine limit: {results[4]['wall_s'] / results[3]['wall_s']:.2f}x")
 print(f"large / Northwind throughput (MB/s): {results[5]['mb_per_s'] / results[0]['mb_per_s']:.2f}")

@@ -4,8 +4,8 @@
 //! It walks both sides with full validation's [`Walker`] (key pages of the source, the same key
 //! range of the target, both hashed on the client), and only for the pages whose hashes differ
 //! matches rows key by key. Out come the rows to insert and update (whole source rows, with the
-//! columns that differ) and the keys to delete, plus the key ranges that differed, which the
-//! closing validation compares again ([`Recheck`]). Memory holds the differing rows and one page
+//! columns that differ) and the keys to delete, plus what the closing validation compares again
+//! ([`Recheck`]: the keys written, and how many rows were found equal). Memory holds the differing rows and one page
 //! per side per segment being walked.
 
 use std::collections::{HashMap, HashSet};
@@ -49,16 +49,11 @@ impl TableDiff {
         self.inserts.append(&mut part.inserts);
         self.updates.append(&mut part.updates);
         self.deletes.append(&mut part.deletes);
-        self.recheck.ranges.append(&mut part.recheck.ranges);
-        self.recheck.equal_rows += part.recheck.equal_rows;
         self.compared += part.compared;
     }
 
     /// Records a page whose hashes differ: rows matched by key.
     fn page(&mut self, shape: &Shape, page: Page) {
-        if !self.recheck.ranges.contains(&page.range) {
-            self.recheck.ranges.push(page.range.clone());
-        }
         self.compared += page.source.len() as u64;
         let by_key: HashMap<Vec<u8>, &Vec<Value>> =
             page.target.iter().map(|r| (key_of(shape, r), r)).collect();
@@ -118,7 +113,6 @@ pub fn diff_table(
     let parts = walker.walk_all(&ranges, TableDiff::default, |part, page| {
         if page.equal {
             part.compared += page.source.len() as u64;
-            part.recheck.equal_rows += page.source.len() as u64;
         } else {
             part.page(shape, page);
         }
@@ -131,6 +125,14 @@ pub fn diff_table(
     for part in parts {
         diff.absorb(part);
     }
+    diff.recheck.equal_rows = diff.compared - (diff.inserts.len() + diff.updates.len()) as u64;
+    diff.recheck.keys = diff
+        .inserts
+        .iter()
+        .chain(diff.updates.iter().map(|u| &u.row))
+        .map(|r| shape.key_values(r))
+        .chain(diff.deletes.iter().cloned())
+        .collect();
     Ok(diff)
 }
 

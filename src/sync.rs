@@ -15,8 +15,8 @@
 //! on SQLite they are dropped and created again inside the one transaction that writes. Every
 //! statement is idempotent and a rerun finds what is left, so a killed sync converges.
 //!
-//! It ends with a validation of every row: the pages found equal were compared by the
-//! difference engine itself and not written; the key ranges that differed are compared again.
+//! It ends with a validation of every row: the rows found equal were compared by the difference
+//! engine itself and not written; the rows written are read from both sides and compared again.
 
 use std::collections::{HashMap, HashSet};
 

@@ -81,14 +81,12 @@ pub fn key_segments(lo: i64, hi: i64, n: usize) -> Vec<(Option<i64>, Option<i64>
 pub type KeyRange = (Option<String>, Option<String>);
 
 /// One page of a full walk: the source's rows of a key range, the target's rows of the same
-/// range, and whether the two pages hash alike. `range` is the page's key range; a page of rows
-/// only the target holds (beyond the source's last key) has an empty `source` and a `range`
-/// reaching to the end of the walked range.
+/// range, and whether the two pages hash alike. A page of rows only the target holds (beyond the
+/// source's last key) has an empty `source`.
 pub struct Page<'a> {
     pub source: &'a [Vec<Value>],
     pub target: &'a [Vec<Value>],
     pub equal: bool,
-    pub range: KeyRange,
 }
 
 /// Walks two sides of one table page by page in key order: full validation's comparison and
@@ -237,7 +235,6 @@ impl<'a> Walker<'a> {
                 .unwrap_or_default();
             let Some(last) = source_rows.last() else {
                 // What the target holds beyond the source's last key in the range is extra.
-                let rest = (after.clone(), upto.clone());
                 loop {
                     let tail = format!("{} ORDER BY {keys} LIMIT {page}", bounds(&after));
                     let extra = self
@@ -253,7 +250,6 @@ impl<'a> Walker<'a> {
                         source: &[],
                         target: &extra,
                         equal: false,
-                        range: rest.clone(),
                     })?;
                 }
             };
@@ -271,7 +267,6 @@ impl<'a> Walker<'a> {
                 source: &source_rows,
                 target: &target_rows,
                 equal: page_hash(&source_rows) == page_hash(&target_rows),
-                range: (after.clone(), Some(upper.clone())),
             })?;
             page = next_page_rows(&source_rows, self.page);
             after = Some(upper);
@@ -279,12 +274,13 @@ impl<'a> Walker<'a> {
     }
 }
 
-/// What a sync already compared, so that its closing validation re-reads only what differed:
-/// every row outside `ranges` was equal on both sides and left alone.
+/// What a sync already compared, so that its closing validation re-reads only what it wrote:
+/// every other row was found equal on both sides and left alone.
 #[derive(Debug, Clone, Default)]
 pub struct Recheck {
-    pub ranges: Vec<KeyRange>,
-    /// Source rows outside `ranges`, found equal.
+    /// Keys of the rows written (inserted, updated, deleted).
+    pub keys: Vec<Vec<Value>>,
+    /// Source rows found equal and not written.
     pub equal_rows: u64,
 }
 
@@ -348,9 +344,9 @@ pub fn validate(
     )
 }
 
-/// A full validation that, for the tables in `rechecks`, compares again only the key ranges a
-/// sync found different (and wrote); the rest of such a table was found equal by the sync's own
-/// full comparison. Counts, columns and indexes are compared as always.
+/// A full validation that, for the tables in `rechecks`, compares again only the rows a sync
+/// wrote, by key; the rest of such a table was found equal by the sync's own full comparison.
+/// Counts, columns and indexes are compared as always.
 pub fn validate_rechecked(
     source: &dyn RowSide,
     target: &dyn RowSide,
@@ -443,7 +439,7 @@ fn validate_table(
         return Ok(v);
     }
     if let Some(recheck) = recheck {
-        comparison.full_ranges(&mut v, &recheck.ranges)?;
+        comparison.keyed(&mut v, &recheck.keys)?;
         v.compared += recheck.equal_rows;
     } else if options.all_rows {
         comparison.full(&mut v)?;
@@ -773,6 +769,29 @@ impl Comparison<'_> {
     fn full(&self, v: &mut TableValidation) -> Result<()> {
         let ranges = self.walker().ranges(v.source_rows)?;
         self.full_ranges(v, &ranges)
+    }
+
+    /// Compares the rows of `keys` on both sides: what the target holds beyond the source's rows
+    /// of those keys is extra.
+    fn keyed(&self, v: &mut TableValidation, keys: &[Vec<Value>]) -> Result<()> {
+        let sql_keys = self.keys_sql();
+        let tails: Vec<String> = keys
+            .chunks(50)
+            .map(|chunk| {
+                let tuples: Vec<String> = chunk.iter().map(|k| self.key_tuple_of(k)).collect();
+                format!(
+                    "WHERE ({sql_keys}) IN (VALUES {}) ORDER BY {sql_keys}",
+                    tuples.join(", ")
+                )
+            })
+            .collect();
+        let sources = self.source.select(self.shape, &tails)?;
+        let targets = self.target.select(self.shape, &tails)?;
+        for (source_rows, target_rows) in sources.iter().zip(&targets) {
+            self.check_json(source_rows, v);
+            self.match_rows(source_rows, target_rows, true, v);
+        }
+        Ok(())
     }
 
     /// Compares the rows in `ranges` (several at once).
