@@ -184,6 +184,8 @@ def sync_bench():
           f"(target <= 5%); D1 rows written {fwd['d1_rows_written']:,} = {written:.2f}x the {changed_rows:,} rows changed "
           f"(target <= 2x); wall {results[3]['wall_s']} s = {results[3]['wall_s'] / vwall:.2f}x the full validation's "
           f"{round(vwall, 2)} s (target <= 1.3x); sqldiff lines after it: {len(fwd_diff)} {fwd_diff[:3]}")
+    print(f"bytes sent: full validation {v['bytes_sent']:,}, identical sync {same['bytes_sent']:,}, forward sync "
+          f"{fwd['bytes_sent']:,} of which SQL of its writes {sum(t['bytes_sent'] for t in fwd['tables']):,}")
     print(f"identical databases: D1 rows written {same['d1_rows_written']} (target 0)")
     print(f"backward sync: sqldiff lines after it: {len(back_diff)} {back_diff[:3]} (target 0); D1 rows written {bwd['d1_rows_written']}")
     print(f"full validation: median of {REPEAT}; the sync runs once each. D1 rows read: validation "

@@ -274,6 +274,9 @@ impl<'a> Walker<'a> {
     }
 }
 
+/// Keys named in one read when rows are read back by key.
+const KEYS_PER_READ: usize = 1000;
+
 /// What a sync already compared, so that its closing validation re-reads only what it wrote:
 /// every other row was found equal on both sides and left alone.
 #[derive(Debug, Clone, Default)]
@@ -771,12 +774,13 @@ impl Comparison<'_> {
         self.full_ranges(v, &ranges)
     }
 
-    /// Compares the rows of `keys` on both sides: what the target holds beyond the source's rows
-    /// of those keys is extra.
+    /// Compares the rows of `keys` on both sides, many keys per read (the expression that reads
+    /// a column exactly is long: it is sent once for many keys); what the target holds beyond
+    /// the source's rows of those keys is extra.
     fn keyed(&self, v: &mut TableValidation, keys: &[Vec<Value>]) -> Result<()> {
         let sql_keys = self.keys_sql();
         let tails: Vec<String> = keys
-            .chunks(50)
+            .chunks(KEYS_PER_READ)
             .map(|chunk| {
                 let tuples: Vec<String> = chunk.iter().map(|k| self.key_tuple_of(k)).collect();
                 format!(
