@@ -11,6 +11,7 @@ use crate::d1::{Endpoint, RetryPolicy, Secret};
 use crate::error::{Error, Result};
 use crate::log::Level;
 use crate::pack::Limits;
+use crate::transform::Transform;
 use crate::wrangler;
 
 pub const DEFAULT_API_URL: &str = "https://api.cloudflare.com/client/v4";
@@ -47,6 +48,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ("MIGRATION_ON_BAD_ROW", "a row D1 rejects: fail (stop, naming it) or skip (to the reject file)", "fail"),
     ("MIGRATION_CONTINUE_ON_ERROR", "skip bad rows and go on with other tables when one fails", "false"),
     ("MIGRATION_REJECT_FILE", "JSON lines of rejected rows: table, key, reason, re-insertable SQL", "<state dir>/rejected-rows.jsonl"),
+    ("MIGRATION_TRANSFORM", "a TOML file of transforms: rename tables and columns, drop columns, computed columns, row filters (README: Transforms)", "none"),
     ("MIGRATION_LOG", "error, warn, info or debug, to stderr", "info"),
     ("MIGRATION_QUIET", "print nothing but errors", "false"),
 ];
@@ -82,6 +84,7 @@ pub struct RawConfig {
     on_bad_row: Option<String>,
     continue_on_error: Option<String>,
     reject_file: Option<String>,
+    transform: Option<String>,
     log: Option<String>,
     quiet: Option<String>,
 }
@@ -140,6 +143,8 @@ pub struct Config {
     pub on_bad_row: BadRow,
     pub continue_on_error: bool,
     pub reject_file: PathBuf,
+    /// The parsed `MIGRATION_TRANSFORM` file (forward runs only).
+    pub transform: Option<Transform>,
     pub log_level: Level,
     pub quiet: bool,
 }
@@ -309,6 +314,11 @@ impl Config {
                 on_bad_row
             },
             continue_on_error,
+            transform: raw
+                .transform
+                .filter(|t| !t.trim().is_empty())
+                .map(|t| Transform::load(Path::new(&t)))
+                .transpose()?,
             log_level,
             quiet: boolean(raw.quiet, "MIGRATION_QUIET", false)?,
         })

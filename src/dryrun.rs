@@ -10,13 +10,14 @@ use serde::Serialize;
 use crate::compat::{check_schema, Finding, MAX_DATABASE_BYTES};
 use crate::config::{BadRow, Config};
 use crate::d1::D1Client;
-use crate::discover::{discover, select_tables, Schema};
+use crate::discover::Schema;
 use crate::error::Result;
 use crate::fit::{fit, Fit};
 use crate::plan::plan;
 use crate::produce::{pass_filter, passes, produce, Pass, Produced, Work};
-use crate::source::{open_read_only, SqliteCatalog};
+use crate::source::open_read_only;
 use crate::target::{missing_parents, ordered_objects, target_objects};
+use crate::transform::{source_schema, TableMapping};
 use crate::value::quote_ident;
 
 /// Cloudflare's API allows this many requests per token in five minutes.
@@ -52,6 +53,12 @@ pub struct DryRun {
     /// Seconds the real run needs at least, at Cloudflare's 1,200 requests per 5 minutes.
     pub estimated_seconds_at_rate_limit: f64,
     pub findings: Vec<Finding>,
+    /// What `MIGRATION_TRANSFORM` does to each table it names.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub transforms: Vec<TableMapping>,
+    /// Indexes, views and triggers the transform leaves out.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<String>,
     /// What the real run would do with the problems found.
     pub policy: String,
     pub would_succeed: bool,
@@ -60,20 +67,34 @@ pub struct DryRun {
 /// Runs the dry run against the source and, read-only, the target.
 pub fn dry_run(config: &Config, client: &D1Client) -> Result<DryRun> {
     let source = open_read_only(&config.sqlite_path)?;
-    let mut schema = discover(&SqliteCatalog(&source))?;
-    select_tables(&mut schema, &config.tables, &config.exclude_tables)?;
-    let plan = plan(&schema);
+    let mut transformed = source_schema(
+        &source,
+        config.transform.as_ref(),
+        &config.tables,
+        &config.exclude_tables,
+    )?;
+    transformed.count_filtered(&source)?;
+    let schema = &transformed.schema;
+    let plan = plan(schema);
     let mut out = DryRun {
-        findings: check_schema(&schema),
+        findings: check_schema(schema),
+        transforms: transformed.mappings.clone(),
+        left_out: transformed.left_out.clone(),
         ..DryRun::default()
     };
     let skip = config.on_bad_row == BadRow::Skip;
-    out.findings
-        .extend(foreign_key_violations(&source, &schema, skip)?);
+    out.findings.extend(if transformed.is_identity() {
+        foreign_key_violations(&source, schema, skip)?
+    } else {
+        transformed.foreign_key_findings(&source, true, skip)?
+    });
     out.findings.extend(database_size(&source)?);
-    let fitted = target_check(client, &source, &schema, &mut out.findings)?;
+    let fitted = target_check(client, &source, schema, &mut out.findings)?;
 
-    let [rows, deferred, fill] = passes(&schema, &plan, |_, _| false);
+    let [mut rows, mut deferred, mut fill] = passes(schema, &plan, |_, _| false);
+    for w in rows.iter_mut().chain(&mut deferred).chain(&mut fill) {
+        transformed.adapt(&mut w.shape);
+    }
     for (work, reason) in rows
         .iter()
         .zip(plan.tables.iter().map(|t| t.reason.clone()))
@@ -116,7 +137,7 @@ pub fn dry_run(config: &Config, client: &D1Client) -> Result<DryRun> {
         out.objects_after_data
             .push(format!("virtual table {}", work.shape.table));
     }
-    for o in ordered_objects(&schema) {
+    for o in ordered_objects(schema) {
         if fitted.as_ref().is_none_or(|f| f.creates_object(&o.name)) {
             out.objects_after_data
                 .push(format!("{} {}", o.kind, o.name));
@@ -322,7 +343,20 @@ fn target_check(
 impl DryRun {
     /// The plan and findings as text.
     pub fn summary(&self) -> String {
-        let mut out = String::from("Dry run: nothing was written.\nLoad order:\n");
+        let mut out = String::from("Dry run: nothing was written.\n");
+        if !self.transforms.is_empty() {
+            out.push_str("Transforms (MIGRATION_TRANSFORM):\n");
+            for m in &self.transforms {
+                out.push_str(&format!("  {}\n", m.describe()));
+            }
+        }
+        if !self.left_out.is_empty() {
+            out.push_str(&format!(
+                "Left out by the transform: {}\n",
+                self.left_out.join(", ")
+            ));
+        }
+        out.push_str("Load order:\n");
         for (i, t) in self.tables.iter().enumerate() {
             out.push_str(&format!(
                 "  {:>2}. {:<24} {:>9} rows {:>11} bytes {:>6} statements {:>5} requests  ({})\n",

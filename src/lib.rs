@@ -1,6 +1,7 @@
 //! d1-migrator: moves a whole SQLite database into Cloudflare D1 and back again, exactly.
 //!
-//! Stages, one module each: `discover` (catalog) → `plan` (load order) → `source` (reading
+//! Stages, one module each: `discover` (catalog) → `transform` (MIGRATION_TRANSFORM: the schema
+//! D1 receives, and the reads that reshape rows) → `plan` (load order) → `source` (reading
 //! batches) → `pack` (rows to statements under D1's limits) → `produce` (a table's requests) →
 //! `load` (the D1 sink: workers, senders, checkpoints) over `d1` (HTTP with retries), with
 //! `target` holding the target's schema and `fit` comparing the source's with the schema D1
@@ -33,6 +34,7 @@ pub mod source;
 pub mod state;
 pub mod sync;
 pub mod target;
+pub mod transform;
 pub mod validate;
 pub mod value;
 pub mod wrangler;
@@ -82,6 +84,9 @@ pub fn run(config: &Config) -> Outcome {
         config.log_level
     });
     let started = Instant::now();
+    if config.direction == Direction::D1ToSqlite && config.transform.is_some() {
+        log::warn("MIGRATION_TRANSFORM is ignored by a rollback: it writes what D1 holds");
+    }
     let direction = match config.direction {
         Direction::SqliteToD1 => "sqlite-to-d1",
         Direction::D1ToSqlite => "d1-to-sqlite",

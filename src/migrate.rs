@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use crate::compat::check_schema;
 use crate::config::Config;
 use crate::d1::D1Client;
-use crate::discover::{discover, select_tables, Schema, Table};
+use crate::discover::{Schema, Table};
 use crate::error::{Error, Result};
 use crate::fit::{fit, Fit, MIGRATIONS_TABLE};
 use crate::load::{run_work, Loader, Rejects};
@@ -18,11 +18,12 @@ use crate::plan::plan;
 use crate::produce::{passes, Pass};
 use crate::progress::Progress;
 use crate::report::Report;
-use crate::source::{count_rows, open_read_only, SqliteCatalog};
+use crate::source::{count_from, open_read_only};
 use crate::state::{Fingerprint, State};
 use crate::target::{
     copy_sequence, create_missing, missing_parents, ordered_objects, target_objects,
 };
+use crate::transform::source_schema;
 use crate::value::quote_ident;
 
 /// Runs the forward migration, filling `report`. Resumes from the checkpoint in
@@ -34,8 +35,13 @@ pub fn forward(
     report: &mut Report,
 ) -> Result<()> {
     let source = open_read_only(&config.sqlite_path)?;
-    let mut schema = discover(&SqliteCatalog(&source))?;
-    select_tables(&mut schema, &config.tables, &config.exclude_tables)?;
+    let transformed = source_schema(
+        &source,
+        config.transform.as_ref(),
+        &config.tables,
+        &config.exclude_tables,
+    )?;
+    let mut schema = transformed.schema.clone();
     report.set_skipped(&schema.skipped);
     // The checkpoint's fingerprint is of the whole selection, whatever D1 already holds.
     let fingerprint = fingerprint(config, &schema);
@@ -50,6 +56,7 @@ pub fn forward(
             refused.join("\n  ")
         )));
     }
+    transformed.check_references(&source)?;
 
     // Reading the target's catalog first also proves the token, account and database id.
     let existing = target_objects(client)?;
@@ -124,7 +131,7 @@ pub fn forward(
         &existing,
     )?);
 
-    let [work, deferred, fill] = passes(&schema, &plan, |table, pass| {
+    let [mut work, mut deferred, mut fill] = passes(&schema, &plan, |table, pass| {
         let t = state.table(table);
         match pass {
             Pass::Insert => t.inserted,
@@ -132,9 +139,15 @@ pub fn forward(
             Pass::Sync => false,
         }
     });
+    for w in work.iter_mut().chain(&mut deferred).chain(&mut fill) {
+        transformed.adapt(&mut w.shape);
+    }
     let mut rows = HashMap::new();
     for w in work.iter().chain(&fill).filter(|w| !w.done) {
-        rows.insert(w.shape.table.clone(), count_rows(&source, &w.shape.table)?);
+        rows.insert(
+            w.shape.table.clone(),
+            count_from(&source, &w.shape.read_from)?,
+        );
     }
     progress.set_total(rows.values().sum());
     let ctx = Loader {
@@ -328,5 +341,10 @@ fn fingerprint(config: &Config, schema: &Schema) -> Fingerprint {
         database_id: config.endpoint.database_id.clone(),
         tables: config.tables.clone(),
         exclude_tables: config.exclude_tables.clone(),
+        transform: config
+            .transform
+            .as_ref()
+            .map(|t| t.digest().to_string())
+            .unwrap_or_default(),
     }
 }

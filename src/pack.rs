@@ -54,6 +54,9 @@ pub struct Shape {
     /// Positions loaded NULL and set by the update pass (deferred foreign keys).
     pub deferred: Vec<usize>,
     pub is_virtual: bool,
+    /// The FROM clause that reads these rows on the source: the table itself, or the subquery
+    /// of a transform (`transform::Transformed::adapt`) presenting the rows as D1 will hold them.
+    pub read_from: String,
 }
 
 impl Shape {
@@ -93,6 +96,7 @@ impl Shape {
             key_exprs,
             deferred,
             is_virtual: matches!(table.kind, TableKind::Virtual { .. }),
+            read_from: quote_ident(&table.name),
         }
     }
 

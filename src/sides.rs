@@ -7,6 +7,7 @@ use crate::discover::{discover, select_tables, Schema};
 use crate::error::Result;
 use crate::remote::{D1Catalog, D1Side};
 use crate::source::{open_read_only, SqliteCatalog, SqliteSide};
+use crate::transform::source_schema;
 use crate::validate::{Options, RowSide};
 
 pub struct Sides<'a> {
@@ -20,7 +21,7 @@ pub struct Sides<'a> {
 
 impl<'a> Sides<'a> {
     /// Opens the SQLite file read-only, reads both catalogs, and applies `MIGRATION_TABLES` /
-    /// `MIGRATION_EXCLUDE_TABLES` to the source.
+    /// `MIGRATION_EXCLUDE_TABLES` to the source (and, forward, `MIGRATION_TRANSFORM`).
     pub fn open(config: &Config, client: &'a D1Client) -> Result<Sides<'a>> {
         let forward = config.direction == Direction::SqliteToD1;
         let sqlite_label = if forward {
@@ -28,10 +29,23 @@ impl<'a> Sides<'a> {
         } else {
             "target (SQLite)"
         };
-        let sqlite = SqliteSide::new(&config.sqlite_path, sqlite_label)?;
-        let sqlite_schema = {
-            let conn = open_read_only(&config.sqlite_path)?;
-            discover(&SqliteCatalog(&conn))?
+        let conn = open_read_only(&config.sqlite_path)?;
+        // Forward, the source is seen as the transform (if any) presents it, tables selected.
+        let (sqlite, sqlite_schema) = if forward {
+            let transformed = source_schema(
+                &conn,
+                config.transform.as_ref(),
+                &config.tables,
+                &config.exclude_tables,
+            )?;
+            let side =
+                SqliteSide::new(&config.sqlite_path, sqlite_label)?.reading(transformed.reads());
+            (side, transformed.schema)
+        } else {
+            (
+                SqliteSide::new(&config.sqlite_path, sqlite_label)?,
+                discover(&SqliteCatalog(&conn))?,
+            )
         };
         let d1 = D1Side {
             client,
@@ -47,7 +61,9 @@ impl<'a> Sides<'a> {
         } else {
             (d1_schema, sqlite_schema)
         };
-        select_tables(&mut source_schema, &config.tables, &config.exclude_tables)?;
+        if !forward {
+            select_tables(&mut source_schema, &config.tables, &config.exclude_tables)?;
+        }
         Ok(Sides {
             sqlite,
             d1,

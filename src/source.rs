@@ -81,11 +81,12 @@ impl Catalog for SqliteCatalog<'_> {
 
 /// Number of rows in a table.
 pub fn count_rows(conn: &Connection, table: &str) -> Result<u64> {
-    let n: i64 = conn.query_row(
-        &format!("SELECT count(*) FROM {}", quote_ident(table)),
-        [],
-        |r| r.get(0),
-    )?;
+    count_from(conn, &quote_ident(table))
+}
+
+/// Number of rows a FROM clause (a table, or a transform's subquery) yields.
+pub fn count_from(conn: &Connection, from: &str) -> Result<u64> {
+    let n: i64 = conn.query_row(&format!("SELECT count(*) FROM {from}"), [], |r| r.get(0))?;
     Ok(n as u64)
 }
 
@@ -106,7 +107,7 @@ pub fn page_sql(
     if !filter.is_empty() {
         conditions.push(filter.to_string());
     }
-    let mut sql = format!("SELECT {columns} FROM {}", quote_ident(&shape.table));
+    let mut sql = format!("SELECT {columns} FROM {}", shape.read_from);
     if !conditions.is_empty() {
         sql.push_str(" WHERE ");
         sql.push_str(&conditions.join(" AND "));
@@ -204,6 +205,8 @@ pub struct SqliteSide {
     path: std::path::PathBuf,
     label: &'static str,
     pool: std::sync::Mutex<Vec<Connection>>,
+    /// Table (lower case) → the FROM clause reading it, for tables a transform changes.
+    reads: std::collections::HashMap<String, String>,
 }
 
 impl SqliteSide {
@@ -213,7 +216,22 @@ impl SqliteSide {
             path: path.to_path_buf(),
             label,
             pool: std::sync::Mutex::new(vec![first]),
+            reads: std::collections::HashMap::new(),
         })
+    }
+
+    /// Reads the tables a transform changes through its subqueries (`Transformed::reads`), so
+    /// the side shows the rows as D1 should hold them.
+    pub fn reading(mut self, reads: std::collections::HashMap<String, String>) -> SqliteSide {
+        self.reads = reads;
+        self
+    }
+
+    fn from(&self, table: &str) -> String {
+        self.reads
+            .get(&table.to_lowercase())
+            .cloned()
+            .unwrap_or_else(|| quote_ident(table))
     }
 
     fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
@@ -234,7 +252,7 @@ impl crate::validate::RowSide for SqliteSide {
     }
 
     fn count(&self, table: &str) -> Result<u64> {
-        self.with(|c| count_rows(c, table))
+        self.with(|c| count_from(c, &self.from(table)))
     }
 
     fn select(&self, shape: &Shape, tails: &[String]) -> Result<Vec<Vec<Vec<Value>>>> {
@@ -245,7 +263,7 @@ impl crate::validate::RowSide for SqliteSide {
                     let sql = format!(
                         "SELECT {} FROM {} {tail}",
                         shape.select_list(),
-                        quote_ident(&shape.table)
+                        self.from(&shape.table)
                     );
                     let mut stmt = c.prepare_cached(&sql)?;
                     collect(&mut stmt, &[], usize::MAX).map(|(rows, _)| rows)

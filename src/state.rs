@@ -36,6 +36,9 @@ pub struct Fingerprint {
     pub database_id: String,
     pub tables: Vec<String>,
     pub exclude_tables: Vec<String>,
+    /// The hash of the `MIGRATION_TRANSFORM` file's content; empty without one.
+    #[serde(default)]
+    pub transform: String,
 }
 
 impl Fingerprint {
@@ -389,7 +392,9 @@ fn adopt_legacy(dir: &Path, path: &Path, fingerprint: &Fingerprint) -> Result<()
 }
 
 fn difference(a: &Fingerprint, b: &Fingerprint) -> String {
-    if a.source_schema != b.source_schema {
+    if a.transform != b.transform {
+        "the MIGRATION_TRANSFORM file (its content) differs".to_string()
+    } else if a.source_schema != b.source_schema {
         "the source's schema has changed since".to_string()
     } else {
         "MIGRATION_TABLES or MIGRATION_EXCLUDE_TABLES differ".to_string()
@@ -409,6 +414,7 @@ mod tests {
             database_id: db.into(),
             tables: vec![],
             exclude_tables: vec![],
+            transform: String::new(),
         }
     }
 

@@ -328,6 +328,11 @@ fn fingerprint(config: &Config) -> Fingerprint {
         database_id: config.endpoint.database_id.clone(),
         tables: config.tables.clone(),
         exclude_tables: config.exclude_tables.clone(),
+        transform: config
+            .transform
+            .as_ref()
+            .map(|t| t.digest().to_string())
+            .unwrap_or_default(),
     }
 }
 

@@ -703,6 +703,7 @@ impl Comparison<'_> {
             key_exprs: vec![name.clone()],
             deferred: Vec::new(),
             is_virtual: false,
+            read_from: self.shape.read_from.clone(),
         };
         let tail = [format!("ORDER BY {name}")];
         let names = |side: &dyn RowSide| -> Result<Vec<Vec<Value>>> {
@@ -749,6 +750,7 @@ impl Comparison<'_> {
             key_exprs: s.key_exprs.clone(),
             deferred: Vec::new(),
             is_virtual: s.is_virtual,
+            read_from: s.read_from.clone(),
         }
     }
 

@@ -22,6 +22,8 @@
 //!   second run of the same migration at once is refused; an emptied target is copied again.
 //! - `resilience`: killed runs resume exactly; bad rows stop the run or go to the reject file;
 //!   corrupt and locked sources are refused; the source is never changed; the token never leaks.
+//! - `transform`: renamed, dropped, computed and filtered tables and columns arrive as the
+//!   transformed source (`sqldiff`), validate, and bad transforms are refused before any write.
 
 #[path = "suite/harness.rs"]
 mod harness;
@@ -61,3 +63,6 @@ mod sync;
 
 #[path = "suite/interface.rs"]
 mod interface;
+
+#[path = "suite/transform.rs"]
+mod transform;

@@ -1,0 +1,408 @@
+//! Transforms (`MIGRATION_TRANSFORM`): renamed tables and columns, dropped and computed columns,
+//! filters. D1 must hold exactly what the transform applied to a copy of the source (by SQLite,
+//! here) yields, `sqldiff` judging; validation, full validation included, passes on it and still
+//! sees a real difference; bad transforms are refused before any write, naming their place.
+
+use std::path::{Path, PathBuf};
+
+use crate::harness::{dataset, fresh, generated, read_json, sqldiff, stderr, LocalD1, Run};
+
+fn transform_file(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("transform.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A copy of `source` with `sql` applied by SQLite: what D1 must hold.
+fn expected(dir: &Path, source: &Path, sql: &str) -> PathBuf {
+    let path = dir.join("expected.sqlite");
+    std::fs::copy(source, &path).unwrap();
+    let mut perms = std::fs::metadata(&path).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&path, perms).unwrap();
+    let db = rusqlite::Connection::open(&path).unwrap();
+    db.execute_batch(sql).unwrap();
+    path
+}
+
+/// Migrates `source` through `transform` with full validation; asserts D1 equals `expected`.
+fn migrate_transformed(
+    d1: &LocalD1,
+    db: &str,
+    dir: &Path,
+    source: &Path,
+    transform: &str,
+    expected_sql: &str,
+) -> serde_json::Value {
+    let file = transform_file(dir, transform);
+    let report = dir.join("report.json");
+    Run::new(d1, db, source)
+        .env("MIGRATION_TRANSFORM", &file)
+        .env("MIGRATION_VALIDATE_ALL_ROWS", "true")
+        .env("MIGRATION_REPORT", &report)
+        .ok();
+    let want = expected(dir, source, expected_sql);
+    let diff = sqldiff(&want, d1.file(db));
+    assert!(
+        diff.is_empty(),
+        "D1 differs from the transformed source:\n{}",
+        diff.join("\n")
+    );
+    let report = read_json(&report);
+    assert_eq!(report["validation"]["ok"], true, "{report}");
+    assert_eq!(report["validation"]["full"], true);
+    report
+}
+
+const CHINOOK_RESHAPED: &str = r#"
+[table.Customer]
+rename = "customers"
+drop = ["Fax"]
+
+[table.Customer.set]
+Email = "lower(Email)"
+
+[table.Customer.rename_columns]
+SupportRepId = "support_rep_id"
+
+[table.InvoiceLine]
+where = "UnitPrice > 0.99"
+"#;
+
+#[test]
+fn chinook_renamed_table_dropped_computed_and_renamed_columns_and_a_leaf_filter() {
+    let Some(source) = dataset("chinook.sqlite") else {
+        return;
+    };
+    let (d1, db, dir) = fresh();
+    migrate_transformed(
+        d1,
+        &db,
+        dir.path(),
+        &source,
+        CHINOOK_RESHAPED,
+        "UPDATE Customer SET Email = lower(Email);
+         DELETE FROM InvoiceLine WHERE (UnitPrice > 0.99) IS NOT 1;
+         ALTER TABLE Customer DROP COLUMN Fax;
+         ALTER TABLE Customer RENAME COLUMN SupportRepId TO support_rep_id;
+         ALTER TABLE Customer RENAME TO customers;",
+    );
+    // The children's foreign keys and the indexes followed the rename.
+    let rows = d1.sql(
+        &db,
+        &[
+            "SELECT sql FROM sqlite_schema WHERE name = 'Invoice'",
+            "SELECT tbl_name, sql FROM sqlite_schema WHERE name = 'IFK_CustomerSupportRepId'",
+            "SELECT count(*) FROM customers WHERE Email <> lower(Email)",
+        ],
+    );
+    assert!(
+        rows[0][0][0]
+            .as_str()
+            .unwrap()
+            .contains("REFERENCES \"customers\""),
+        "{}",
+        rows[0]
+    );
+    assert_eq!(rows[1][0][0], "customers");
+    assert!(rows[1][0][1].as_str().unwrap().contains("support_rep_id"));
+    assert_eq!(rows[2][0][0], 0);
+}
+
+#[test]
+fn chinook_one_support_reps_customers_move_with_their_invoices_and_lines() {
+    let Some(source) = dataset("chinook.sqlite") else {
+        return;
+    };
+    let (d1, db, dir) = fresh();
+    let tenant = "SELECT CustomerId FROM Customer WHERE SupportRepId = 3";
+    let invoices = format!("SELECT InvoiceId FROM Invoice WHERE CustomerId IN ({tenant})");
+    let report = migrate_transformed(
+        d1,
+        &db,
+        dir.path(),
+        &source,
+        &format!(
+            "[table.Customer]\nwhere = \"SupportRepId = 3\"\n\
+             [table.Invoice]\nwhere = \"CustomerId IN ({tenant})\"\n\
+             [table.InvoiceLine]\nwhere = \"InvoiceId IN ({invoices})\"\n"
+        ),
+        &format!(
+            "DELETE FROM InvoiceLine WHERE (InvoiceId IN ({invoices})) IS NOT 1;
+             DELETE FROM Invoice WHERE (CustomerId IN ({tenant})) IS NOT 1;
+             DELETE FROM Customer WHERE (SupportRepId = 3) IS NOT 1;"
+        ),
+    );
+    let customers = report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "Customer")
+        .unwrap();
+    assert_eq!(customers["rows_written"], 21);
+}
+
+#[test]
+fn northwind_renamed_table_followed_by_its_views_and_a_tenant_filter() {
+    let Some(source) = dataset("northwind.db") else {
+        return;
+    };
+    let (d1, db, dir) = fresh();
+    let orders = "SELECT OrderID FROM Orders WHERE ShipCountry = 'France'";
+    migrate_transformed(
+        d1,
+        &db,
+        dir.path(),
+        &source,
+        &format!(
+            "[table.\"Order Details\"]\nrename = \"order_details\"\nwhere = \"OrderID IN ({orders})\"\n\
+             [table.Orders]\nwhere = \"ShipCountry = 'France'\"\n\
+             [table.Customers]\ndrop = [\"Fax\"]\n"
+        ),
+        &format!(
+            "DELETE FROM \"Order Details\" WHERE (OrderID IN ({orders})) IS NOT 1;
+             DELETE FROM Orders WHERE (ShipCountry = 'France') IS NOT 1;
+             ALTER TABLE Customers DROP COLUMN Fax;
+             ALTER TABLE \"Order Details\" RENAME TO order_details;"
+        ),
+    );
+    let views = d1.sql(
+        &db,
+        &["SELECT count(*) FROM sqlite_schema WHERE type = 'view' AND sql LIKE '%order_details%'"],
+    );
+    assert!(views[0][0][0].as_i64().unwrap() >= 3, "{}", views[0]);
+}
+
+const SAMPLE_RESHAPED: &str = r#"
+[table.orders]
+rename = "purchases"
+
+[table.products]
+rename = "items"
+
+[table.customers]
+drop = ["created_at"]
+
+[table.customers.set]
+email = "upper(email)"
+
+[table.customers.rename_columns]
+referred_by = "referrer"
+
+[table.order_lines]
+where = "quantity > 2"
+"#;
+
+const SAMPLE_RESHAPED_SQL: &str = "
+    UPDATE customers SET email = upper(email);
+    DELETE FROM order_lines WHERE (quantity > 2) IS NOT 1;
+    ALTER TABLE customers DROP COLUMN created_at;
+    ALTER TABLE customers RENAME COLUMN referred_by TO referrer;
+    ALTER TABLE orders RENAME TO purchases;
+    ALTER TABLE products RENAME TO items;";
+
+#[test]
+fn generated_shop_reshaped_keeps_its_cycle_counter_trigger_and_view() {
+    // Renamed AUTOINCREMENT table (sqlite_sequence follows), a renamed self-referencing column
+    // (set by the deferred pass), a filtered WITHOUT ROWID table, a trigger on a renamed table.
+    let (d1, db, dir) = fresh();
+    let source = generated(dir.path(), "sample");
+    migrate_transformed(
+        d1,
+        &db,
+        dir.path(),
+        &source,
+        SAMPLE_RESHAPED,
+        SAMPLE_RESHAPED_SQL,
+    );
+    let rows = d1.sql(
+        &db,
+        &[
+            "SELECT name, seq FROM sqlite_sequence",
+            "SELECT tbl_name FROM sqlite_schema WHERE name = 'orders_note_default'",
+            "SELECT count(*) FROM customers WHERE referrer IS NOT NULL",
+        ],
+    );
+    assert_eq!(rows[0][0][0], "items");
+    assert_eq!(rows[1][0][0], "purchases");
+    assert!(rows[2][0][0].as_i64().unwrap() > 0);
+}
+
+#[test]
+fn the_dry_run_prints_each_tables_mapping_and_rows_kept() {
+    let (d1, db, dir) = fresh();
+    let source = generated(dir.path(), "sample");
+    let report = dir.path().join("report.json");
+    let out = Run::new(d1, &db, &source)
+        .env(
+            "MIGRATION_TRANSFORM",
+            transform_file(dir.path(), SAMPLE_RESHAPED),
+        )
+        .env("MIGRATION_DRY_RUN", "true")
+        .env("MIGRATION_REPORT", &report)
+        .ok();
+    d1.assert_untouched(&db);
+    let conn = rusqlite::Connection::open(&source).unwrap();
+    let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+    let (all, kept) = (
+        count("SELECT count(*) FROM order_lines"),
+        count("SELECT count(*) FROM order_lines WHERE quantity > 2"),
+    );
+    let text = stderr(&out);
+    for line in [
+        "customers → customers: kept id, name; dropped created_at; renamed referred_by → referrer; computed email = upper(email)".to_string(),
+        "orders → purchases: kept id, customer_id, placed_at, note".to_string(),
+        format!("order_lines → order_lines: kept order_id, product_id, quantity, unit_price; where quantity > 2 (keeps {kept} of {all} rows)"),
+    ] {
+        assert!(text.contains(&line), "{line:?} not in:\n{text}");
+    }
+    let plan = read_json(&report)["dry_run"].clone();
+    let lines = plan["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "order_lines")
+        .unwrap();
+    assert_eq!(lines["rows"], kept);
+    assert_eq!(plan["transforms"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn validation_of_a_transformed_copy_still_sees_a_real_difference() {
+    let (d1, db, dir) = fresh();
+    let source = generated(dir.path(), "sample");
+    let file = transform_file(dir.path(), SAMPLE_RESHAPED);
+    Run::new(d1, &db, &source)
+        .env("MIGRATION_TRANSFORM", &file)
+        .ok();
+    d1.sql(
+        &db,
+        &["UPDATE customers SET email = lower(email) WHERE id = 7"],
+    );
+    for all_rows in ["false", "true"] {
+        let report = dir.path().join(format!("report-{all_rows}.json"));
+        let out = Run::new(d1, &db, &source)
+            .env("MIGRATION_TRANSFORM", &file)
+            .env("MIGRATION_MODE", "validate")
+            .env("MIGRATION_VALIDATE_ALL_ROWS", all_rows)
+            .env("MIGRATION_SAMPLE_SIZE", "100000")
+            .env("MIGRATION_REPORT", &report)
+            .output();
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+        let tables = read_json(&report)["validation"]["tables"].clone();
+        let bad: Vec<&serde_json::Value> = tables
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["ok"] == false)
+            .collect();
+        assert_eq!(bad.len(), 1, "{tables}");
+        assert_eq!(bad[0]["table"], "customers");
+        assert_eq!(bad[0]["mismatched"], 1);
+    }
+}
+
+#[test]
+fn a_checkpoint_belongs_to_its_transform_file() {
+    let (d1, db, dir) = fresh();
+    let source = generated(dir.path(), "sample");
+    let file = transform_file(dir.path(), SAMPLE_RESHAPED);
+    Run::new(d1, &db, &source)
+        .env("MIGRATION_TRANSFORM", &file)
+        .ok();
+    let again = Run::new(d1, &db, &source)
+        .env("MIGRATION_TRANSFORM", &file)
+        .ok();
+    assert!(
+        stderr(&again).contains("already complete"),
+        "{}",
+        stderr(&again)
+    );
+    std::fs::write(
+        &file,
+        SAMPLE_RESHAPED.replace("quantity > 2", "quantity > 3"),
+    )
+    .unwrap();
+    let out = Run::new(d1, &db, &source)
+        .env("MIGRATION_TRANSFORM", &file)
+        .output();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("MIGRATION_TRANSFORM file"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn bad_transforms_are_refused_before_any_write_naming_their_place() {
+    let cases = [
+        ("[table.clients]\nrename = \"x\"\n", "[table.clients]: there is no table \"clients\""),
+        (
+            "[table.customers]\ndrop = [\"phone\"]\n",
+            "[table.customers] drop: there is no column \"phone\"",
+        ),
+        (
+            "[table.customers.set]\nemail = \"upper(emial)\"\n",
+            "[table.customers.set] email: SQLite refuses the expression \"upper(emial)\": no such column: emial",
+        ),
+        (
+            "[table.orders]\nwhere = \"placed_at >\"\n",
+            "[table.orders] where: SQLite refuses the filter",
+        ),
+        ("[table.orders]\nwhen = \"1\"\n", "unknown field `when`"),
+        (
+            "[table.customers]\ndrop = [\"id\"]\n",
+            "[table.customers] drop: \"id\" is part of the primary key",
+        ),
+        (
+            "[table.customers]\ndrop = [\"email\"]\n",
+            "SQLite: cannot drop UNIQUE column",
+        ),
+        (
+            "[table.customers]\nwhere = \"id <= 100\"\n",
+            "[table.customers] where = \"id <= 100\" leaves out their parents",
+        ),
+    ];
+    for (text, message) in cases {
+        let (d1, db, dir) = fresh();
+        let source = generated(dir.path(), "sample");
+        let out = Run::new(d1, &db, &source)
+            .env("MIGRATION_TRANSFORM", transform_file(dir.path(), text))
+            .output();
+        assert_eq!(out.status.code(), Some(2), "{text}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(message),
+            "{text}: {message:?} not in {}",
+            stderr(&out)
+        );
+        d1.assert_untouched(&db);
+    }
+}
+
+#[test]
+fn the_dry_run_finds_a_filter_that_orphans_children() {
+    let (d1, db, dir) = fresh();
+    let source = generated(dir.path(), "sample");
+    let report = dir.path().join("report.json");
+    let out = Run::new(d1, &db, &source)
+        .env(
+            "MIGRATION_TRANSFORM",
+            transform_file(dir.path(), "[table.products]\nwhere = \"id % 2 = 0\"\n"),
+        )
+        .env("MIGRATION_DRY_RUN", "true")
+        .env("MIGRATION_REPORT", &report)
+        .output();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let findings = read_json(&report)["dry_run"]["findings"].clone();
+    let broken: Vec<&serde_json::Value> = findings
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "transform_breaks_foreign_key")
+        .collect();
+    assert_eq!(broken.len(), 1, "{findings}");
+    assert_eq!(broken[0]["object"], "order_lines");
+    d1.assert_untouched(&db);
+}
