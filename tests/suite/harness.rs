@@ -132,7 +132,7 @@ impl LocalD1 {
     pub fn shared() -> &'static LocalD1 {
         static SHARED: OnceLock<LocalD1> = OnceLock::new();
         SHARED.get_or_init(|| {
-            let ids: Vec<String> = (0..64).map(|i| format!("db{i}")).collect();
+            let ids: Vec<String> = (0..128).map(|i| format!("db{i}")).collect();
             LocalD1::launch(&ids, None, false)
         })
     }

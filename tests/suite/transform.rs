@@ -365,9 +365,10 @@ fn bad_transforms_are_refused_before_any_write_naming_their_place() {
             "[table.customers] where = \"id <= 100\" leaves out their parents",
         ),
     ];
+    // One database for every case: each must leave it untouched.
+    let (d1, db, dir) = fresh();
+    let source = generated(dir.path(), "sample");
     for (text, message) in cases {
-        let (d1, db, dir) = fresh();
-        let source = generated(dir.path(), "sample");
         let out = Run::new(d1, &db, &source)
             .env("MIGRATION_TRANSFORM", transform_file(dir.path(), text))
             .output();
