@@ -242,11 +242,21 @@ impl LocalD1 {
         assert_eq!(tables[0], serde_json::json!([[0]]), "nothing was written");
     }
 
-    /// Lines of the request log (of a server from [`LocalD1::start`]).
+    /// Lines of the request log (of a server from [`LocalD1::start`]). The server writes it
+    /// through a buffered stream, so it is read once it has stopped growing (on a loaded machine
+    /// the last requests' lines could otherwise be missing: `a_dry_run_reads_the_target_and_writes_nothing`
+    /// once found none).
     pub fn requests(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
+        let mut text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        for _ in 0..50 {
+            std::thread::sleep(Duration::from_millis(100));
+            let again = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if again == text && (text.is_empty() || text.ends_with('\n')) {
+                break;
+            }
+            text = again;
+        }
+        text.lines()
             .map(|l| serde_json::from_str(l).expect("log line"))
             .collect()
     }

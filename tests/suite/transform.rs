@@ -407,3 +407,36 @@ fn the_dry_run_finds_a_filter_that_orphans_children() {
     assert_eq!(broken[0]["object"], "order_lines");
     d1.assert_untouched(&db);
 }
+
+#[test]
+fn a_view_a_dropped_column_breaks_is_named_and_left_out_only_when_the_file_says_so() {
+    let (d1, db, dir) = fresh();
+    let source = generated(dir.path(), "sample");
+    let drop = "[table.order_lines]\ndrop = [\"unit_price\"]\n";
+    let out = Run::new(d1, &db, &source)
+        .env("MIGRATION_TRANSFORM", transform_file(dir.path(), drop))
+        .output();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let text = stderr(&out);
+    assert!(
+        text.contains(
+            "[table.order_lines] drop \"unit_price\": view \"order_totals\" can no longer stand"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("leave_out"), "{text}");
+    d1.assert_untouched(&db);
+    migrate_transformed(
+        d1,
+        &db,
+        dir.path(),
+        &source,
+        &format!("leave_out = [\"order_totals\"]\n{drop}"),
+        "DROP VIEW order_totals; ALTER TABLE order_lines DROP COLUMN unit_price;",
+    );
+    let views = d1.sql(
+        &db,
+        &["SELECT count(*) FROM sqlite_schema WHERE type = 'view'"],
+    );
+    assert_eq!(views[0][0][0], 0);
+}
