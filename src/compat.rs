@@ -99,11 +99,16 @@ pub fn check_schema(schema: &Schema) -> Vec<Finding> {
         }
         if let TableKind::Virtual { module } = &t.kind {
             if !ALLOWED_MODULES.contains(&module.as_str()) {
+                let hint = if module == "fts3" || module == "fts4" {
+                    "; MIGRATION_FTS=convert recreates it as FTS5"
+                } else {
+                    ""
+                };
                 findings.push(Finding::error(
                     "virtual_table_module",
                     &t.name,
                     format!(
-                        "virtual table {:?} uses module {module:?}; D1 allows only {}",
+                        "virtual table {:?} uses module {module:?}; D1 allows only {}{hint}",
                         t.name,
                         ALLOWED_MODULES.join(", ")
                     ),

@@ -11,7 +11,7 @@ use crate::d1::{Endpoint, RetryPolicy, Secret};
 use crate::error::{Error, Result};
 use crate::log::Level;
 use crate::pack::Limits;
-use crate::transform::Transform;
+use crate::transform::{Fts, Reshape, Transform};
 use crate::wrangler;
 
 pub const DEFAULT_API_URL: &str = "https://api.cloudflare.com/client/v4";
@@ -49,6 +49,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ("MIGRATION_CONTINUE_ON_ERROR", "skip bad rows and go on with other tables when one fails", "false"),
     ("MIGRATION_REJECT_FILE", "JSON lines of rejected rows: table, key, reason, re-insertable SQL", "<state dir>/rejected-rows.jsonl"),
     ("MIGRATION_TRANSFORM", "a TOML file of transforms: rename tables and columns, drop columns, computed columns, row filters (README: Transforms)", "none"),
+    ("MIGRATION_FTS", "FTS3/FTS4 tables, which D1 refuses: refuse (naming them), or convert (recreated as FTS5, same name, columns and rowids)", "refuse"),
     ("MIGRATION_LOG", "error, warn, info or debug, to stderr", "info"),
     ("MIGRATION_QUIET", "print nothing but errors", "false"),
 ];
@@ -85,6 +86,7 @@ pub struct RawConfig {
     continue_on_error: Option<String>,
     reject_file: Option<String>,
     transform: Option<String>,
+    fts: Option<String>,
     log: Option<String>,
     quiet: Option<String>,
 }
@@ -145,11 +147,22 @@ pub struct Config {
     pub reject_file: PathBuf,
     /// The parsed `MIGRATION_TRANSFORM` file (forward runs only).
     pub transform: Option<Transform>,
+    pub fts: Fts,
     pub log_level: Level,
     pub quiet: bool,
 }
 
 impl Config {
+    /// What the source goes through on its way to D1: transform, FTS conversion, selection.
+    pub fn reshape(&self) -> Reshape<'_> {
+        Reshape {
+            transform: self.transform.as_ref(),
+            fts: self.fts,
+            tables: &self.tables,
+            exclude_tables: &self.exclude_tables,
+        }
+    }
+
     /// Reads the configuration from `(name, value)` pairs (the process environment in `main`);
     /// a database named rather than given by id is looked up in the current folder's wrangler
     /// configuration.
@@ -319,6 +332,11 @@ impl Config {
                 .filter(|t| !t.trim().is_empty())
                 .map(|t| Transform::load(Path::new(&t)))
                 .transpose()?,
+            fts: choice(
+                raw.fts,
+                "MIGRATION_FTS",
+                &[("refuse", Fts::Refuse), ("convert", Fts::Convert)],
+            )?,
             log_level,
             quiet: boolean(raw.quiet, "MIGRATION_QUIET", false)?,
         })

@@ -67,12 +67,7 @@ pub struct DryRun {
 /// Runs the dry run against the source and, read-only, the target.
 pub fn dry_run(config: &Config, client: &D1Client) -> Result<DryRun> {
     let source = open_read_only(&config.sqlite_path)?;
-    let mut transformed = source_schema(
-        &source,
-        config.transform.as_ref(),
-        &config.tables,
-        &config.exclude_tables,
-    )?;
+    let mut transformed = source_schema(&source, &config.reshape())?;
     transformed.count_filtered(&source)?;
     let schema = &transformed.schema;
     let plan = plan(schema);
@@ -82,6 +77,8 @@ pub fn dry_run(config: &Config, client: &D1Client) -> Result<DryRun> {
         left_out: transformed.left_out.clone(),
         ..DryRun::default()
     };
+    out.findings
+        .extend(transformed.fts.iter().map(|f| f.finding()));
     let skip = config.on_bad_row == BadRow::Skip;
     out.findings.extend(if transformed.is_identity() {
         foreign_key_violations(&source, schema, skip)?

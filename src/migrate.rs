@@ -35,13 +35,14 @@ pub fn forward(
     report: &mut Report,
 ) -> Result<()> {
     let source = open_read_only(&config.sqlite_path)?;
-    let transformed = source_schema(
-        &source,
-        config.transform.as_ref(),
-        &config.tables,
-        &config.exclude_tables,
-    )?;
+    let transformed = source_schema(&source, &config.reshape())?;
     let mut schema = transformed.schema.clone();
+    for m in &transformed.mappings {
+        log::info(&format!("transform: {}", m.describe()));
+    }
+    for f in &transformed.fts {
+        log::info(&f.finding().message);
+    }
     report.set_skipped(&schema.skipped);
     // The checkpoint's fingerprint is of the whole selection, whatever D1 already holds.
     let fingerprint = fingerprint(config, &schema);

@@ -32,12 +32,7 @@ impl<'a> Sides<'a> {
         let conn = open_read_only(&config.sqlite_path)?;
         // Forward, the source is seen as the transform (if any) presents it, tables selected.
         let (sqlite, sqlite_schema) = if forward {
-            let transformed = source_schema(
-                &conn,
-                config.transform.as_ref(),
-                &config.tables,
-                &config.exclude_tables,
-            )?;
+            let transformed = source_schema(&conn, &config.reshape())?;
             let side =
                 SqliteSide::new(&config.sqlite_path, sqlite_label)?.reading(transformed.reads());
             (side, transformed.schema)

@@ -17,7 +17,7 @@ use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
 use crate::compat::Finding;
-use crate::discover::{discover, select_tables, Catalog, Schema, Table};
+use crate::discover::{discover, select_tables, Catalog, Schema, Table, TableKind};
 use crate::error::{Error, Result};
 use crate::pack::Shape;
 use crate::source::{value, SqliteCatalog};
@@ -190,6 +190,8 @@ pub struct Transformed {
     references: Vec<Reference>,
     /// The transform file's hash, when there is one.
     pub digest: Option<String>,
+    /// FTS3/FTS4 tables recreated as FTS5 (`MIGRATION_FTS=convert`).
+    pub fts: Vec<FtsConversion>,
 }
 
 impl Transformed {
@@ -373,23 +375,288 @@ impl Transformed {
     }
 }
 
-/// Discovers the source and applies the configuration to it: the transform (when
-/// `MIGRATION_TRANSFORM` is set) and the table selection (`MIGRATION_TABLES`,
-/// `MIGRATION_EXCLUDE_TABLES`: names as in the source, or D1's).
-pub fn source_schema(
-    conn: &Connection,
-    transform: Option<&Transform>,
-    include: &[String],
-    exclude: &[String],
-) -> Result<Transformed> {
+/// `MIGRATION_FTS`: what becomes of FTS3/FTS4 tables, which D1 refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fts {
+    /// Refuse the source, naming the table (the compatibility check does).
+    Refuse,
+    /// Recreate each as FTS5, same name, columns and rows (rowids kept).
+    Convert,
+}
+
+/// What the configuration asks of the source: `MIGRATION_TRANSFORM`, `MIGRATION_FTS`, and the
+/// table selection (`MIGRATION_TABLES`, `MIGRATION_EXCLUDE_TABLES`: source names, or D1's).
+#[derive(Debug, Clone, Copy)]
+pub struct Reshape<'a> {
+    pub transform: Option<&'a Transform>,
+    pub fts: Fts,
+    pub tables: &'a [String],
+    pub exclude_tables: &'a [String],
+}
+
+/// An FTS3/FTS4 table recreated as FTS5.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FtsConversion {
+    pub table: String,
+    pub module: String,
+    /// The FTS5 table's DDL.
+    pub sql: String,
+    /// FTS3/FTS4 options FTS5 has no equal for, each with what becomes of it.
+    pub lost: Vec<String>,
+}
+
+impl FtsConversion {
+    /// The dry run's line about it.
+    pub fn finding(&self) -> Finding {
+        let lost = if self.lost.is_empty() {
+            "every option has an FTS5 equal".to_string()
+        } else {
+            format!("options FTS5 has no equal for: {}", self.lost.join("; "))
+        };
+        Finding::warning(
+            "fts_converted",
+            &self.table,
+            format!(
+                "{} table {:?} is recreated as FTS5 (MIGRATION_FTS=convert), same columns and rowids: {}; {lost}",
+                self.module, self.table, self.sql
+            ),
+        )
+    }
+}
+
+/// Splits a module's arguments at the commas outside quotes and parentheses.
+fn split_arguments(args: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut quote: Option<char> = None;
+    let mut depth = 0;
+    for c in args.chars() {
+        match quote {
+            Some(q) => {
+                if c == q {
+                    quote = None;
+                }
+            }
+            None => match c {
+                '\'' | '"' | '`' => quote = Some(c),
+                '[' => quote = Some(']'),
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                ',' if depth == 0 => {
+                    out.push(current.trim().to_string());
+                    current.clear();
+                    continue;
+                }
+                _ => {}
+            },
+        }
+        current.push(c);
+    }
+    if !current.trim().is_empty() {
+        out.push(current.trim().to_string());
+    }
+    out
+}
+
+/// `'x'`, `"x"`, `[x]` or `` `x` `` → `x`.
+fn unquote(s: &str) -> String {
+    let s = s.trim();
+    let mut chars = s.chars();
+    match (chars.next(), s.chars().last()) {
+        (Some(a @ ('\'' | '"' | '`')), Some(b)) if a == b && s.len() >= 2 => {
+            s[1..s.len() - 1].replace(&format!("{a}{a}"), &a.to_string())
+        }
+        (Some('['), Some(']')) => s[1..s.len() - 1].to_string(),
+        _ => s.to_string(),
+    }
+}
+
+/// The words of an FTS3 tokenizer specification: `porter`, `unicode61 "remove_diacritics=2"`.
+fn words(spec: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut quote: Option<char> = None;
+    for c in spec.chars() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => current.push(c),
+            None if c == '"' || c == '\'' => quote = Some(c),
+            None if c.is_whitespace() => {
+                if !current.is_empty() {
+                    out.push(std::mem::take(&mut current));
+                }
+            }
+            None => current.push(c),
+        }
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// The FTS5 table that stands for an FTS3/FTS4 one: its DDL, and the options left behind.
+pub fn fts5_equivalent(table: &Table) -> (String, Vec<String>) {
+    let sql = &table.sql;
+    let args = match (sql.find('('), sql.rfind(')')) {
+        (Some(a), Some(b)) if a < b => &sql[a + 1..b],
+        _ => "",
+    };
+    let mut tokenizer = "ascii".to_string();
+    let mut prefix: Option<String> = None;
+    let mut unindexed: Vec<String> = Vec::new();
+    let mut lost = Vec::new();
+    for arg in split_arguments(args) {
+        let (key, value) = match arg.split_once('=') {
+            Some((k, v)) if !k.trim().contains(char::is_whitespace) => {
+                (k.trim().to_ascii_lowercase(), v.trim().to_string())
+            }
+            _ => {
+                let mut w = arg.splitn(2, char::is_whitespace);
+                let first = w.next().unwrap_or_default().to_ascii_lowercase();
+                if first == "tokenize" {
+                    (first, w.next().unwrap_or_default().trim().to_string())
+                } else {
+                    continue; // a column definition: the columns are the discovered ones
+                }
+            }
+        };
+        match key.as_str() {
+            "tokenize" => {
+                let words = words(&unquote(&value));
+                let name = words.first().map(|w| w.to_ascii_lowercase());
+                let options: Vec<String> = words
+                    .iter()
+                    .skip(1)
+                    .flat_map(|w| match w.split_once('=') {
+                        Some((k, v)) => vec![k.to_string(), v.to_string()],
+                        None => vec![w.clone()],
+                    })
+                    .map(|w| {
+                        if w.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                            w
+                        } else {
+                            format!("'{}'", w.replace('\'', "''"))
+                        }
+                    })
+                    .collect();
+                tokenizer = match name.as_deref() {
+                    None | Some("simple") => "ascii".into(),
+                    Some("porter") => "porter ascii".into(),
+                    Some("unicode61") => {
+                        let mut t = vec!["unicode61".to_string()];
+                        t.extend(options);
+                        t.join(" ")
+                    }
+                    Some(other) => {
+                        lost.push(format!(
+                            "tokenize={value} (FTS5 has no {other} tokenizer; unicode61 is used)"
+                        ));
+                        "unicode61".into()
+                    }
+                };
+            }
+            "prefix" => {
+                let sizes: Vec<String> = unquote(&value)
+                    .split(',')
+                    .map(|p| p.trim().to_string())
+                    .filter(|p| !p.is_empty())
+                    .collect();
+                prefix = Some(sizes.join(" "));
+            }
+            "notindexed" => unindexed.push(unquote(&value)),
+            "content" => lost.push(format!(
+                "content={value} (the FTS5 table holds its own copy of the rows)"
+            )),
+            "compress" | "uncompress" => {
+                lost.push(format!("{key}={value} (FTS5 stores text uncompressed)"))
+            }
+            "languageid" => lost.push(format!(
+                "languageid={value} (FTS5 has no language id; the column is not copied)"
+            )),
+            "matchinfo" => lost.push(format!(
+                "matchinfo={value} (FTS5 has no matchinfo(); use its auxiliary functions)"
+            )),
+            "order" => lost.push(format!(
+                "order={value} (FTS5 returns rows in rowid order; use ORDER BY rowid DESC)"
+            )),
+            other => lost.push(format!("{other}={value} (unknown to FTS5)")),
+        }
+    }
+    let mut items: Vec<String> = table
+        .data_columns()
+        .iter()
+        .map(|c| {
+            if unindexed.iter().any(|u| u.eq_ignore_ascii_case(&c.name)) {
+                format!("{} UNINDEXED", quote_ident(&c.name))
+            } else {
+                quote_ident(&c.name)
+            }
+        })
+        .collect();
+    items.push(format!("tokenize = {}", quote_text(&tokenizer)));
+    if let Some(p) = prefix {
+        items.push(format!("prefix = {}", quote_text(&p)));
+    }
+    (
+        format!(
+            "CREATE VIRTUAL TABLE {} USING fts5({})",
+            quote_ident(&table.name),
+            items.join(", ")
+        ),
+        lost,
+    )
+}
+
+/// Recreates the FTS3/FTS4 tables of `schema` as FTS5: the table as SQLite discovers the FTS5
+/// DDL (its columns, hidden ones included), read from the source as before (rowid and columns).
+fn convert_fts(schema: &mut Schema) -> Result<Vec<FtsConversion>> {
+    let mut out = Vec::new();
+    for t in schema.tables.iter_mut() {
+        let module = match &t.kind {
+            TableKind::Virtual { module } if module == "fts3" || module == "fts4" => module.clone(),
+            _ => continue,
+        };
+        let (sql, lost) = fts5_equivalent(t);
+        let mem = Connection::open_in_memory()?;
+        mem.execute_batch(&sql).map_err(|e| {
+            Error::Refused(format!(
+            "MIGRATION_FTS=convert: {module} table {:?} cannot be recreated as FTS5 ({sql}): {}",
+            t.name,
+            sqlite_message(&e)
+        ))
+        })?;
+        let converted = discover(&SqliteCatalog(&mem))?
+            .tables
+            .into_iter()
+            .find(|c| c.name == t.name)
+            .expect("the FTS5 table was created");
+        *t = converted;
+        out.push(FtsConversion {
+            table: t.name.clone(),
+            module,
+            sql,
+            lost,
+        });
+    }
+    Ok(out)
+}
+
+/// Discovers the source and applies the configuration to it: the transform, FTS conversion and
+/// table selection of `reshape`.
+pub fn source_schema(conn: &Connection, reshape: &Reshape<'_>) -> Result<Transformed> {
+    let (include, exclude) = (reshape.tables, reshape.exclude_tables);
     let schema = discover(&SqliteCatalog(conn))?;
-    let mut out = match transform {
+    let mut out = match reshape.transform {
         Some(t) => apply(t, conn, &schema)?,
         None => Transformed {
             schema,
             ..Transformed::default()
         },
     };
+    if reshape.fts == Fts::Convert {
+        out.fts = convert_fts(&mut out.schema)?;
+    }
     let rename = |names: &[String]| -> Vec<String> {
         names
             .iter()
@@ -419,6 +686,8 @@ pub fn source_schema(
         .cloned()
         .collect();
     out.mappings = mappings;
+    let fts: Vec<FtsConversion> = out.fts.iter().filter(|f| kept(&f.table)).cloned().collect();
+    out.fts = fts;
     Ok(out)
 }
 
@@ -853,6 +1122,7 @@ pub fn apply(transform: &Transform, conn: &Connection, schema: &Schema) -> Resul
         left_out,
         references,
         digest: Some(transform.digest.clone()),
+        fts: Vec::new(),
     })
 }
 
@@ -1029,6 +1299,47 @@ mod tests {
             t.mappings[0].computed,
             [["Email".to_string(), "upper(Email)".to_string()]]
         );
+    }
+
+    #[test]
+    fn fts4_options_map_to_fts5_and_those_without_an_equal_are_named() {
+        let db = Connection::open_in_memory().unwrap();
+        db.execute_batch(
+            "CREATE VIRTUAL TABLE docs USING fts4(title, body TEXT, tokenize=unicode61 \"remove_diacritics=2\", \
+             prefix=\"2,3\", notindexed=title, order=DESC, matchinfo=fts3);
+             CREATE VIRTUAL TABLE plain USING fts3(a, b);
+             CREATE VIRTUAL TABLE stems USING fts4(a, tokenize=porter);",
+        )
+        .unwrap();
+        let mut schema = discover(&SqliteCatalog(&db)).unwrap();
+        assert!(schema.skipped.iter().any(|(n, _)| n == "docs_segments"));
+        let converted = convert_fts(&mut schema).unwrap();
+        assert_eq!(converted.len(), 3);
+        assert_eq!(
+            converted[0].sql,
+            "CREATE VIRTUAL TABLE \"docs\" USING fts5(\"title\" UNINDEXED, \"body\", tokenize = 'unicode61 remove_diacritics 2', prefix = '2 3')"
+        );
+        assert_eq!(converted[0].lost.len(), 2, "{:?}", converted[0].lost);
+        assert!(converted[0].lost[0].starts_with("order=DESC"));
+        assert!(converted[1]
+            .sql
+            .ends_with("fts5(\"a\", \"b\", tokenize = 'ascii')"));
+        assert!(converted[1].lost.is_empty());
+        assert!(converted[2].sql.contains("tokenize = 'porter ascii'"));
+        let docs = schema.table("docs").unwrap();
+        assert_eq!(
+            docs.kind,
+            TableKind::Virtual {
+                module: "fts5".into()
+            }
+        );
+        let data: Vec<&str> = docs
+            .data_columns()
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(data, ["title", "body"]);
+        assert_eq!(docs.hidden_rowid(), Some("rowid"));
     }
 
     #[test]

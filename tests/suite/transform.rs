@@ -440,3 +440,146 @@ fn a_view_a_dropped_column_breaks_is_named_and_left_out_only_when_the_file_says_
     );
     assert_eq!(views[0][0][0], 0);
 }
+
+/// A source with an FTS4 table (porter stemming, non-contiguous docids) and an FTS3 one (the
+/// simple tokenizer, non-ASCII words).
+fn fts_source(dir: &Path) -> PathBuf {
+    let path = dir.join("fts.sqlite");
+    let db = rusqlite::Connection::open(&path).unwrap();
+    db.execute_batch(
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, title TEXT);
+         CREATE VIRTUAL TABLE search USING fts4(title, body, tokenize=porter, prefix=\"2\", order=DESC);
+         CREATE VIRTUAL TABLE legacy USING fts3(body);",
+    )
+    .unwrap();
+    let words = [
+        "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "running", "runs", "ran", "café",
+        "Crème", "naïve", "search", "engines", "index", "indexing", "SQLite", "D1",
+    ];
+    let tx = db.unchecked_transaction().unwrap();
+    for i in 0..300i64 {
+        let pick = |k: i64| words[((i * 7 + k * 13) % words.len() as i64) as usize];
+        let title = format!("{} {}", pick(1), pick(2));
+        let body = (0..8).map(pick).collect::<Vec<_>>().join(" ");
+        let docid = 5 + i * 3 + (i % 7) * 1000;
+        tx.execute(
+            "INSERT INTO search (docid, title, body) VALUES (?, ?, ?)",
+            rusqlite::params![docid, title, body],
+        )
+        .unwrap();
+        tx.execute(
+            "INSERT INTO legacy (docid, body) VALUES (?, ?)",
+            rusqlite::params![docid + 1, body],
+        )
+        .unwrap();
+        tx.execute("INSERT INTO notes (title) VALUES (?)", [&title])
+            .unwrap();
+    }
+    tx.commit().unwrap();
+    path
+}
+
+#[test]
+fn fts4_is_refused_by_default_naming_the_table() {
+    let (d1, db, dir) = fresh();
+    let source = fts_source(dir.path());
+    let out = Run::new(d1, &db, &source).output();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let text = stderr(&out);
+    assert!(text.contains("\"search\" uses module \"fts4\""), "{text}");
+    assert!(text.contains("MIGRATION_FTS=convert"), "{text}");
+    d1.assert_untouched(&db);
+}
+
+#[test]
+fn fts4_converted_to_fts5_answers_the_same_match_queries_with_the_same_rowids() {
+    let (d1, db, dir) = fresh();
+    let source = fts_source(dir.path());
+    let report = dir.path().join("dry.json");
+    Run::new(d1, &db, &source)
+        .env("MIGRATION_FTS", "convert")
+        .env("MIGRATION_DRY_RUN", "true")
+        .env("MIGRATION_REPORT", &report)
+        .ok();
+    let findings = read_json(&report)["dry_run"]["findings"].clone();
+    let converted: Vec<&serde_json::Value> = findings
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "fts_converted")
+        .collect();
+    assert_eq!(converted.len(), 2, "{findings}");
+    let search = converted.iter().find(|f| f["object"] == "search").unwrap();
+    let message = search["message"].as_str().unwrap();
+    assert!(
+        message.contains("tokenize = 'porter ascii'") && message.contains("prefix = '2'"),
+        "{message}"
+    );
+    assert!(message.contains("order=DESC"), "{message}");
+    d1.assert_untouched(&db);
+
+    Run::new(d1, &db, &source)
+        .env("MIGRATION_FTS", "convert")
+        .env("MIGRATION_VALIDATE_ALL_ROWS", "true")
+        .ok();
+    let conn = rusqlite::Connection::open(&source).unwrap();
+    let local = |sql: &str| -> Vec<serde_json::Value> {
+        let mut stmt = conn.prepare(sql).unwrap();
+        let n = stmt.column_count();
+        stmt.query_map([], |r| {
+            Ok(serde_json::Value::Array(
+                (0..n)
+                    .map(|i| match r.get_ref(i).unwrap() {
+                        rusqlite::types::ValueRef::Integer(v) => serde_json::json!(v),
+                        rusqlite::types::ValueRef::Text(t) => {
+                            serde_json::json!(String::from_utf8_lossy(t))
+                        }
+                        other => panic!("{other:?}"),
+                    })
+                    .collect(),
+            ))
+        })
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+    };
+    let on_d1 = |sql: &str| d1.sql(&db, &[sql])[0].as_array().unwrap().clone();
+    let schema =
+        on_d1("SELECT sql FROM sqlite_schema WHERE name IN ('search', 'legacy') ORDER BY name");
+    assert!(
+        schema
+            .iter()
+            .all(|s| s[0].as_str().unwrap().contains("USING fts5(")),
+        "{schema:?}"
+    );
+    for table in ["search", "legacy"] {
+        let all = format!("SELECT rowid, * FROM {table} ORDER BY rowid");
+        assert_eq!(local(&all), on_d1(&all), "{table}: rows and rowids");
+    }
+    let queries = [
+        ("search", "fox"),
+        ("search", "run"),
+        ("search", "running"),
+        ("search", "index*"),
+        ("search", "\"quick brown\""),
+        ("search", "lazy dog"),
+        ("search", "fox OR café"),
+        ("search", "title:lazy"),
+        ("search", "sqlite"),
+        ("legacy", "café"),
+        ("legacy", "CAFÉ"),
+        ("legacy", "crème"),
+        ("legacy", "naïve OR engines"),
+    ];
+    let mut answered = 0;
+    for (table, q) in queries {
+        let sql = format!(
+            "SELECT rowid FROM {table} WHERE {table} MATCH '{}' ORDER BY rowid",
+            q.replace('\'', "''")
+        );
+        let (want, got) = (local(&sql), on_d1(&sql));
+        assert_eq!(want, got, "{table} MATCH {q:?}");
+        answered += usize::from(!want.is_empty());
+    }
+    assert!(answered >= 10, "most queries find rows ({answered})");
+}
