@@ -191,8 +191,6 @@ struct ColumnInfo {
 /// A table's structure as SQLite reads it back from its definition.
 #[derive(Debug, Clone)]
 struct Structure {
-    /// The table's name as its definition spells it.
-    name: String,
     columns: Vec<ColumnInfo>,
     without_rowid: bool,
     strict: bool,
@@ -304,7 +302,6 @@ impl Structure {
             let mut checks = checks(sql);
             checks.sort();
             Ok(Structure {
-                name: name.clone(),
                 columns,
                 without_rowid,
                 strict,
@@ -380,14 +377,18 @@ fn fit_table(source: &Connection, table: &Table, d1_sql: &str) -> Result<TableFi
         notes: Vec::new(),
         d1_name: None,
     };
+    // The same definition but for layout (a rerun, or a D1 created from the source's DDL): it
+    // fits, whatever SQLite here could make of it.
+    fit.d1_name = declared_name(d1_sql);
+    if canonical_sql(&table.sql) == canonical_sql(d1_sql) {
+        return Ok(fit);
+    }
     if table.is_virtual() {
-        if canonical_sql(&table.sql) != canonical_sql(d1_sql) {
-            fit.problems.push(format!(
-                "table {name:?}: virtual tables differ: source {}, D1 {}",
-                one_line(&table.sql),
-                one_line(d1_sql)
-            ));
-        }
+        fit.problems.push(format!(
+            "table {name:?}: virtual tables differ: source {}, D1 {}",
+            one_line(&table.sql),
+            one_line(d1_sql)
+        ));
         return Ok(fit);
     }
     let (ours, theirs) = match (Structure::of(&table.sql), Structure::of(d1_sql)) {
@@ -399,7 +400,6 @@ fn fit_table(source: &Connection, table: &Table, d1_sql: &str) -> Result<TableFi
             return Ok(fit);
         }
     };
-    fit.d1_name = Some(theirs.name.clone());
     let mut problem = |column: &str, source_side: String, d1_side: String, why: &str| {
         fit.problems.push(format!(
             "table {name:?}, column {column:?}: source {source_side}, D1 {d1_side}: {why}"
@@ -695,6 +695,29 @@ fn checks(sql: &str) -> Vec<(String, String)> {
     out
 }
 
+/// The name a `CREATE [VIRTUAL] TABLE` gives its table, as written (unquoted).
+fn declared_name(sql: &str) -> Option<String> {
+    let mut lexer = Lexer::new(sql);
+    let mut seen_table = false;
+    while let Some((token, start, end)) = lexer.next_token() {
+        if !seen_table {
+            seen_table = token == "table";
+            continue;
+        }
+        if ["if", "not", "exists"].contains(&token.as_str()) {
+            continue;
+        }
+        let raw = &sql[start..end];
+        return Some(match raw.chars().next() {
+            Some('"') => raw[1..raw.len() - 1].replace("\"\"", "\""),
+            Some('`') => raw[1..raw.len() - 1].replace("``", "`"),
+            Some('[') => raw[1..raw.len() - 1].to_string(),
+            _ => raw.to_string(),
+        });
+    }
+    None
+}
+
 /// SQL in a canonical form: comments and layout dropped, keywords and identifiers lower-case and
 /// unquoted, string and blob literals as written, one space between tokens. Two texts SQLite
 /// reads alike (but for identifiers quoted only in one) give the same form.
@@ -850,6 +873,22 @@ mod tests {
         sqls.iter()
             .map(|(kind, name, sql)| (name.to_lowercase(), (kind.to_string(), sql.to_string())))
             .collect()
+    }
+
+    #[test]
+    fn a_table_is_named_as_its_definition_spells_it() {
+        assert_eq!(
+            declared_name("create table if not exists \"My \"\"T\"\"\" (x)").as_deref(),
+            Some("My \"T\"")
+        );
+        assert_eq!(
+            declared_name("CREATE VIRTUAL TABLE [Docs] USING fts5(a)").as_deref(),
+            Some("Docs")
+        );
+        assert_eq!(
+            declared_name("CREATE TABLE Counter(id)").as_deref(),
+            Some("Counter")
+        );
     }
 
     #[test]
