@@ -169,7 +169,13 @@ function firstWords(body) {
   }
 }
 
-const server = http.createServer(async (req, res) => {
+// A client that goes away mid-request (a killed run) rejects the body's reading with "aborted":
+// that connection is dropped, and the server goes on serving the others.
+const server = http.createServer((req, res) => {
+  handle(req, res).catch(() => req.socket.destroy());
+});
+
+async function handle(req, res) {
   const chunks = [];
   for await (const c of req) chunks.push(c);
   const body = Buffer.concat(chunks);
@@ -217,7 +223,7 @@ const server = http.createServer(async (req, res) => {
   }
   res.writeHead(answer.status, headers);
   res.end(text);
-});
+}
 server.keepAliveTimeout = 60_000;
 
 if (frontEnd) {

@@ -488,3 +488,33 @@ fn unix_seconds() -> String {
         .unwrap();
     now.as_secs().to_string()
 }
+
+/// Regression: a client gone mid-request (a run killed while sending) crashed the logging front
+/// end ("Error: aborted", ECONNRESET, unhandled), and every later run met "Connection refused".
+#[test]
+fn a_client_gone_mid_request_leaves_the_server_serving() {
+    use std::io::Write;
+    let ids = vec!["gone".to_string()];
+    let d1 = LocalD1::start(&ids, None);
+    let address = d1
+        .api_url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    for _ in 0..3 {
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        write!(
+            stream,
+            "POST /client/v4/accounts/a/d1/database/gone/raw HTTP/1.1\r\nHost: {address}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{\"sql\": \"SEL"
+        )
+        .unwrap();
+        stream.flush().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        drop(stream);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(d1.sql("gone", &["SELECT 1"])[0], json!([[1]]));
+}
