@@ -17,7 +17,7 @@ use crate::plan::plan;
 use crate::produce::{pass_filter, passes, produce, Pass, Produced, Work};
 use crate::source::open_read_only;
 use crate::target::{missing_parents, ordered_objects, target_objects};
-use crate::transform::{source_schema, TableMapping};
+use crate::transform::{source_schema, TableMapping, Transformed};
 use crate::value::quote_ident;
 
 /// Cloudflare's API allows this many requests per token in five minutes.
@@ -86,7 +86,7 @@ pub fn dry_run(config: &Config, client: &D1Client) -> Result<DryRun> {
         transformed.foreign_key_findings(&source, true, skip)?
     });
     out.findings.extend(database_size(&source)?);
-    let fitted = target_check(client, &source, schema, &mut out.findings)?;
+    let fitted = target_check(client, &source, &transformed, &mut out.findings)?;
 
     let [mut rows, mut deferred, mut fill] = passes(schema, &plan, |_, _| false);
     for w in rows.iter_mut().chain(&mut deferred).chain(&mut fill) {
@@ -280,7 +280,7 @@ fn database_size(source: &rusqlite::Connection) -> Result<Vec<Finding>> {
 fn target_check(
     client: &D1Client,
     source: &rusqlite::Connection,
-    schema: &Schema,
+    transformed: &Transformed,
     findings: &mut Vec<Finding>,
 ) -> Result<Option<Fit>> {
     let existing = match target_objects(client) {
@@ -294,6 +294,7 @@ fn target_check(
             return Ok(None);
         }
     };
+    let schema = &transformed.schema;
     for m in missing_parents(schema, &existing) {
         findings.push(Finding::error(
             "missing_parent_table",
@@ -301,7 +302,7 @@ fn target_check(
             format!("{m}; D1 enforces foreign keys"),
         ));
     }
-    let fit = fit(source, schema, &existing)?;
+    let fit = fit(source, schema, &existing, &|t| transformed.read_from(t))?;
     for t in fit.tables.iter().filter(|t| t.action != "create") {
         for p in &t.problems {
             findings.push(Finding::error(

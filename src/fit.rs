@@ -107,11 +107,13 @@ impl Fit {
 
 /// Compares the source's tables and objects with what D1 already has (`existing`: lower-case
 /// name → (type, SQL)). `source` answers the questions only the data can (does a column hold
-/// NULLs, are values unique).
+/// NULLs, are values unique), reading each table's rows FROM `read_from(table)` (a transform's
+/// read, or the table itself).
 pub fn fit(
     source: &Connection,
     schema: &Schema,
     existing: &HashMap<String, (String, String)>,
+    read_from: &dyn Fn(&str) -> String,
 ) -> Result<Fit> {
     let mut out = Fit::default();
     for table in &schema.tables {
@@ -137,7 +139,7 @@ pub fn fit(
                     notes: Vec::new(),
                     d1_name: None,
                 },
-                Some((_, sql)) => fit_table(source, table, sql)?,
+                Some((_, sql)) => fit_table(source, table, sql, &read_from(&table.name))?,
             });
     }
     for o in &schema.objects {
@@ -363,7 +365,7 @@ fn count(source: &Connection, sql: &str) -> Option<i64> {
 }
 
 /// Compares a source table with the table of the same name on D1.
-fn fit_table(source: &Connection, table: &Table, d1_sql: &str) -> Result<TableFit> {
+fn fit_table(source: &Connection, table: &Table, d1_sql: &str, from: &str) -> Result<TableFit> {
     let name = &table.name;
     let mut fit = TableFit {
         table: name.clone(),
@@ -405,7 +407,7 @@ fn fit_table(source: &Connection, table: &Table, d1_sql: &str) -> Result<TableFi
             "table {name:?}, column {column:?}: source {source_side}, D1 {d1_side}: {why}"
         ))
     };
-    let qt = quote_ident(name);
+    let qt = from;
     let data: Vec<&ColumnInfo> = ours
         .columns
         .iter()
@@ -918,7 +920,7 @@ mod tests {
             "Artist",
             "CREATE TABLE artist (name nvarchar(120), artistid integer primary key not null, note text)",
         )]);
-        let fit = fit(&conn, &schema, &d1).unwrap();
+        let fit = fit(&conn, &schema, &d1, &|t| quote_ident(t)).unwrap();
         let t = &fit.tables[0];
         assert_eq!(t.action, "fill");
         assert!(t.problems.is_empty(), "{t:?}");
@@ -948,7 +950,7 @@ mod tests {
             "CREATE TABLE t (id TEXT PRIMARY KEY, b REAL, c TEXT NOT NULL, d TEXT UNIQUE, e INT NOT NULL,
                CHECK (length(d)>=4), CHECK(b <= 2))",
         )]);
-        let fitted = fit(&conn, &schema, &d1).unwrap();
+        let fitted = fit(&conn, &schema, &d1, &|t| quote_ident(t)).unwrap();
         assert!(
             fitted.tables[0].notes.contains(
                 &"CHECK (length(d)>=4) on D1 only; every source row meets it".to_string()
@@ -995,7 +997,7 @@ mod tests {
             ("view", "v", "create view V as select A from T where b='x'"),
             ("table", "clash", "CREATE TABLE clash (x)"),
         ]);
-        let fit = fit(&conn, &schema, &d1).unwrap();
+        let fit = fit(&conn, &schema, &d1, &|t| quote_ident(t)).unwrap();
         let action = |name: &str| {
             fit.objects
                 .iter()

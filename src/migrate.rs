@@ -70,7 +70,7 @@ pub fn forward(
     }
     // The schema D1 already has (the application's migrations): compared by structure; what
     // does not fit is refused before anything is written.
-    let fit = fit(&source, &schema, &existing)?;
+    let fit = fit(&source, &schema, &existing, &|t| transformed.read_from(t))?;
     let problems = fit.problems();
     if !problems.is_empty() {
         return Err(Error::Refused(format!(

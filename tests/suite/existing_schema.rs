@@ -421,3 +421,41 @@ fn an_autoincrement_counter_stays_ahead_in_a_table_d1_spells_otherwise() {
         serde_json::json!([[11]])
     );
 }
+
+/// With a transform, what D1 already has is compared with what it would receive: a CHECK on
+/// D1's renamed column is tried on the source's rows read through the transform, and the rows
+/// that break it are refused before any write.
+#[test]
+fn a_check_on_a_renamed_column_is_tried_through_the_transform() {
+    let (d1, db, dir) = fresh();
+    let source = generated(dir.path(), "sample");
+    let transform = dir.path().join("transform.toml");
+    std::fs::write(
+        &transform,
+        "[table.customers.rename_columns]\nemail = \"mail\"\n",
+    )
+    .unwrap();
+    d1.sql(
+        &db,
+        &["create table customers (id integer primary key, name text not null, \
+           mail text unique check (length(mail) > 100), referred_by integer references customers(id), \
+           created_at text not null default current_timestamp)"],
+    );
+    let before = d1.sql(&db, &["SELECT name FROM sqlite_schema ORDER BY name"]);
+    let out = Run::new(d1, &db, &source)
+        .env("MIGRATION_TRANSFORM", &transform)
+        .output();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "table \"customers\", column \"(check)\": source 200 rows that break it, D1 CHECK (length(mail) > 100)"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        d1.sql(&db, &["SELECT name FROM sqlite_schema ORDER BY name"]),
+        before,
+        "nothing was created"
+    );
+}
