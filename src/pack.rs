@@ -480,6 +480,85 @@ pub fn update_unit(
     })
 }
 
+/// Updates of many rows: for each set of columns that differ, multi-row
+/// `UPDATE t SET c = v.column3 FROM (VALUES (key..., value...), ...) AS v WHERE t.key = v.column1`
+/// statements within the statement limits (D1 looks each row up by its key); a row whose values
+/// do not fit one statement gets its own [`update_unit`]. Each `(row, columns)` sets `columns` of
+/// `row`. Sent again, they leave the same rows.
+pub fn update_units(
+    shape: &Shape,
+    updates: &[(&[Value], Vec<usize>)],
+    limits: Limits,
+) -> Vec<Unit> {
+    let mut groups: std::collections::BTreeMap<&[usize], Vec<&[Value]>> = Default::default();
+    for (row, columns) in updates {
+        if !columns.is_empty() {
+            groups.entry(columns.as_slice()).or_default().push(row);
+        }
+    }
+    let table = quote_ident(&shape.table);
+    let keys = shape.key_positions.len();
+    let mut units = Vec::new();
+    for (columns, rows) in groups {
+        let sets: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| format!("{} = v.column{}", shape.columns[c], keys + i + 1))
+            .collect();
+        let matches: Vec<String> = shape
+            .key_exprs
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{table}.{k} = v.column{}", i + 1))
+            .collect();
+        let head = format!("UPDATE {table} SET {} FROM (VALUES ", sets.join(", "));
+        let tail = format!(") AS v WHERE {}", matches.join(" AND "));
+        let per_statement = (limits.statement_cells / (keys + columns.len() + 1)).max(1);
+        let mut sql = String::new();
+        let mut count = 0usize;
+        let mut tuple = String::new();
+        let flush = |sql: &mut String, count: &mut usize, units: &mut Vec<Unit>| {
+            if *count > 0 {
+                sql.push_str(&tail);
+                units.push(Unit {
+                    statements: vec![Statement::plain(std::mem::take(sql))],
+                    rows: std::mem::take(count),
+                    last_key: None,
+                });
+            }
+        };
+        for row in rows {
+            let values: Vec<Value> = shape
+                .key_positions
+                .iter()
+                .chain(columns)
+                .map(|&p| row[p].clone())
+                .collect();
+            tuple.clear();
+            write_tuple(&values, &[], &mut tuple);
+            if head.len() + tuple.len() + tail.len() > limits.statement_bytes {
+                units.extend(update_unit(shape, row, columns, limits.statement_bytes));
+                continue;
+            }
+            if count > 0
+                && (sql.len() + 1 + tuple.len() + tail.len() > limits.statement_bytes
+                    || count >= per_statement)
+            {
+                flush(&mut sql, &mut count, &mut units);
+            }
+            if count == 0 {
+                sql.push_str(&head);
+            } else {
+                sql.push(',');
+            }
+            sql.push_str(&tuple);
+            count += 1;
+        }
+        flush(&mut sql, &mut count, &mut units);
+    }
+    units
+}
+
 /// `DELETE FROM t WHERE key IN (...)` statements for `keys`, each within the statement limits;
 /// a key that is already gone deletes nothing, so they can be sent again.
 pub fn delete_units(shape: &Shape, keys: &[Vec<Value>], limits: Limits) -> Vec<Unit> {
@@ -766,6 +845,40 @@ mod tests {
             .sql
             .ends_with("WHERE rowid = 9 AND length(CAST(\"b\" AS BLOB)) = 0"));
         assert!(update_unit(&shape(), &r, &[], 100_000).is_none());
+    }
+
+    #[test]
+    fn updates_of_many_rows_share_a_statement_per_set_of_columns() {
+        let rows: Vec<Vec<Value>> = (1..=4).map(row).collect();
+        let big = vec![
+            Value::Integer(9),
+            Value::Integer(1),
+            Value::Text(vec![b'x'; 150_000]),
+        ];
+        let updates: Vec<(&[Value], Vec<usize>)> = vec![
+            (&rows[0], vec![1]),
+            (&rows[1], vec![1, 2]),
+            (&rows[2], vec![1]),
+            (&big, vec![2]),
+            (&rows[3], vec![]),
+        ];
+        let units = update_units(&shape(), &updates, Limits::default());
+        let sqls: Vec<&str> = units
+            .iter()
+            .flat_map(|u| u.statements.iter().map(|s| s.sql.as_str()))
+            .collect();
+        assert_eq!(
+            sqls[0],
+            "UPDATE \"t x\" SET \"a\" = v.column2 FROM (VALUES (1,10),(3,30)) AS v WHERE \"t x\".rowid = v.column1"
+        );
+        assert_eq!(
+            sqls[1],
+            "UPDATE \"t x\" SET \"a\" = v.column2, \"b\" = v.column3 FROM (VALUES (2,20,'x')) AS v WHERE \"t x\".rowid = v.column1"
+        );
+        // The large value goes alone, in pieces.
+        assert!(sqls[2].starts_with("UPDATE \"t x\" SET \"b\" = '' WHERE rowid = 9"));
+        assert!(sqls.len() > 3 && sqls.iter().all(|s| s.len() <= 100_000));
+        assert_eq!(units.iter().map(|u| u.rows).sum::<usize>(), 4);
     }
 
     #[test]

@@ -25,13 +25,13 @@ use serde::Serialize;
 use crate::config::{Config, Direction};
 use crate::d1::D1Client;
 use crate::diff::{diff_table, TableChanges, TableDiff};
-use crate::discover::{Schema, SchemaObject, Table};
+use crate::discover::{Schema, SchemaObject, Table, TableKind};
 use crate::error::{Error, Result};
 use crate::load::{run_work, Loader, Rejects};
 use crate::log;
 use crate::pack::{
-    deferred_update, delete_units, update_unit, InsertPacker, Limits, Request, RequestBuilder,
-    Shape, Unit,
+    deferred_update, delete_units, update_unit, update_units, InsertPacker, Limits, Request,
+    RequestBuilder, Shape, Unit,
 };
 use crate::plan::plan;
 use crate::produce::{Pass, Work};
@@ -42,7 +42,7 @@ use crate::source::to_sql;
 use crate::state::{Fingerprint, State};
 use crate::target::{copy_sequence, if_not_exists};
 use crate::validate::{validate_rechecked, Options, Recheck};
-use crate::value::quote_ident;
+use crate::value::{quote_ident, Value};
 
 /// What a sync found and did, for the report.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -395,6 +395,27 @@ fn resume_d1_triggers(
     state.set_dropped_triggers(Vec::new())
 }
 
+/// FTS5 tables a sync changed: their index is rebuilt from their rows after the writes, so that
+/// it is laid out as a copy's is (rows deleted and inserted one by one leave other segments).
+/// Contentless tables (`content=''`) hold no rows to rebuild from.
+fn rebuilds(items: &[Item], diffs: &[TableDiff], delete: bool) -> Vec<String> {
+    items
+        .iter()
+        .zip(diffs)
+        .filter(|(item, d)| {
+            let fts5 = matches!(&item.table.kind, TableKind::Virtual { module } if module.eq_ignore_ascii_case("fts5"));
+            let compact: String = item.table.sql.split_whitespace().collect::<String>().to_lowercase();
+            let contentless = compact.contains("content=''") || compact.contains("content=\"\"");
+            let changed = !d.inserts.is_empty() || !d.updates.is_empty() || (delete && !d.deletes.is_empty());
+            fts5 && !contentless && changed
+        })
+        .map(|(item, _)| {
+            let t = quote_ident(&item.table.name);
+            format!("INSERT INTO {t}({t}) VALUES('rebuild')")
+        })
+        .collect()
+}
+
 /// Requests grouped from units.
 fn requests(units: Vec<Unit>, limits: Limits) -> Vec<Request> {
     let mut builder = RequestBuilder::new(limits);
@@ -411,15 +432,20 @@ fn upsert_requests(shape: &Shape, diff: &TableDiff, limits: Limits) -> Vec<Reque
         packer.push(row, &mut units);
     }
     packer.flush(&mut units);
-    for u in &diff.updates {
-        let columns: Vec<usize> = u
-            .columns
-            .iter()
-            .copied()
-            .filter(|c| !shape.deferred.contains(c))
-            .collect();
-        units.extend(update_unit(shape, &u.row, &columns, limits.statement_bytes));
-    }
+    let updates: Vec<(&[Value], Vec<usize>)> = diff
+        .updates
+        .iter()
+        .map(|u| {
+            let columns = u
+                .columns
+                .iter()
+                .copied()
+                .filter(|c| !shape.deferred.contains(c))
+                .collect();
+            (u.row.as_slice(), columns)
+        })
+        .collect();
+    units.extend(update_units(shape, &updates, limits));
     requests(units, limits)
 }
 
@@ -522,6 +548,12 @@ fn write_d1(
     let mut failed = run_work(&ctx, &upserts, &mut report.tables)?;
     failed.extend(run_work(&ctx, &deferred, &mut report.tables)?);
     failed.extend(run_work(&ctx, &deletes, &mut report.tables)?);
+    let rebuild = rebuilds(items, diffs, config.sync_delete);
+    if !rebuild.is_empty() {
+        client.execute(&rebuild).map_err(|f| {
+            Error::Refused(format!("rebuilding full-text indexes on D1: {}", f.error))
+        })?;
+    }
     report.rejected_rows = rejects.count();
     if rejects.count() > 0 {
         report.reject_file = Some(config.reject_file.display().to_string());
@@ -633,6 +665,9 @@ fn write_sqlite(
                     .map_err(|e| Error::from(e).in_table(&shape.table))?;
             }
         }
+    }
+    for sql in rebuilds(items, diffs, config.sync_delete) {
+        tx.execute_batch(&sql)?;
     }
     for t in triggers {
         tx.execute_batch(&t.sql)?;

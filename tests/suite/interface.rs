@@ -48,6 +48,15 @@ fn every_kind_of_report_follows_the_documented_schema() {
         .env("MIGRATION_VALIDATE_ALL_ROWS", "true")
         .env("MIGRATION_REPORT", report("differs"))
         .output();
+    Run::new(d1, &db, &source)
+        .env("MIGRATION_MODE", "sync")
+        .env("MIGRATION_DRY_RUN", "true")
+        .env("MIGRATION_REPORT", report("sync-dry"))
+        .ok();
+    Run::new(d1, &db, &source)
+        .env("MIGRATION_MODE", "sync")
+        .env("MIGRATION_REPORT", report("sync"))
+        .ok();
     Run::new(d1, &db, &dir.path().join("back.sqlite"))
         .env("MIGRATION_DIRECTION", "d1-to-sqlite")
         .env("MIGRATION_REPORT", report("rollback"))
@@ -56,7 +65,7 @@ fn every_kind_of_report_follows_the_documented_schema() {
         .env("MIGRATION_REPORT", report("failed"))
         .output();
     for name in [
-        "dry", "migrate", "validate", "differs", "rollback", "failed",
+        "dry", "migrate", "validate", "differs", "sync-dry", "sync", "rollback", "failed",
     ] {
         let r = read_json(&report(name));
         assert_valid(&r);
