@@ -33,8 +33,9 @@ impl<'a> Sides<'a> {
         // Forward, the source is seen as the transform (if any) presents it, tables selected.
         let (sqlite, sqlite_schema) = if forward {
             let transformed = source_schema(&conn, &config.reshape())?;
-            let side =
-                SqliteSide::new(&config.sqlite_path, sqlite_label)?.reading(transformed.reads());
+            let side = SqliteSide::new(&config.sqlite_path, sqlite_label)?
+                .reading(transformed.reads())
+                .computing(transformed.computed_tables());
             (side, transformed.schema)
         } else {
             (

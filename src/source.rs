@@ -207,6 +207,9 @@ pub struct SqliteSide {
     pool: std::sync::Mutex<Vec<Connection>>,
     /// Table (lower case) → the FROM clause reading it, for tables a transform changes.
     reads: std::collections::HashMap<String, String>,
+    /// Tables (lower case) whose reads compute values: these are given their columns' affinity,
+    /// as inserting them into D1 does.
+    computed: std::collections::HashSet<String>,
 }
 
 impl SqliteSide {
@@ -217,6 +220,7 @@ impl SqliteSide {
             label,
             pool: std::sync::Mutex::new(vec![first]),
             reads: std::collections::HashMap::new(),
+            computed: std::collections::HashSet::new(),
         })
     }
 
@@ -224,6 +228,13 @@ impl SqliteSide {
     /// the side shows the rows as D1 should hold them.
     pub fn reading(mut self, reads: std::collections::HashMap<String, String>) -> SqliteSide {
         self.reads = reads;
+        self
+    }
+
+    /// Gives the values read from these tables (a transform computes some) their columns'
+    /// affinity, so they compare with what D1 stored for them.
+    pub fn computing(mut self, tables: impl IntoIterator<Item = String>) -> SqliteSide {
+        self.computed = tables.into_iter().map(|t| t.to_lowercase()).collect();
         self
     }
 
@@ -266,9 +277,102 @@ impl crate::validate::RowSide for SqliteSide {
                         self.from(&shape.table)
                     );
                     let mut stmt = c.prepare_cached(&sql)?;
-                    collect(&mut stmt, &[], usize::MAX).map(|(rows, _)| rows)
+                    let (rows, _) = collect(&mut stmt, &[], usize::MAX)?;
+                    if self.computed.contains(&shape.table.to_lowercase()) {
+                        with_affinity(&shape.affinities, rows)
+                    } else {
+                        Ok(rows)
+                    }
                 })
                 .collect()
         })
+    }
+}
+
+/// The rows as columns of these affinities would store them: SQLite itself applies them, by
+/// inserting the rows into an in-memory table of those column types and reading them back.
+pub fn with_affinity(
+    affinities: &[crate::discover::Affinity],
+    rows: Vec<Vec<Value>>,
+) -> Result<Vec<Vec<Value>>> {
+    use crate::discover::Affinity;
+    if rows.is_empty() {
+        return Ok(rows);
+    }
+    let mem = Connection::open_in_memory()?;
+    let columns: Vec<String> = affinities
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let declared = match a {
+                Affinity::Integer => "INTEGER",
+                Affinity::Text => "TEXT",
+                Affinity::Blob => "BLOB",
+                Affinity::Real => "REAL",
+                Affinity::Numeric => "NUMERIC",
+            };
+            format!("c{i} {declared}")
+        })
+        .collect();
+    mem.execute_batch(&format!("CREATE TABLE t({})", columns.join(", ")))?;
+    let marks = vec!["?"; affinities.len()].join(", ");
+    {
+        let mut insert = mem.prepare(&format!("INSERT INTO t VALUES ({marks})"))?;
+        for row in &rows {
+            let params: Vec<ValueRef<'_>> = row
+                .iter()
+                .map(|v| match v {
+                    Value::Null => ValueRef::Null,
+                    Value::Integer(i) => ValueRef::Integer(*i),
+                    Value::Real(r) => ValueRef::Real(*r),
+                    Value::Text(b) => ValueRef::Text(b),
+                    Value::Blob(b) => ValueRef::Blob(b),
+                })
+                .collect();
+            insert.execute(rusqlite::params_from_iter(
+                params
+                    .iter()
+                    .map(|v| rusqlite::types::ToSqlOutput::Borrowed(*v)),
+            ))?;
+        }
+    }
+    let mut select = mem.prepare("SELECT * FROM t ORDER BY rowid")?;
+    Ok(collect(&mut select, &[], usize::MAX)?.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discover::Affinity;
+
+    #[test]
+    fn computed_values_take_their_columns_affinity_exactly() {
+        let row = |v: Value| vec![v.clone(), v.clone(), v.clone(), v.clone(), v];
+        let all = [
+            Affinity::Integer,
+            Affinity::Text,
+            Affinity::Blob,
+            Affinity::Real,
+            Affinity::Numeric,
+        ];
+        let out = with_affinity(
+            &all,
+            vec![
+                row(Value::Integer(5)),
+                row(Value::Text(b"1.50".to_vec())),
+                row(Value::Text(b"abc\xff".to_vec())),
+                row(Value::Real(2.0)),
+            ],
+        )
+        .unwrap();
+        use Value::{Integer as I, Real as R, Text as T};
+        assert_eq!(out[0], [I(5), T(b"5".to_vec()), I(5), R(5.0), I(5)]);
+        assert_eq!(out[1][0], R(1.5));
+        assert_eq!(out[1][1], T(b"1.50".to_vec()));
+        assert_eq!(out[1][2], T(b"1.50".to_vec()));
+        assert_eq!(out[1][3], R(1.5));
+        // Not a number: stays the same bytes, even invalid UTF-8.
+        assert!(out[2].iter().all(|v| *v == T(b"abc\xff".to_vec())));
+        assert_eq!(out[3], [I(2), T(b"2.0".to_vec()), R(2.0), R(2.0), I(2)]);
     }
 }

@@ -213,6 +213,17 @@ impl Transformed {
         self.reads.clone()
     }
 
+    /// The D1 names of the tables with computed columns (`set`): their values are whatever the
+    /// expression yields, so a comparison gives them their column's affinity first, as D1 does
+    /// on insert.
+    pub fn computed_tables(&self) -> Vec<String> {
+        self.mappings
+            .iter()
+            .filter(|m| !m.computed.is_empty())
+            .map(|m| m.target.clone())
+            .collect()
+    }
+
     /// Points a shape's reads at the transformed rows.
     pub fn adapt(&self, shape: &mut Shape) {
         if let Some(from) = self.reads.get(&shape.table.to_lowercase()) {

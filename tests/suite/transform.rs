@@ -583,3 +583,36 @@ fn fts4_converted_to_fts5_answers_the_same_match_queries_with_the_same_rowids() 
     }
     assert!(answered >= 10, "most queries find rows ({answered})");
 }
+
+#[test]
+fn a_computed_value_takes_its_columns_affinity_as_on_d1() {
+    // Epoch seconds (INTEGER) into a TEXT column, text into a REAL one: D1 stores them with the
+    // column's affinity, and validation, full or sampled, must see them so too.
+    let (d1, db, dir) = fresh();
+    let source = generated(dir.path(), "sample");
+    migrate_transformed(
+        d1,
+        &db,
+        dir.path(),
+        &source,
+        "[table.orders.set]\nplaced_at = \"CAST(strftime('%s', placed_at) AS INTEGER)\"\n\
+         [table.products.set]\nprice = \"printf('%.2f', price)\"\n",
+        "UPDATE orders SET placed_at = CAST(strftime('%s', placed_at) AS INTEGER);
+         UPDATE products SET price = printf('%.2f', price);",
+    );
+    let types = d1.sql(
+        &db,
+        &[
+            "SELECT DISTINCT typeof(placed_at) FROM orders",
+            "SELECT DISTINCT typeof(price) FROM products",
+        ],
+    );
+    assert_eq!(types[0], serde_json::json!([["text"]]));
+    assert_eq!(types[1], serde_json::json!([["real"]]));
+    let out = Run::new(d1, &db, &source)
+        .env("MIGRATION_TRANSFORM", dir.path().join("transform.toml"))
+        .env("MIGRATION_MODE", "validate")
+        .env("MIGRATION_SAMPLE_SIZE", "500")
+        .output();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
