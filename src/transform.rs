@@ -1354,6 +1354,41 @@ mod tests {
     }
 
     #[test]
+    fn tables_are_selected_by_their_source_or_d1_names() {
+        let db = source();
+        let t = transform("[table.Customer]\nrename = \"customers\"\n");
+        let select = |tables: &[&str], exclude: &[&str]| {
+            let (tables, exclude): (Vec<String>, Vec<String>) = (
+                tables.iter().map(|s| s.to_string()).collect(),
+                exclude.iter().map(|s| s.to_string()).collect(),
+            );
+            let reshape = Reshape {
+                transform: Some(&t),
+                fts: Fts::Refuse,
+                tables: &tables,
+                exclude_tables: &exclude,
+            };
+            source_schema(&db, &reshape).map(|out| {
+                let names: Vec<String> = out.schema.tables.iter().map(|t| t.name.clone()).collect();
+                (names, out.mappings.len())
+            })
+        };
+        assert_eq!(
+            select(&["Customer"], &[]).unwrap(),
+            (vec!["customers".to_string()], 1)
+        );
+        assert_eq!(
+            select(&["customers"], &[]).unwrap(),
+            (vec!["customers".to_string()], 1)
+        );
+        assert_eq!(
+            select(&[], &["Customer"]).unwrap(),
+            (vec!["Invoice".to_string()], 0)
+        );
+        assert!(select(&["Nope"], &[]).is_err());
+    }
+
+    #[test]
     fn broken_objects_are_read_from_sqlites_message() {
         assert_eq!(
             broken_object("error in index ifax after drop column: no such column: fax"),

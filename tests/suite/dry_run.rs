@@ -23,7 +23,7 @@ fn a_dry_run_reads_the_target_and_writes_nothing() {
         before_bytes,
         "the D1 file is byte-identical"
     );
-    let log = d1.requests();
+    let log = d1.settled_requests();
     let ours: Vec<&serde_json::Value> = log[before_log..]
         .iter()
         .filter(|e| {

@@ -242,23 +242,37 @@ impl LocalD1 {
         assert_eq!(tables[0], serde_json::json!([[0]]), "nothing was written");
     }
 
-    /// Lines of the request log (of a server from [`LocalD1::start`]). The server writes it
-    /// through a buffered stream, so it is read once it has stopped growing (on a loaded machine
-    /// the last requests' lines could otherwise be missing: `a_dry_run_reads_the_target_and_writes_nothing`
-    /// once found none).
+    /// Lines of the request log (of a server from [`LocalD1::start`]) written so far; a line
+    /// the server is still writing is left for the next call.
     pub fn requests(&self) -> Vec<serde_json::Value> {
-        let mut text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        for _ in 0..50 {
-            std::thread::sleep(Duration::from_millis(100));
-            let again = std::fs::read_to_string(&self.log).unwrap_or_default();
-            if again == text && (text.is_empty() || text.ends_with('\n')) {
-                break;
-            }
-            text = again;
-        }
-        text.lines()
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        complete
+            .lines()
             .map(|l| serde_json::from_str(l).expect("log line"))
             .collect()
+    }
+
+    /// The request log once it has stopped growing. The server writes it through a buffered
+    /// stream, so on a loaded machine the last requests' lines can come a moment after their
+    /// answers (`a_dry_run_reads_the_target_and_writes_nothing` once found none).
+    pub fn settled_requests(&self) -> Vec<serde_json::Value> {
+        let mut seen = self.requests();
+        let mut unchanged = 0;
+        for _ in 0..100 {
+            std::thread::sleep(Duration::from_millis(100));
+            let again = self.requests();
+            unchanged = if again.len() == seen.len() {
+                unchanged + 1
+            } else {
+                0
+            };
+            seen = again;
+            if unchanged == 3 {
+                break;
+            }
+        }
+        seen
     }
 }
 

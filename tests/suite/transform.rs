@@ -616,3 +616,92 @@ fn a_computed_value_takes_its_columns_affinity_as_on_d1() {
         .output();
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[test]
+fn a_renamed_table_d1_already_has_is_judged_by_its_transformed_rows() {
+    // The app's schema on D1 already holds `purchases`, with `note` NOT NULL: the source's
+    // `orders` (renamed) hold NULL notes, which D1 would refuse, until the transform fills them.
+    let (d1, db, dir) = fresh();
+    let source = generated(dir.path(), "sample");
+    d1.sql(
+        &db,
+        &["CREATE TABLE purchases (id INTEGER PRIMARY KEY, customer_id INTEGER NOT NULL REFERENCES customers(id), placed_at TEXT NOT NULL, note TEXT NOT NULL)"],
+    );
+    let renamed = "[table.orders]\nrename = \"purchases\"\n";
+    let out = Run::new(d1, &db, &source)
+        .env("MIGRATION_TRANSFORM", transform_file(dir.path(), renamed))
+        .output();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let text = stderr(&out);
+    assert!(
+        text.contains("table \"purchases\", column \"note\"") && text.contains("holding NULL"),
+        "{text}"
+    );
+    let rows = d1.sql(&db, &["SELECT count(*) FROM purchases"]);
+    assert_eq!(rows[0][0][0], 0, "nothing was written");
+    migrate_transformed(
+        d1,
+        &db,
+        dir.path(),
+        &source,
+        &format!("{renamed}[table.orders.set]\nnote = \"coalesce(note, '')\"\n"),
+        "UPDATE orders SET note = coalesce(note, '');
+         ALTER TABLE orders RENAME TO purchases;",
+    );
+}
+
+#[test]
+fn a_sync_after_a_transformed_copy_writes_the_transformed_changes() {
+    let (d1, db, dir) = fresh();
+    let source = generated(dir.path(), "sample");
+    let file = transform_file(dir.path(), SAMPLE_RESHAPED);
+    Run::new(d1, &db, &source)
+        .env("MIGRATION_TRANSFORM", &file)
+        .ok();
+    // The source moves on: an email changes, lines come and go, one crosses the filter.
+    let conn = rusqlite::Connection::open(&source).unwrap();
+    conn.execute_batch(
+        "UPDATE customers SET email = 'moved@example.com' WHERE id = 3;
+         DELETE FROM order_lines WHERE (order_id, product_id) IN (SELECT order_id, product_id FROM order_lines WHERE quantity > 2 LIMIT 5);
+         UPDATE order_lines SET quantity = 9 WHERE order_id = (SELECT min(order_id) FROM order_lines WHERE quantity <= 2) AND quantity <= 2;
+         INSERT OR IGNORE INTO order_lines VALUES (1, 2, 7, 1.5);",
+    )
+    .unwrap();
+    drop(conn);
+    Run::new(d1, &db, &source)
+        .env("MIGRATION_TRANSFORM", &file)
+        .env("MIGRATION_MODE", "sync")
+        .env("MIGRATION_SYNC_DELETE", "true")
+        .ok();
+    let want = expected(dir.path(), &source, SAMPLE_RESHAPED_SQL);
+    let diff = sqldiff(&want, d1.file(&db));
+    assert!(
+        diff.is_empty(),
+        "D1 differs from the transformed source:\n{}",
+        diff.join("\n")
+    );
+}
+
+#[test]
+fn a_rollback_of_a_transformed_copy_writes_what_d1_holds() {
+    let (d1, db, dir) = fresh();
+    let source = generated(dir.path(), "sample");
+    let file = transform_file(dir.path(), SAMPLE_RESHAPED);
+    Run::new(d1, &db, &source)
+        .env("MIGRATION_TRANSFORM", &file)
+        .ok();
+    let restored = dir.path().join("restored.sqlite");
+    let out = Run::new(d1, &db, &restored)
+        .env("MIGRATION_DIRECTION", "d1-to-sqlite")
+        .env("MIGRATION_TRANSFORM", &file)
+        .ok();
+    assert!(
+        stderr(&out).contains("MIGRATION_TRANSFORM is ignored by a rollback"),
+        "{}",
+        stderr(&out)
+    );
+    let diff = sqldiff(d1.file(&db), &restored);
+    assert!(diff.is_empty(), "{}", diff.join("\n"));
+    let want = expected(dir.path(), &source, SAMPLE_RESHAPED_SQL);
+    assert!(sqldiff(&want, &restored).is_empty(), "no reverse transform");
+}
