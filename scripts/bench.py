@@ -206,7 +206,8 @@ if SYNC:
     sync_bench()
     shutil.rmtree(work, ignore_errors=True)
     sys.exit(0)
-ids = ["warmup", "engine", "large"] + [f"nw{i}" for i in range(REPEAT)] + (["peer"] if PEERS else [])
+ids = (["warmup", "engine", "large", "large-import"] + [f"nw{i}" for i in range(REPEAT)]
+       + [f"nwi{i}" for i in range(REPEAT)] + (["peer"] if PEERS else []))
 d1, url, files = start_d1(ids)
 try:
     # A first, untimed run, so that no timed run pays for the engine's start.
@@ -224,6 +225,10 @@ try:
     wall, rss, r = median_of(forward)
     record("migrator forward, Northwind", wall, rss, nw_rows, nw_bytes, r["http_requests"], data_request_kb(r))
     od = next(t for t in r["tables"] if t["table"] == "Order Details")
+    imported = [migrator(url, f"nwi{i}", DATASET, MIGRATION_VALIDATE="false", MIGRATION_METHOD="import")
+                for i in range(REPEAT)]
+    wall, rss, ri = median_of(imported)
+    record("migrator forward by import, Northwind", wall, rss, nw_rows, nw_bytes, ri["http_requests"])
     wall, rss, r = median_of([migrator(url, "nw0", DATASET, MIGRATION_MODE="validate", MIGRATION_VALIDATE_ALL_ROWS="true")
                               for _ in range(REPEAT)])
     record("migrator full validation, Northwind", wall, rss, nw_rows, nw_bytes, r["http_requests"])
@@ -254,6 +259,9 @@ try:
     wall, rss, r = migrator(url, "large", large, MIGRATION_VALIDATE="false")
     record(f"migrator forward, generated {l_bytes // 1_000_000} MB", wall, rss, l_rows, l_bytes, r["http_requests"],
            data_request_kb(r))
+    wall, rss, ri = migrator(url, "large-import", large, MIGRATION_VALIDATE="false", MIGRATION_METHOD="import")
+    record(f"migrator forward by import, generated {l_bytes // 1_000_000} MB", wall, rss, l_rows, l_bytes,
+           ri["http_requests"])
     wall, rss, r = migrator(url, "large", large, MIGRATION_MODE="validate", MIGRATION_VALIDATE_ALL_ROWS="true")
     record(f"migrator full validation, generated {l_bytes // 1_000_000} MB", wall, rss, l_rows, l_bytes,
            r["http_requests"])

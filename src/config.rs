@@ -29,6 +29,8 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ("MIGRATION_ROLLBACK_MODE", "when the rollback's file exists: refuse, missing (add the rows it lacks) or replace (after a backup)", "refuse"),
     ("MIGRATION_MODE", "migrate (copy, then validate), validate (compare only, write nothing) or sync (write only what differs, then validate)", "migrate"),
     ("MIGRATION_SYNC_DELETE", "sync deletes the target's rows the source no longer has (otherwise they are listed and the run exits 3)", "false"),
+    ("MIGRATION_METHOD", "how rows reach D1: query (HTTP requests to /raw) or import (SQL files through D1's import API, which blocks the database while each loads)", "query"),
+    ("MIGRATION_IMPORT_MB", "size of each import file, megabytes (decimals allowed)", "50"),
     ("MIGRATION_BATCH_SIZE", "rows read from the source per batch", "1000"),
     ("MIGRATION_PARALLEL_TABLES", "tables worked on at once", "2"),
     ("MIGRATION_CONCURRENCY", "HTTP requests in flight at once", "3"),
@@ -66,6 +68,8 @@ pub struct RawConfig {
     rollback_mode: Option<String>,
     mode: Option<String>,
     sync_delete: Option<String>,
+    method: Option<String>,
+    import_mb: Option<String>,
     batch_size: Option<String>,
     parallel_tables: Option<String>,
     concurrency: Option<String>,
@@ -105,6 +109,15 @@ pub enum RunMode {
     Sync,
 }
 
+/// How rows reach D1.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Method {
+    /// HTTP requests to `/raw`.
+    Query,
+    /// SQL files through D1's import API (init, upload, ingest, poll), each atomic.
+    Import,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum BadRow {
     Fail,
@@ -128,6 +141,9 @@ pub struct Config {
     pub mode: RunMode,
     /// Sync deletes the rows only the target holds.
     pub sync_delete: bool,
+    pub method: Method,
+    /// Bytes of SQL per import file (`MIGRATION_IMPORT_MB`).
+    pub import_bytes: usize,
     pub batch_size: usize,
     pub parallel_tables: usize,
     pub concurrency: usize,
@@ -285,6 +301,12 @@ impl Config {
             rollback_mode,
             mode,
             sync_delete: boolean(raw.sync_delete, "MIGRATION_SYNC_DELETE", false)?,
+            method: choice(
+                raw.method,
+                "MIGRATION_METHOD",
+                &[("query", Method::Query), ("import", Method::Import)],
+            )?,
+            import_bytes: megabytes(raw.import_mb, "MIGRATION_IMPORT_MB", 50.0)?,
             batch_size: number(raw.batch_size, "MIGRATION_BATCH_SIZE", 1000, 1, 1_000_000)?,
             parallel_tables: number(raw.parallel_tables, "MIGRATION_PARALLEL_TABLES", 2, 1, 64)?,
             concurrency: number(raw.concurrency, "MIGRATION_CONCURRENCY", 3, 1, 64)?,
@@ -387,6 +409,24 @@ fn boolean(value: Option<String>, name: &str, default: bool) -> Result<bool> {
             "{name} must be true or false, got {v:?}"
         ))),
     }
+}
+
+/// Megabytes (decimals allowed) as bytes, from 0.01 MB to D1's 5 GB import limit.
+fn megabytes(value: Option<String>, name: &str, default: f64) -> Result<usize> {
+    let mb = match value {
+        None => default,
+        Some(text) => text
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|mb| (0.01..=5000.0).contains(mb))
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "{name} must be a number of megabytes from 0.01 to 5000, got {text:?}"
+                ))
+            })?,
+    };
+    Ok((mb * 1e6) as usize)
 }
 
 fn choice<T: Copy>(value: Option<String>, name: &str, options: &[(&str, T)]) -> Result<T> {

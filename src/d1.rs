@@ -18,7 +18,7 @@ use crate::error::D1Error;
 use crate::log;
 
 mod account;
-pub use account::DatabaseInfo;
+pub use account::{DatabaseInfo, ImportOutcome};
 
 /// The API token; its `Debug` never shows it.
 #[derive(Clone, PartialEq)]

@@ -8,7 +8,7 @@
 use serde::Serialize;
 
 use crate::compat::{check_schema, Finding, MAX_DATABASE_BYTES};
-use crate::config::{BadRow, Config};
+use crate::config::{BadRow, Config, Method};
 use crate::d1::D1Client;
 use crate::discover::Schema;
 use crate::error::Result;
@@ -19,6 +19,9 @@ use crate::source::open_read_only;
 use crate::target::{missing_parents, ordered_objects, target_objects};
 use crate::transform::{source_schema, TableMapping, Transformed};
 use crate::value::quote_ident;
+
+/// D1's database size limit on the Workers Free plan.
+const FREE_PLAN_DATABASE_BYTES: u64 = 500_000_000;
 
 /// Cloudflare's API allows this many requests per token in five minutes.
 const RATE_LIMIT_PER_5_MIN: f64 = 1200.0;
@@ -62,6 +65,13 @@ pub struct DryRun {
     /// What the real run would do with the problems found.
     pub policy: String,
     pub would_succeed: bool,
+    /// `MIGRATION_METHOD`, the method the dry run recommends for this source, and why.
+    pub method: String,
+    pub recommended_method: String,
+    pub method_reason: String,
+    /// The D1 database's size now (`GET …/database/{id}`), when the API tells it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub d1_database_bytes: Option<u64>,
 }
 
 /// Runs the dry run against the source and, read-only, the target.
@@ -86,6 +96,21 @@ pub fn dry_run(config: &Config, client: &D1Client) -> Result<DryRun> {
         transformed.foreign_key_findings(&source, true, skip)?
     });
     out.findings.extend(database_size(&source)?);
+    out.d1_database_bytes = match client.database_info() {
+        Ok(info) => info.file_size,
+        Err(e) => {
+            out.findings.push(Finding::warning(
+                "database_size_unknown",
+                "(database)",
+                format!(
+                    "could not read the D1 database's size ({e}); its size limit is not checked"
+                ),
+            ));
+            None
+        }
+    };
+    out.findings
+        .extend(size_after(out.d1_database_bytes, source_bytes(&source)?));
     let fitted = target_check(client, &source, &transformed, &mut out.findings)?;
 
     let [mut rows, mut deferred, mut fill] = passes(schema, &plan, |_, _| false);
@@ -161,6 +186,12 @@ pub fn dry_run(config: &Config, client: &D1Client) -> Result<DryRun> {
     } else {
         (out.http_requests as f64 / RATE_LIMIT_PER_5_MIN - 1.0) * 300.0
     };
+    (out.recommended_method, out.method_reason) = recommend(data_requests, config.retry.rate_limit);
+    out.method = match config.method {
+        Method::Query => "query",
+        Method::Import => "import",
+    }
+    .into();
     out.policy = if skip {
         "MIGRATION_ON_BAD_ROW=skip: rows D1 would refuse go to the reject file and the run goes on"
             .into()
@@ -260,10 +291,68 @@ fn foreign_key_violations(
     Ok(findings)
 }
 
-fn database_size(source: &rusqlite::Connection) -> Result<Vec<Finding>> {
+fn source_bytes(source: &rusqlite::Connection) -> Result<u64> {
     let pages: i64 = source.query_row("PRAGMA page_count", [], |r| r.get(0))?;
     let size: i64 = source.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-    let bytes = (pages * size) as u64;
+    Ok((pages * size) as u64)
+}
+
+/// D1's limits on the database after the run: what it holds now plus the source. The API does
+/// not tell the account's plan, so the Free plan's 500 MB is a warning.
+fn size_after(d1_bytes: Option<u64>, source_bytes: u64) -> Vec<Finding> {
+    let Some(now) = d1_bytes else {
+        return Vec::new();
+    };
+    let after = now + source_bytes;
+    if after > MAX_DATABASE_BYTES {
+        vec![Finding::error(
+            "database_too_large",
+            "(database)",
+            format!(
+                "the D1 database holds {now} bytes; with the source's {source_bytes} it would hold about {after}, past D1's 10 GB limit"
+            ),
+        )]
+    } else if after > FREE_PLAN_DATABASE_BYTES {
+        vec![Finding::warning(
+            "free_plan_limit",
+            "(database)",
+            format!(
+                "the D1 database would hold about {after} bytes; on the Workers Free plan D1 databases hold at most 500 MB (the API does not say which plan this account is on)"
+            ),
+        )]
+    } else {
+        Vec::new()
+    }
+}
+
+/// The method for this many data requests: `query` while they fit the rate limit, `import`
+/// beyond it.
+fn recommend(data_requests: u64, rate_limit: usize) -> (String, String) {
+    let limit = if rate_limit == 0 {
+        RATE_LIMIT_PER_5_MIN as u64
+    } else {
+        rate_limit as u64
+    };
+    if data_requests > limit {
+        let wait = (data_requests as f64 / limit as f64 - 1.0) * 300.0;
+        (
+            "import".into(),
+            format!(
+                "{data_requests} data requests are more than the {limit} per 5 minutes the query method may send: it would wait about {wait:.0} s on the rate limit; import sends files of MIGRATION_IMPORT_MB instead, without that limit, but D1 answers no other query while each file loads"
+            ),
+        )
+    } else {
+        (
+            "query".into(),
+            format!(
+                "{data_requests} data requests fit within the {limit} per 5 minutes the query method may send, and the database keeps answering during the run (an import blocks it while each file loads)"
+            ),
+        )
+    }
+}
+
+fn database_size(source: &rusqlite::Connection) -> Result<Vec<Finding>> {
+    let bytes = source_bytes(source)?;
     Ok(if bytes > MAX_DATABASE_BYTES {
         vec![Finding::error(
             "database_too_large",
@@ -389,6 +478,13 @@ impl DryRun {
             "{} HTTP requests, {} statements; at Cloudflare's 1,200 requests per 5 minutes the rate limit adds {:.0} s\n",
             self.http_requests, self.statements, self.estimated_seconds_at_rate_limit
         ));
+        out.push_str(&format!(
+            "Method: {} (MIGRATION_METHOD); recommended: {}: {}\n",
+            self.method, self.recommended_method, self.method_reason
+        ));
+        if let Some(bytes) = self.d1_database_bytes {
+            out.push_str(&format!("The D1 database holds {bytes} bytes now\n"));
+        }
         if self.findings.is_empty() {
             out.push_str("No D1 compatibility problems found.\n");
         }
@@ -402,5 +498,34 @@ impl DryRun {
             "The real run would NOT succeed.\n"
         });
         out
+    }
+}
+
+#[cfg(test)]
+mod method_and_size_tests {
+    use super::*;
+
+    #[test]
+    fn import_is_recommended_past_the_rate_limit() {
+        assert_eq!(recommend(1_000, 1_100).0, "query");
+        let (method, reason) = recommend(5_500, 1_100);
+        assert_eq!(method, "import");
+        assert!(reason.contains("1200 s"), "{reason}");
+        assert!(
+            reason.contains("blocks") || reason.contains("no other query"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_run_that_would_pass_d1s_size_limits_is_refused_or_warned() {
+        assert!(size_after(None, 20_000_000_000).is_empty());
+        assert!(size_after(Some(1_000_000), 1_000_000).is_empty());
+        let free = size_after(Some(400_000_000), 200_000_000);
+        assert_eq!(free[0].kind, "free_plan_limit");
+        assert!(!free[0].is_error());
+        let over = size_after(Some(9_000_000_000), 2_000_000_000);
+        assert_eq!(over[0].kind, "database_too_large");
+        assert!(over[0].is_error());
     }
 }

@@ -19,6 +19,7 @@ pub mod dryrun;
 pub mod error;
 pub mod fit;
 pub mod fixture;
+pub mod import;
 pub mod load;
 pub mod log;
 pub mod migrate;

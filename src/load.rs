@@ -10,7 +10,7 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use crate::compat::MAX_ROW_BYTES;
-use crate::config::{BadRow, Config};
+use crate::config::{BadRow, Config, Method};
 use crate::d1::{D1Client, Failure};
 use crate::error::{D1Error, Error, Result};
 use crate::log;
@@ -92,27 +92,27 @@ fn merge(into: &mut Vec<TableStats>, s: TableStats) {
 }
 
 /// A request on its way to a sender, with where to say how it went.
-struct Job {
-    table: String,
-    seq: u64,
-    request: Request,
-    ack: Sender<(u64, Result<Sent>)>,
+pub(crate) struct Job {
+    pub table: String,
+    pub seq: u64,
+    pub request: Request,
+    pub ack: Sender<(u64, Result<Sent>)>,
 }
 
 #[derive(Debug, Default)]
-struct Sent {
-    rows: u64,
+pub(crate) struct Sent {
+    pub rows: u64,
     /// Rows too large for one statement, appended in pieces.
-    large_rows: u64,
-    failed: u64,
-    statements: u64,
-    bytes: u64,
-    requests: u64,
+    pub large_rows: u64,
+    pub failed: u64,
+    pub statements: u64,
+    pub bytes: u64,
+    pub requests: u64,
 }
 
 impl Sent {
     /// Counts statements D1 has committed.
-    fn committed(&mut self, sqls: &[&str]) {
+    pub fn committed(&mut self, sqls: &[&str]) {
         self.statements += sqls.len() as u64;
         self.bytes += sqls.iter().map(|s| s.len() as u64).sum::<u64>();
     }
@@ -137,9 +137,16 @@ pub fn run_work(
     let mut failed: Vec<String> = Vec::new();
 
     std::thread::scope(|scope| {
-        for _ in 0..config.concurrency {
+        // The import method loads files one at a time (an import blocks the database); a sync's
+        // few rows go as queries.
+        if config.method == Method::Import && work.iter().all(|w| w.pass != Pass::Sync) {
             let rx = job_rx.clone();
-            scope.spawn(move || sender(ctx, rx));
+            scope.spawn(move || crate::import::importer(ctx, rx));
+        } else {
+            for _ in 0..config.concurrency {
+                let rx = job_rx.clone();
+                scope.spawn(move || sender(ctx, rx));
+            }
         }
         drop(job_rx);
 
@@ -443,7 +450,7 @@ fn sender(ctx: &Loader<'_>, jobs: Receiver<Job>) {
 /// Sends statements as one request. When D1 says they are too large, or rejects them, sends
 /// halves instead, down to the single row at fault, which is then rejected (to the reject file,
 /// when the configuration says so) or named in the error.
-fn send_statements(
+pub(crate) fn send_statements(
     ctx: &Loader<'_>,
     table: &str,
     statements: &[Statement],

@@ -11,6 +11,8 @@
 //! - `existing_schema`: D1's schema made first by the application's migrations (reformatted,
 //!   reordered, a column of its own, wrangler's history) is filled as it exists; a table that
 //!   does not fit is refused before any write, one line per column.
+//! - `import`: MIGRATION_METHOD=import copies exactly with no rows through queries; a killed
+//!   run resumes at the next file; a refused file finds its bad row.
 //! - `validate`: clean copies pass; each kind of tampering is caught and named.
 //! - `rollback`: D1 → SQLite round trips are exact; existing files are refused, completed or
 //!   replaced as asked.
@@ -42,6 +44,9 @@ mod forward;
 
 #[path = "suite/existing_schema.rs"]
 mod existing_schema;
+
+#[path = "suite/import.rs"]
+mod import;
 
 #[path = "suite/validate.rs"]
 mod validate;

@@ -183,7 +183,7 @@ async function handle(req, res) {
   if (faults.latencyMs) await sleep(faults.latencyMs);
   const entry = { t: Date.now(), method: req.method, path: req.url, bytes: body.length, fault };
   if (log) {
-    entry.statements = firstWords(body.toString("utf8"));
+    entry.statements = req.method === "PUT" ? [] : firstWords(body.toString("utf8"));
     log.write(JSON.stringify(entry) + "\n");
   }
 

@@ -1,6 +1,6 @@
 //! D1's endpoints around the query ones, on the same client (token, retry policy, rate limit):
-//! the account's databases (list and find by name, get, create, delete) and Time Travel
-//! bookmarks. Names resolve to database ids here; `config` resolves them from wrangler's config.
+//! the account's databases (list and find by name, get, create, delete), Time Travel
+//! bookmarks, and the import flow. Names resolve to database ids here; `config` resolves them from wrangler's config.
 
 use std::time::Instant;
 
@@ -25,6 +25,15 @@ pub struct DatabaseInfo {
     /// Bytes.
     #[serde(default)]
     pub file_size: Option<u64>,
+}
+
+/// What a completed import did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImportOutcome {
+    pub num_queries: u64,
+    pub rows_read: u64,
+    pub rows_written: u64,
+    pub final_bookmark: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -129,6 +138,120 @@ impl D1Client {
             .filter(|b| !b.is_empty())
             .map(str::to_string)
             .ok_or_else(|| D1Error::BadAnswer(format!("no bookmark in {result}")))
+    }
+
+    /// Loads `sql` through D1's import flow: `init` with the file's MD5, `PUT` to the
+    /// `upload_url` (whose `ETag` must be that MD5), `ingest`, then `poll` until D1 says
+    /// `complete` or `error`. D1 runs the file as one unit: an error leaves the database as it
+    /// was, and comes back as [`D1Error::Sql`] with D1's message.
+    pub fn import(&self, sql: &str) -> Result<ImportOutcome, D1Error> {
+        use md5::{Digest, Md5};
+        let etag: String = Md5::digest(sql.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let url = format!(
+            "{}/{}/import",
+            self.databases_url(),
+            percent_encode(&self.endpoint.database_id)
+        );
+        let post = |body: Json| -> Result<Json, D1Error> {
+            let (result, _) = self.api("POST", &url, Some(&body.to_string()))?;
+            Ok(result)
+        };
+        let init = post(serde_json::json!({"action": "init", "etag": etag}))?;
+        let mut answer = match init["upload_url"].as_str() {
+            // The same file was uploaded before: D1 processes it and answers as a poll.
+            None => init.clone(),
+            Some(upload_url) => {
+                self.upload(upload_url, sql, &etag)?;
+                let filename = init["filename"].clone();
+                post(serde_json::json!({"action": "ingest", "etag": etag, "filename": filename}))?
+            }
+        };
+        loop {
+            if answer["success"] == Json::Bool(false) {
+                let message = answer["error"]
+                    .as_str()
+                    .unwrap_or("import failed")
+                    .to_string();
+                return Err(D1Error::Sql { message });
+            }
+            match answer["status"].as_str() {
+                Some("complete") => {
+                    let result = &answer["result"];
+                    for (counter, field) in [
+                        (&self.counters.rows_read, "rows_read"),
+                        (&self.counters.rows_written, "rows_written"),
+                    ] {
+                        let n = result["meta"][field].as_u64().unwrap_or(0);
+                        counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    return Ok(ImportOutcome {
+                        num_queries: result["num_queries"].as_u64().unwrap_or(0),
+                        rows_read: result["meta"]["rows_read"].as_u64().unwrap_or(0),
+                        rows_written: result["meta"]["rows_written"].as_u64().unwrap_or(0),
+                        final_bookmark: result["final_bookmark"].as_str().map(str::to_string),
+                    });
+                }
+                Some("error") => {
+                    let message = match (&answer["error"], answer["errors"].as_array()) {
+                        (Json::String(e), _) => e.clone(),
+                        (_, Some(errors)) => errors
+                            .iter()
+                            .map(|e| e.as_str().map(str::to_string).unwrap_or(e.to_string()))
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                        _ => answer.to_string(),
+                    };
+                    return Err(D1Error::Sql { message });
+                }
+                _ => {
+                    for line in answer["messages"].as_array().into_iter().flatten() {
+                        log::debug(&format!("D1 import: {}", line.as_str().unwrap_or_default()));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    let bookmark = answer["at_bookmark"].clone();
+                    answer =
+                        post(serde_json::json!({"action": "poll", "current_bookmark": bookmark}))?;
+                }
+            }
+        }
+    }
+
+    /// `PUT`s the file to the import's upload URL (presigned: no token), checking the `ETag`.
+    fn upload(&self, upload_url: &str, sql: &str, etag: &str) -> Result<(), D1Error> {
+        let mut attempt = 0u32;
+        loop {
+            self.wait_for_rate_limit();
+            let outcome = self.agent.put(upload_url).send(sql.as_bytes());
+            let verdict = match outcome {
+                Ok(response) if response.status().as_u16() == 200 => {
+                    let got = response
+                        .headers()
+                        .get("etag")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .trim_matches('"')
+                        .to_string();
+                    if got == etag {
+                        return Ok(());
+                    }
+                    format!("the upload's ETag is {got:?}, not the file's MD5 {etag}")
+                }
+                Ok(response) => format!("the upload answered HTTP {}", response.status()),
+                Err(e) => transport_message(&e),
+            };
+            if attempt >= self.policy.max_retries {
+                return Err(D1Error::RetriesExhausted {
+                    attempts: attempt + 1,
+                    last: verdict,
+                });
+            }
+            log::info(&format!("retrying the import's upload: {verdict}"));
+            std::thread::sleep(self.backoff(attempt));
+            attempt += 1;
+        }
     }
 
     /// One API call with this client's retry policy and rate limit: the `result` and
