@@ -629,6 +629,15 @@ fn convert_fts(schema: &mut Schema) -> Result<Vec<FtsConversion>> {
             _ => continue,
         };
         let (sql, lost) = fts5_equivalent(t);
+        if lost
+            .iter()
+            .any(|l| l.starts_with("content='' ") || l.starts_with("content=\"\" "))
+        {
+            return Err(Error::Refused(format!(
+                "MIGRATION_FTS=convert: {module} table {:?} is contentless (content=''): it does not keep its text, so there is nothing to fill an FTS5 table with; rebuild it from its source text",
+                t.name
+            )));
+        }
         let mem = Connection::open_in_memory()?;
         mem.execute_batch(&sql).map_err(|e| {
             Error::Refused(format!(
@@ -1351,6 +1360,16 @@ mod tests {
             .collect();
         assert_eq!(data, ["title", "body"]);
         assert_eq!(docs.hidden_rowid(), Some("rowid"));
+    }
+
+    #[test]
+    fn a_contentless_fts4_table_is_refused_for_it_keeps_no_text() {
+        let db = Connection::open_in_memory().unwrap();
+        db.execute_batch("CREATE VIRTUAL TABLE c USING fts4(body, content='')")
+            .unwrap();
+        let mut schema = discover(&SqliteCatalog(&db)).unwrap();
+        let e = convert_fts(&mut schema).unwrap_err().to_string();
+        assert!(e.contains("\"c\" is contentless"), "{e}");
     }
 
     #[test]
