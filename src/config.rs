@@ -52,6 +52,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ("MIGRATION_REJECT_FILE", "JSON lines of rejected rows: table, key, reason, re-insertable SQL", "<state dir>/rejected-rows.jsonl"),
     ("MIGRATION_TRANSFORM", "a TOML file of transforms: rename tables and columns, drop columns, computed columns, row filters (README: Transforms)", "none"),
     ("MIGRATION_FTS", "FTS3/FTS4 tables, which D1 refuses: refuse (naming them), or convert (recreated as FTS5, same name, columns and rowids)", "refuse"),
+    ("MIGRATION_MANIFEST", "CSV of many migrations (sqlite_path,database[,transform]), run with these settings; replaces MIGRATION_SQLITE_PATH and the database", "none"),
+    ("MIGRATION_PARALLEL_DATABASES", "manifest lines migrated at once (one rate limit for all)", "4"),
+    ("MIGRATION_CREATE_DATABASES", "create the manifest's databases D1 lacks (by name)", "false"),
+    ("MIGRATION_D1_LOCATION", "location hint for databases created (wnam, enam, weur, eeur, apac, oc)", "none"),
+    ("MIGRATION_FAIL_FAST", "stop starting manifest lines once one fails", "false"),
     ("MIGRATION_LOG", "error, warn, info or debug, to stderr", "info"),
     ("MIGRATION_QUIET", "print nothing but errors", "false"),
 ];
@@ -93,6 +98,11 @@ pub struct RawConfig {
     fts: Option<String>,
     log: Option<String>,
     quiet: Option<String>,
+    manifest: Option<String>,
+    parallel_databases: Option<String>,
+    create_databases: Option<String>,
+    d1_location: Option<String>,
+    fail_fast: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -166,6 +176,12 @@ pub struct Config {
     pub fts: Fts,
     pub log_level: Level,
     pub quiet: bool,
+    /// Many migrations, one per line of this CSV file (`fleet`).
+    pub manifest: Option<PathBuf>,
+    pub parallel_databases: usize,
+    pub create_databases: bool,
+    pub d1_location: Option<String>,
+    pub fail_fast: bool,
 }
 
 impl Config {
@@ -226,8 +242,39 @@ impl Config {
                 .filter(|v| !v.trim().is_empty())
                 .ok_or_else(|| Error::Config(format!("{name} is required")))
         };
-        let sqlite_path = PathBuf::from(required(raw.sqlite_path, "MIGRATION_SQLITE_PATH")?);
-        let database_id = required(raw.d1_database_id, "MIGRATION_D1_DATABASE_ID")?;
+        let manifest = raw
+            .manifest
+            .filter(|m| !m.trim().is_empty())
+            .map(PathBuf::from);
+        // With a manifest, each line names its file and database.
+        let (sqlite_path, database_id) = match &manifest {
+            Some(_) => {
+                let given = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.trim().is_empty());
+                if given(&raw.sqlite_path) || given(&raw.d1_database_id) {
+                    return Err(Error::Config(
+                        "MIGRATION_MANIFEST names a file and a database on each line; leave \
+                         MIGRATION_SQLITE_PATH and the database (MIGRATION_D1_DATABASE_ID, \
+                         MIGRATION_D1_DATABASE, D1_DATABASE_BINDING) unset with it"
+                            .into(),
+                    ));
+                }
+                (PathBuf::new(), String::new())
+            }
+            None => (
+                PathBuf::from(required(raw.sqlite_path, "MIGRATION_SQLITE_PATH")?),
+                required(raw.d1_database_id, "MIGRATION_D1_DATABASE_ID")?,
+            ),
+        };
+        let d1_location = raw.d1_location.filter(|l| !l.trim().is_empty());
+        if let Some(l) = &d1_location {
+            const HINTS: &[&str] = &["wnam", "enam", "weur", "eeur", "apac", "oc"];
+            if !HINTS.contains(&l.as_str()) {
+                return Err(Error::Config(format!(
+                    "MIGRATION_D1_LOCATION must be one of {}, got {l:?}",
+                    HINTS.join(", ")
+                )));
+            }
+        }
         let account_id = required(account, "CLOUDFLARE_ACCOUNT_ID")?;
         let token = required(token, "CLOUDFLARE_API_TOKEN")?;
         let api_url = raw
@@ -361,6 +408,17 @@ impl Config {
             )?,
             log_level,
             quiet: boolean(raw.quiet, "MIGRATION_QUIET", false)?,
+            manifest,
+            parallel_databases: number(
+                raw.parallel_databases,
+                "MIGRATION_PARALLEL_DATABASES",
+                4,
+                1,
+                256,
+            )?,
+            create_databases: boolean(raw.create_databases, "MIGRATION_CREATE_DATABASES", false)?,
+            d1_location,
+            fail_fast: boolean(raw.fail_fast, "MIGRATION_FAIL_FAST", false)?,
         })
     }
 }

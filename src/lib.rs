@@ -19,6 +19,7 @@ pub mod dryrun;
 pub mod error;
 pub mod fit;
 pub mod fixture;
+pub mod fleet;
 pub mod import;
 pub mod load;
 pub mod log;
@@ -77,13 +78,25 @@ fn validation(config: &Config, client: &D1Client) -> Result<validate::Validation
     )
 }
 
-/// Runs what the configuration asks for and writes the report.
-pub fn run(config: &Config) -> Outcome {
+/// Sets the log level the configuration asks for.
+pub fn set_log_level(config: &Config) {
     log::set_level(if config.quiet {
         log::Level::Error
     } else {
         config.log_level
     });
+}
+
+/// Runs what the configuration asks for and writes the report.
+pub fn run(config: &Config) -> Outcome {
+    set_log_level(config);
+    let progress = Progress::new(Mode::detect(config.quiet), 0);
+    let client = D1Client::new(config.endpoint.clone(), config.retry.clone());
+    run_with(config, &client, &progress)
+}
+
+/// Runs one migration on `client`, counting on `progress` (a manifest runs many at once).
+pub fn run_with(config: &Config, client: &D1Client, progress: &Progress) -> Outcome {
     let started = Instant::now();
     if config.direction == Direction::D1ToSqlite && config.transform.is_some() {
         log::warn("MIGRATION_TRANSFORM is ignored by a rollback: it writes what D1 holds");
@@ -99,16 +112,14 @@ pub fn run(config: &Config) -> Outcome {
         RunMode::Sync => "sync",
     };
     let mut report = Report::new(direction, mode);
-    let progress = Progress::new(Mode::detect(config.quiet), 0);
-    let client = D1Client::new(config.endpoint.clone(), config.retry.clone());
     if config.mode == RunMode::Sync {
         // A sync validates every row itself at its end; its dry run stops before writing.
-        let result = sync::sync(config, &client, &progress, &mut report);
+        let result = sync::sync(config, client, progress, &mut report);
         progress.finish();
-        return finish(config, report, result, &client, started);
+        return finish(config, report, result, client, started);
     }
     if config.dry_run {
-        let result = dryrun::dry_run(config, &client).and_then(|plan| {
+        let result = dryrun::dry_run(config, client).and_then(|plan| {
             let ok = plan.would_succeed;
             report.dry_run = Some(plan);
             if ok {
@@ -119,40 +130,28 @@ pub fn run(config: &Config) -> Outcome {
                 ))
             }
         });
-        return finish(config, report, result, &client, started);
+        return finish(config, report, result, client, started);
     }
     let copied = match (config.direction, config.mode) {
         (_, RunMode::Validate | RunMode::Sync) => Ok(()),
         (Direction::SqliteToD1, RunMode::Migrate) => {
-            migrate::forward(config, &client, &progress, &mut report)
+            migrate::forward(config, client, progress, &mut report)
         }
         (Direction::D1ToSqlite, RunMode::Migrate) => {
-            rollback::rollback(config, &client, &progress, &mut report)
+            rollback::rollback(config, client, progress, &mut report)
         }
     };
     let result = copied.and_then(|()| {
         if config.mode == RunMode::Validate || config.validate {
-            let validation = validation(config, &client)?;
-            let ok = validation.ok;
-            let differing: Vec<String> = validation
-                .tables
-                .iter()
-                .filter(|t| !t.ok)
-                .map(|t| t.table.clone())
-                .collect();
+            let validation = validation(config, client)?;
+            let verdict = validation.verdict();
             report.validation = Some(validation);
-            if !ok {
-                return Err(Error::Differences(if differing.is_empty() {
-                    "indexes differ".into()
-                } else {
-                    format!("tables {}", differing.join(", "))
-                }));
-            }
+            return verdict;
         }
         Ok(())
     });
     progress.finish();
-    finish(config, report, result, &client, started)
+    finish(config, report, result, client, started)
 }
 
 /// Completes the report with the client's counters, writes it, and returns the outcome.

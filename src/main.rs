@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use d1_migrator::config::{Config, Direction, RunMode, VARIABLES};
-use d1_migrator::{fixture, run};
+use d1_migrator::{fixture, fleet, run, set_log_level};
 
 #[derive(Parser)]
 #[command(version, about = "Moves a whole SQLite database into Cloudflare D1 and back again, exactly.",
@@ -78,6 +78,9 @@ fn main() -> ExitCode {
             return ExitCode::from(e.exit_code());
         }
     };
+    if let Some(manifest) = &config.manifest {
+        return run_manifest(&config, manifest);
+    }
     let outcome = run(&config);
     let what = if config.dry_run {
         "dry run"
@@ -104,4 +107,38 @@ fn main() -> ExitCode {
         eprintln!("{headline}");
     }
     ExitCode::from(outcome.exit_code())
+}
+
+/// Many migrations, one per manifest line: a table of the databases, then the headline.
+fn run_manifest(config: &Config, manifest: &std::path::Path) -> ExitCode {
+    set_log_level(config);
+    let outcome = fleet::run_fleet(config, manifest);
+    // When lines could not start, the error lists them; the table is for lines that ran.
+    let ran = outcome.report.databases.iter().any(|d| d.report.is_some());
+    if !config.quiet && ran {
+        eprint!("{}", outcome.report.summary());
+        if let Some(path) = &config.report {
+            eprintln!("report: {}", path.display());
+        }
+    }
+    let t = &outcome.report.totals;
+    let headline = match (&outcome.error, outcome.exit_code) {
+        (Some(e), _) => paint(&format!("d1-migrator: manifest FAILED: {e}"), false),
+        (None, 0) => paint(
+            &format!("d1-migrator: manifest succeeded: {} databases", t.databases),
+            true,
+        ),
+        (None, _) => paint(
+            &format!(
+                "d1-migrator: manifest FAILED: {} of {} databases did not succeed",
+                t.databases - t.ok,
+                t.databases
+            ),
+            false,
+        ),
+    };
+    if outcome.exit_code != 0 || !config.quiet {
+        eprintln!("{headline}");
+    }
+    ExitCode::from(outcome.exit_code)
 }

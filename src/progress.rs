@@ -126,6 +126,8 @@ pub struct Progress {
     mode: Mode,
     overall: Option<ProgressBar>,
     bytes: Arc<AtomicU64>,
+    /// Rows of data counted, shared with whoever shows them (a manifest's one display).
+    rows: Arc<AtomicU64>,
     last_line: Mutex<Instant>,
 }
 
@@ -144,7 +146,17 @@ impl Progress {
             mode,
             overall,
             bytes,
+            rows: Arc::new(AtomicU64::new(0)),
             last_line: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Shows nothing, and counts the rows of data into `rows`: one migration of many, whose
+    /// progress a manifest's one display sums.
+    pub fn counting(rows: Arc<AtomicU64>) -> Progress {
+        Progress {
+            rows,
+            ..Progress::new(Mode::Quiet, 0)
         }
     }
 
@@ -223,6 +235,7 @@ impl TableProgress<'_> {
         }
         // Only the data of a table counts towards the whole run's total.
         if matches!(self.stage, Stage::Data | Stage::VirtualRefill) {
+            self.progress.rows.fetch_add(rows, Ordering::Relaxed);
             if let Some(bar) = &self.progress.overall {
                 bar.inc(rows);
             }

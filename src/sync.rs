@@ -168,22 +168,9 @@ pub fn sync(
         config.parallel_tables,
         &rechecks,
     )?;
-    let ok = validation.ok;
-    let differing: Vec<String> = validation
-        .tables
-        .iter()
-        .filter(|t| !t.ok)
-        .map(|t| t.table.clone())
-        .collect();
+    let verdict = validation.verdict();
     report.validation = Some(validation);
-    if !ok {
-        return Err(Error::Differences(if differing.is_empty() {
-            "indexes differ".into()
-        } else {
-            format!("tables {}", differing.join(", "))
-        }));
-    }
-    Ok(())
+    verdict
 }
 
 /// Every table must be on the target with the same columns: a sync writes rows, not schema.

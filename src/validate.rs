@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::discover::{Schema, Table, TableKind};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::fit::{keeps_values, MIGRATIONS_TABLE};
 use crate::pack::Shape;
 use crate::value::Value;
@@ -325,6 +325,26 @@ pub struct Validation {
     pub tables: Vec<TableValidation>,
     /// Indexes present on one side only.
     pub index_problems: Vec<String>,
+}
+
+impl Validation {
+    /// `Err(Differences)` naming the tables that differ, when anything does.
+    pub fn verdict(&self) -> Result<()> {
+        if self.ok {
+            return Ok(());
+        }
+        let differing: Vec<&str> = self
+            .tables
+            .iter()
+            .filter(|t| !t.ok)
+            .map(|t| t.table.as_str())
+            .collect();
+        Err(Error::Differences(if differing.is_empty() {
+            "indexes differ".into()
+        } else {
+            format!("tables {}", differing.join(", "))
+        }))
+    }
 }
 
 /// Validates every table of `source_schema` (with data) against the target.

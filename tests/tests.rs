@@ -19,6 +19,8 @@
 //! - `dry_run`: writes nothing; finds each D1 problem by name and key; predicts the real run.
 //! - `sync`: only what differs is written, in both directions; foreign keys, large values and
 //!   triggers respected; killed syncs converge; the dry run lists and writes nothing.
+//! - `fleet`: many databases from one manifest: created by name, copied exactly, a rerun does
+//!   nothing, one broken line fails alone, every line checked before any write, fleet rollback.
 //! - `interface`: bars on a terminal, plain lines in logs, the summary, `--help`, the report schema.
 //! - `checkpoints`: many migrations from one state folder, each with its own checkpoint; a
 //!   second run of the same migration at once is refused; an emptied target is copied again.
@@ -65,6 +67,9 @@ mod dry_run;
 
 #[path = "suite/sync.rs"]
 mod sync;
+
+#[path = "suite/fleet.rs"]
+mod fleet;
 
 #[path = "suite/interface.rs"]
 mod interface;

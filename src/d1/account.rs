@@ -109,9 +109,18 @@ impl D1Client {
         self.get_database(&self.endpoint.database_id)
     }
 
-    /// Creates a database; D1 refuses a name already taken (code 7502).
-    pub fn create_database(&self, name: &str) -> Result<DatabaseInfo, D1Error> {
-        let body = serde_json::json!({ "name": name }).to_string();
+    /// Creates a database, with an optional location hint (`primary_location_hint`: wnam, enam,
+    /// weur, eeur, apac, oc); D1 refuses a name already taken (code 7502).
+    pub fn create_database(
+        &self,
+        name: &str,
+        location: Option<&str>,
+    ) -> Result<DatabaseInfo, D1Error> {
+        let mut body = serde_json::json!({ "name": name });
+        if let Some(hint) = location {
+            body["primary_location_hint"] = hint.into();
+        }
+        let body = body.to_string();
         let (result, _) = self.api("POST", &self.databases_url(), Some(&body))?;
         serde_json::from_value(result)
             .map_err(|e| D1Error::BadAnswer(format!("created database: {e}")))

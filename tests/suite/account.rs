@@ -20,10 +20,10 @@ fn client(d1: &LocalD1, database: &str) -> D1Client {
 fn the_client_creates_finds_reads_and_deletes_databases() {
     let d1 = LocalD1::start(&["first".to_string(), "first-too".to_string()], None);
     let account = client(&d1, "");
-    let made = account.create_database("by-the-client").unwrap();
+    let made = account.create_database("by-the-client", None).unwrap();
     assert_eq!(made.name, "by-the-client");
     assert_eq!(made.uuid.len(), 36);
-    match account.create_database("by-the-client") {
+    match account.create_database("by-the-client", None) {
         Err(D1Error::Http {
             status: 400,
             message,

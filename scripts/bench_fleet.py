@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Many databases in one run (MIGRATION_MANIFEST), against one database holding the same rows.
+
+Generates BENCH_TENANTS tenant files (default 200) of a shop schema (customers, products,
+orders, order lines), sized log-uniformly between tens of KB and BENCH_TENANT_MAX_KB (default
+2048), and one file holding every tenant's rows. Then, against one local D1 started for the
+purpose (with a request log):
+  1. the fleet: a manifest of the tenants by name, databases created by the run;
+  2. the same rows as one database;
+and prints wall time, rows/s, requests and peak RSS of each, their ratio, and the largest
+number of requests the fleet sent in any window of MIGRATION_RATE_WINDOW seconds against
+MIGRATION_RATE_LIMIT (run with BENCH_RATE_LIMIT / BENCH_RATE_WINDOW to make the limit bind)."""
+import csv, json, math, os, random, shutil, sqlite3, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target/release/d1-migrator")
+TOKEN = "bench-token"
+TENANTS = int(os.environ.get("BENCH_TENANTS", "200"))
+MAX_KB = int(os.environ.get("BENCH_TENANT_MAX_KB", "2048"))
+RATE_LIMIT = os.environ.get("BENCH_RATE_LIMIT", "0")
+RATE_WINDOW = os.environ.get("BENCH_RATE_WINDOW", "300")
+work = tempfile.mkdtemp(prefix="d1-bench-fleet-")
+
+SCHEMA = """
+CREATE TABLE customers (id INTEGER PRIMARY KEY, tenant INTEGER NOT NULL, name TEXT NOT NULL, email TEXT);
+CREATE TABLE products (id INTEGER PRIMARY KEY, tenant INTEGER NOT NULL, title TEXT NOT NULL, price REAL);
+CREATE TABLE orders (id INTEGER PRIMARY KEY, tenant INTEGER NOT NULL,
+  customer_id INTEGER NOT NULL REFERENCES customers(id), placed_at TEXT, note TEXT);
+CREATE TABLE order_lines (order_id INTEGER NOT NULL REFERENCES orders(id),
+  product_id INTEGER NOT NULL REFERENCES products(id), quantity INTEGER, PRIMARY KEY (order_id, product_id))
+  WITHOUT ROWID;
+CREATE INDEX orders_customer ON orders(customer_id);
+"""
+
+
+def fill(conn, tenant, kb, ids, rng):
+    """About `kb` KB of one tenant's rows; `ids` keeps keys unique across tenants."""
+    customers = max(2, kb // 2)
+    products = max(2, kb // 8)
+    orders = max(2, kb)
+    c0, p0, o0 = ids["c"], ids["p"], ids["o"]
+    conn.executemany("INSERT INTO customers VALUES (?,?,?,?)",
+                     [(c0 + i, tenant, f"customer {i} of {tenant}", f"c{i}@t{tenant}.example") for i in range(customers)])
+    conn.executemany("INSERT INTO products VALUES (?,?,?,?)",
+                     [(p0 + i, tenant, f"product {i}", round(rng.uniform(1, 500), 2)) for i in range(products)])
+    conn.executemany("INSERT INTO orders VALUES (?,?,?,?,?)",
+                     [(o0 + i, tenant, c0 + rng.randrange(customers), f"2026-{1 + i % 12:02}-01T10:00:00Z",
+                       "x" * rng.randrange(0, 400)) for i in range(orders)])
+    lines = {(o0 + rng.randrange(orders), p0 + rng.randrange(products)) for _ in range(orders * 2)}
+    conn.executemany("INSERT INTO order_lines VALUES (?,?,?)", [(o, p, rng.randrange(1, 9)) for o, p in lines])
+    ids["c"] += customers
+    ids["p"] += products
+    ids["o"] += orders
+    return customers + products + orders + len(lines)
+
+
+def start_d1(log):
+    env = dict(os.environ, LOCAL_D1_PORT="0", LOCAL_D1_PERSIST=os.path.join(work, "d1"), LOCAL_D1_DATABASES="single",
+               LOCAL_D1_TOKEN=TOKEN, LOCAL_D1_LOG=log, LOCAL_D1_SPARE=str(TENANTS + 8))
+    env.pop("LOCAL_D1_FAULTS", None)
+    proc = subprocess.Popen([os.path.join(ROOT, "scripts/local-d1")], env=env, stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if " ready at " in line:
+            return proc, line.split(" ready at ")[1].split()[0]
+    raise SystemExit("the local D1 did not start")
+
+
+def timed(env):
+    start = time.time()
+    proc = subprocess.Popen([BIN], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.time() - start
+    err = proc.stderr.read().decode(errors="replace")
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"the migrator failed:\n{err[-3000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def base_env(url, **extra):
+    return dict(os.environ, CLOUDFLARE_ACCOUNT_ID="bench", CLOUDFLARE_API_TOKEN=TOKEN, MIGRATION_D1_API_URL=url,
+                MIGRATION_QUIET="true", MIGRATION_STATE_DIR=os.path.join(work, "state"),
+                MIGRATION_RATE_LIMIT=RATE_LIMIT, MIGRATION_RATE_WINDOW=RATE_WINDOW,
+                **{k: str(v) for k, v in extra.items()})
+
+
+def main():
+    rng = random.Random(7)
+    single = os.path.join(work, "single.sqlite")
+    one = sqlite3.connect(single)
+    one.executescript(SCHEMA)
+    ids = {"c": 1, "p": 1, "o": 1}
+    manifest = os.path.join(work, "tenants.csv")
+    total_rows = 0
+    with open(manifest, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["sqlite_path", "database"])
+        for t in range(TENANTS):
+            kb = int(math.exp(rng.uniform(math.log(20), math.log(MAX_KB))))
+            path = os.path.join(work, f"tenant-{t}.sqlite")
+            conn = sqlite3.connect(path)
+            conn.executescript(SCHEMA)
+            before = dict(ids)
+            total_rows += fill(conn, t, kb, ids, random.Random(t))
+            conn.commit()
+            conn.close()
+            ids_after = dict(ids)
+            ids.update(before)
+            fill(one, t, kb, ids, random.Random(t))
+            assert ids == ids_after
+            out.writerow([os.path.basename(path), f"tenant-{t}"])
+    one.commit()
+    one.close()
+    total_mb = sum(os.path.getsize(os.path.join(work, f"tenant-{t}.sqlite")) for t in range(TENANTS)) / 1e6
+    log = os.path.join(work, "requests.jsonl")
+    d1, url = start_d1(log)
+    results = []
+    try:
+        report = os.path.join(work, "single.json")
+        wall, rss = timed(base_env(url, MIGRATION_SQLITE_PATH=single, MIGRATION_D1_DATABASE_ID="single",
+                                   MIGRATION_REPORT=report))
+        r = json.load(open(report))
+        results.append(("one database, same rows", wall, rss, r["http_requests"]))
+        with open(log) as f:
+            skip = sum(1 for _ in f)
+        report = os.path.join(work, "fleet.json")
+        wall, rss = timed(base_env(url, MIGRATION_MANIFEST=manifest, MIGRATION_CREATE_DATABASES="true",
+                                   MIGRATION_REPORT=report))
+        r = json.load(open(report))
+        assert r["totals"]["ok"] == TENANTS, r["totals"]
+        results.append((f"fleet, {TENANTS} databases", wall, rss, r["totals"]["http_requests"]))
+        with open(log) as f:
+            times = sorted(json.loads(line)["t"] for i, line in enumerate(f) if i >= skip)
+        report = os.path.join(work, "fleet-again.json")
+        again, _ = timed(base_env(url, MIGRATION_MANIFEST=manifest, MIGRATION_REPORT=report))
+        r2 = json.load(open(report))
+    finally:
+        d1.terminate()
+        d1.wait()
+    window_ms = int(RATE_WINDOW) * 1000
+    peak, j = 0, 0
+    for i, t in enumerate(times):
+        while times[j] <= t - window_ms:
+            j += 1
+        peak = max(peak, i - j + 1)
+    print(f"machine: {os.cpu_count()} cores; {TENANTS} tenants, {total_rows:,} rows, {total_mb:.1f} MB in all")
+    print(f"{'run':<32} {'wall s':>8} {'rows/s':>10} {'requests':>9} {'peak RSS MB':>12}")
+    for name, wall, rss, requests in results:
+        print(f"{name:<32} {wall:>8.2f} {round(total_rows / wall):>10} {requests:>9} {round(rss):>12}")
+    print(f"fleet / one database: {results[1][1] / results[0][1]:.2f}x (target <= 1.5x); peak RSS {round(results[1][2])} MB "
+          f"(target < 200 MB)")
+    print(f"rerun of the finished fleet: {again:.2f} s, D1 rows written {r2['totals']['d1_rows_written']}")
+    limit = int(RATE_LIMIT)
+    print(f"most requests in any {RATE_WINDOW} s window: {peak}" +
+          (f" (limit {limit}: {'kept' if peak <= limit else 'EXCEEDED'})" if limit else " (no limit set)"))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+main()
