@@ -184,6 +184,59 @@ impl TableChanges {
 mod tests {
     use super::*;
 
+    fn shape() -> Shape {
+        use crate::discover::{Column, TableKind};
+        let t = Table {
+            name: "t".into(),
+            sql: String::new(),
+            kind: TableKind::Rowid {
+                rowid_alias: Some("id".into()),
+            },
+            columns: vec![Column::new("id", "INTEGER", 1), Column::new("v", "", 0)],
+            foreign_keys: vec![],
+        };
+        Shape::new(&t, &[])
+    }
+
+    fn row(id: i64, v: &str) -> Vec<Value> {
+        vec![Value::Integer(id), Value::Text(v.as_bytes().to_vec())]
+    }
+
+    #[test]
+    fn a_differing_page_yields_inserts_updates_and_deletes_in_key_order() {
+        let shape = shape();
+        let source = vec![row(1, "a"), row(2, "b"), row(4, "d"), row(6, "f")];
+        let target = vec![
+            row(1, "a"),
+            row(2, "B"),
+            row(3, "c"),
+            row(5, "e"),
+            row(6, "f"),
+        ];
+        let mut diff = TableDiff::default();
+        diff.page(
+            &shape,
+            Page {
+                source: &source,
+                target: &target,
+                equal: false,
+            },
+        );
+        assert_eq!(diff.inserts, vec![row(4, "d")]);
+        assert_eq!(
+            diff.updates,
+            vec![Update {
+                row: row(2, "b"),
+                columns: vec![1]
+            }]
+        );
+        assert_eq!(
+            diff.deletes,
+            vec![vec![Value::Integer(3)], vec![Value::Integer(5)]]
+        );
+        assert_eq!(diff.compared, 4);
+    }
+
     #[test]
     fn values_differ_by_type_and_bits_not_by_sql_equality() {
         let a = vec![
