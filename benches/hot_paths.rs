@@ -36,6 +36,7 @@ fn shape() -> Shape {
             col("tag", 0),
         ],
         foreign_keys: vec![],
+        unique: vec![],
     };
     Shape::new(&table, &[])
 }

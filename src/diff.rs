@@ -194,6 +194,7 @@ mod tests {
             },
             columns: vec![Column::new("id", "INTEGER", 1), Column::new("v", "", 0)],
             foreign_keys: vec![],
+            unique: vec![],
         };
         Shape::new(&t, &[])
     }

@@ -84,6 +84,9 @@ pub enum Affinity {
 pub struct ForeignKey {
     pub parent: String,
     pub columns: Vec<String>,
+    /// The parent's columns the key refers to, in the order of `columns`; empty when the key
+    /// names none (it then refers to the parent's primary key).
+    pub parent_columns: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -93,6 +96,9 @@ pub struct Table {
     pub kind: TableKind,
     pub columns: Vec<Column>,
     pub foreign_keys: Vec<ForeignKey>,
+    /// The column sets of the table's UNIQUE indexes and constraints (read only for tables
+    /// with foreign keys); an expression in an index shows as an empty name.
+    pub unique: Vec<Vec<String>>,
 }
 
 impl Table {
@@ -259,12 +265,18 @@ pub fn discover(db: &dyn Catalog) -> Result<Schema> {
         } else {
             foreign_keys(db, &name)?
         };
+        let unique = if foreign_keys.is_empty() {
+            Vec::new()
+        } else {
+            unique_sets(db, &name)?
+        };
         schema.tables.push(Table {
             name,
             sql,
             kind,
             columns,
             foreign_keys,
+            unique,
         });
     }
 
@@ -301,24 +313,47 @@ fn columns(db: &dyn Catalog, table: &str) -> Result<Vec<Column>> {
 
 fn foreign_keys(db: &dyn Catalog, table: &str) -> Result<Vec<ForeignKey>> {
     let sql = format!(
-        "SELECT id, \"table\", \"from\" FROM pragma_foreign_key_list({}) ORDER BY id, seq",
+        "SELECT id, \"table\", \"from\", \"to\" FROM pragma_foreign_key_list({}) ORDER BY id, seq",
         crate::value::quote_text(table)
     );
     let mut out: Vec<(i64, ForeignKey)> = Vec::new();
     for r in db.query(&sql)? {
         let id = int(&r[0]);
+        let to = (r[3] != Value::Null).then(|| text(&r[3]));
         match out.last_mut() {
-            Some((last, fk)) if *last == id => fk.columns.push(text(&r[2])),
+            Some((last, fk)) if *last == id => {
+                fk.columns.push(text(&r[2]));
+                fk.parent_columns.extend(to);
+            }
             _ => out.push((
                 id,
                 ForeignKey {
                     parent: text(&r[1]),
                     columns: vec![text(&r[2])],
+                    parent_columns: to.into_iter().collect(),
                 },
             )),
         }
     }
     Ok(out.into_iter().map(|(_, fk)| fk).collect())
+}
+
+/// The column sets of a table's UNIQUE indexes (constraints included).
+fn unique_sets(db: &dyn Catalog, table: &str) -> Result<Vec<Vec<String>>> {
+    let sql = format!(
+        "SELECT il.name, ii.name FROM pragma_index_list({t}) AS il \
+         JOIN pragma_index_info(il.name) AS ii WHERE il.\"unique\" ORDER BY il.seq, ii.seqno",
+        t = crate::value::quote_text(table)
+    );
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for r in db.query(&sql)? {
+        let (index, column) = (text(&r[0]), text(&r[1]));
+        match out.last_mut() {
+            Some((last, cols)) if *last == index => cols.push(column),
+            _ => out.push((index, vec![column])),
+        }
+    }
+    Ok(out.into_iter().map(|(_, cols)| cols).collect())
 }
 
 /// The INTEGER PRIMARY KEY column that is the rowid, if any.

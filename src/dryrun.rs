@@ -14,7 +14,7 @@ use crate::discover::Schema;
 use crate::error::Result;
 use crate::fit::{fit, Fit};
 use crate::plan::plan;
-use crate::produce::{pass_filter, passes, produce, Pass, Produced, Work};
+use crate::produce::{pass_filter, passes, produce, read_anchors, Pass, Produced, Work};
 use crate::source::open_read_only;
 use crate::target::{missing_parents, ordered_objects, target_objects};
 use crate::transform::{source_schema, TableMapping, Transformed};
@@ -41,6 +41,9 @@ pub struct PlannedTable {
     /// How source columns map to D1's, where it is not one-to-one.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub column_mapping: Vec<String>,
+    /// Rows over D1's row-size limit, left out of `rows`, `bytes` and the requests (each is a
+    /// finding naming its key).
+    pub rows_over_limit: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -113,22 +116,48 @@ pub fn dry_run(config: &Config, client: &D1Client) -> Result<DryRun> {
         .extend(size_after(out.d1_database_bytes, source_bytes(&source)?));
     let fitted = target_check(client, &source, &transformed, &mut out.findings)?;
 
-    let [mut rows, mut deferred, mut fill] = passes(schema, &plan, |_, _| false);
+    let anchors = read_anchors(&source, schema, &plan, |s| transformed.adapt(s))?;
+    let [mut rows, mut deferred, mut fill] = passes(schema, &plan, &anchors, |_, _| false);
     for w in rows.iter_mut().chain(&mut deferred).chain(&mut fill) {
         transformed.adapt(&mut w.shape);
+        for (shape, _) in &mut w.group {
+            transformed.adapt(shape);
+        }
     }
-    for (work, reason) in rows
-        .iter()
-        .zip(plan.tables.iter().map(|t| t.reason.clone()))
-    {
-        out.tables.push(count(
-            config,
-            &source,
-            work,
-            reason,
-            skip,
-            &mut out.findings,
-        )?);
+    // A group's own request (anchors, or all its rows) is counted with its first table.
+    let mut group_share: Option<PlannedTable> = None;
+    for work in &rows {
+        if work.pass != Pass::Insert {
+            match count(
+                config,
+                &source,
+                work,
+                String::new(),
+                skip,
+                &mut out.findings,
+            ) {
+                Ok(share) => group_share = Some(share),
+                Err(e) => out.findings.push(Finding::error(
+                    "cycle_too_large",
+                    &work.shape.table,
+                    e.to_string(),
+                )),
+            }
+            continue;
+        }
+        let reason = plan
+            .tables
+            .iter()
+            .find(|t| schema.tables[t.table].name == work.shape.table)
+            .map(|t| t.reason.clone())
+            .unwrap_or_default();
+        let mut planned = count(config, &source, work, reason, skip, &mut out.findings)?;
+        if let Some(share) = group_share.take() {
+            planned.statements += share.statements;
+            planned.requests += share.requests;
+            planned.bytes += share.bytes;
+        }
+        out.tables.push(planned);
     }
     for work in &deferred {
         let extra = count(
@@ -233,6 +262,7 @@ fn count(
                 planned.bytes += r.bytes as u64;
             }
             Produced::Oversize { key, bytes, .. } => {
+                planned.rows_over_limit += 1;
                 let action = if skip {
                     "it would go to the reject file"
                 } else {
@@ -242,7 +272,7 @@ fn count(
                     Finding::error(
                         "row_too_large",
                         &table,
-                        format!("row of {bytes} bytes in {table:?} is over D1's 2,000,000-byte limit; {action}"),
+                        format!("row {key} of {bytes} bytes in {table:?} is over D1's 2,000,000-byte limit; {action}"),
                     )
                     .with_key(key),
                 );
@@ -250,6 +280,7 @@ fn count(
         }
         Ok(true)
     })?;
+    planned.rows -= planned.rows_over_limit;
     Ok(planned)
 }
 
@@ -445,8 +476,13 @@ impl DryRun {
         }
         out.push_str("Load order:\n");
         for (i, t) in self.tables.iter().enumerate() {
+            let left_out = if t.rows_over_limit > 0 {
+                format!(", {} rows over D1's row limit left out", t.rows_over_limit)
+            } else {
+                String::new()
+            };
             out.push_str(&format!(
-                "  {:>2}. {:<24} {:>9} rows {:>11} bytes {:>6} statements {:>5} requests  ({})\n",
+                "  {:>2}. {:<24} {:>9} rows {:>11} bytes {:>6} statements {:>5} requests  ({}{left_out})\n",
                 i + 1,
                 t.table,
                 t.rows,

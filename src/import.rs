@@ -75,7 +75,19 @@ pub(crate) fn importer(ctx: &Loader<'_>, jobs: Receiver<Job>) {
         let idle = matches!(next, Err(RecvTimeoutError::Timeout));
         let closed = matches!(next, Err(RecvTimeoutError::Disconnected));
         if let Ok(job) = next {
+            // Rows with placeholders (see `load::send_statements`) between the CHECK pragmas.
+            let relax = job.request.relax_checks;
+            if relax {
+                file.push(&[Statement::plain(
+                    "PRAGMA ignore_check_constraints = on".into(),
+                )]);
+            }
             file.push(&job.request.statements);
+            if relax {
+                file.push(&[Statement::plain(
+                    "PRAGMA ignore_check_constraints = off".into(),
+                )]);
+            }
             waiting.push(job);
         }
         if !file.is_empty() && (idle || closed || file.len() >= ctx.config.import_bytes) {
@@ -123,12 +135,18 @@ fn load_file(ctx: &Loader<'_>, file: SqlFile, waiting: &mut Vec<Job>) {
             ));
             for job in jobs {
                 let mut sent = Sent::default();
-                let result = send_statements(ctx, &job.table, &job.request.statements, &mut sent)
-                    .map(|()| {
-                        sent.rows = job.request.rows as u64;
-                        sent.large_rows = job.request.large_rows as u64;
-                        sent
-                    });
+                let result = send_statements(
+                    ctx,
+                    &job.table,
+                    &job.request.statements,
+                    job.request.relax_checks,
+                    &mut sent,
+                )
+                .map(|()| {
+                    sent.rows = job.request.rows as u64;
+                    sent.large_rows = job.request.large_rows as u64;
+                    sent
+                });
                 let _ = job.ack.send((job.seq, result));
             }
         }

@@ -15,7 +15,7 @@ use crate::d1::{D1Client, Failure};
 use crate::error::{D1Error, Error, Result};
 use crate::log;
 use crate::pack::{Request, Statement};
-use crate::produce::{pass_filter, produce, Pass, Produced, Work};
+use crate::produce::{group_phase, pass_filter, produce, Pass, Produced, Work};
 use crate::progress::{Progress, Stage};
 use crate::report::TableStats;
 use crate::source::open_read_only;
@@ -282,7 +282,7 @@ fn copy_rows(
     let filter = pass_filter(work);
     let after = match work.pass {
         Pass::Insert => ctx.state.resume_after(&table),
-        Pass::SetDeferred | Pass::Sync => None,
+        Pass::SetDeferred | Pass::Sync | Pass::Anchors | Pass::Whole => None,
     };
     if after.is_some() {
         log::info(&format!(
@@ -292,11 +292,12 @@ fn copy_rows(
     }
     let total = match work.pass {
         Pass::Sync => work.prepared.iter().map(|r| r.rows as u64).sum(),
+        Pass::Anchors | Pass::Whole => 0,
         _ => ctx.rows.get(&table).copied().unwrap_or(0),
     };
     let stage = match work.pass {
         Pass::Insert if shape.is_virtual => Stage::VirtualRefill,
-        Pass::Insert => Stage::Data,
+        Pass::Insert | Pass::Anchors | Pass::Whole => Stage::Data,
         Pass::SetDeferred => Stage::DeferredKeys,
         Pass::Sync => Stage::Differences,
     };
@@ -413,7 +414,7 @@ fn copy_rows(
         on_ack(ack, stats, &mut flight);
     }
     let error = flight.error;
-    if work.pass == Pass::SetDeferred {
+    if matches!(work.pass, Pass::SetDeferred | Pass::Anchors | Pass::Whole) {
         stats.rows_read = 0;
         stats.rows_written = 0;
     }
@@ -430,6 +431,7 @@ fn copy_rows(
         Pass::Insert => ctx.state.set_inserted(&table),
         Pass::SetDeferred => ctx.state.set_deferred_done(&table),
         Pass::Sync => Ok(()),
+        Pass::Anchors | Pass::Whole => ctx.state.set_phase_done(&group_phase(&table)),
     }
 }
 
@@ -437,12 +439,18 @@ fn copy_rows(
 fn sender(ctx: &Loader<'_>, jobs: Receiver<Job>) {
     for job in jobs {
         let mut sent = Sent::default();
-        let result =
-            send_statements(ctx, &job.table, &job.request.statements, &mut sent).map(|()| {
-                sent.rows = job.request.rows as u64;
-                sent.large_rows = job.request.large_rows as u64;
-                sent
-            });
+        let result = send_statements(
+            ctx,
+            &job.table,
+            &job.request.statements,
+            job.request.relax_checks,
+            &mut sent,
+        )
+        .map(|()| {
+            sent.rows = job.request.rows as u64;
+            sent.large_rows = job.request.large_rows as u64;
+            sent
+        });
         let _ = job.ack.send((job.seq, result));
     }
 }
@@ -450,15 +458,18 @@ fn sender(ctx: &Loader<'_>, jobs: Receiver<Job>) {
 /// Sends statements as one request. When D1 says they are too large, or rejects them, sends
 /// halves instead, down to the single row at fault, which is then rejected (to the reject file,
 /// when the configuration says so) or named in the error.
+/// `relax_checks`: CHECK constraints are not enforced within the request (its rows carry
+/// placeholders the update pass replaces).
 pub(crate) fn send_statements(
     ctx: &Loader<'_>,
     table: &str,
     statements: &[Statement],
+    relax_checks: bool,
     sent: &mut Sent,
 ) -> Result<()> {
     let sqls: Vec<&str> = statements.iter().map(|s| s.sql.as_str()).collect();
     sent.requests += 1;
-    match ctx.client.execute(&sqls) {
+    match ctx.client.execute(&relaxed(&sqls, relax_checks)) {
         Ok(_) => {
             sent.committed(&sqls);
             Ok(())
@@ -470,19 +481,19 @@ pub(crate) fn send_statements(
             }
             if statements.len() > 1 {
                 let (a, b) = statements.split_at(statements.len() / 2);
-                send_statements(ctx, table, a, sent)?;
-                return send_statements(ctx, table, b, sent);
+                send_statements(ctx, table, a, relax_checks, sent)?;
+                return send_statements(ctx, table, b, relax_checks, sent);
             }
             if let Some((a, b)) = statements[0].split() {
-                send_statements(ctx, table, &[a], sent)?;
-                return send_statements(ctx, table, &[b], sent);
+                send_statements(ctx, table, &[a], relax_checks, sent)?;
+                return send_statements(ctx, table, &[b], relax_checks, sent);
             }
             let statement = &statements[0];
             // Before a row is blamed, it is sent once more alone: a request that breaks a
             // constraint makes D1 fail the requests in flight beside it with its own message.
             sent.requests += 1;
             let alone = [statement.sql.as_str()];
-            let error = match ctx.client.execute_alone(&alone) {
+            let error = match ctx.client.execute_alone(&relaxed(&alone, relax_checks)) {
                 Ok(_) => {
                     sent.committed(&alone);
                     return Ok(());
@@ -511,6 +522,19 @@ pub(crate) fn send_statements(
             })
         }
     }
+}
+
+/// The statements, between `PRAGMA ignore_check_constraints` on and off when `relax`. The
+/// setting belongs to D1's connection, not to the request, so every such request ends it.
+fn relaxed<'a>(sqls: &[&'a str], relax: bool) -> Vec<&'a str> {
+    if !relax {
+        return sqls.to_vec();
+    }
+    let mut out = Vec::with_capacity(sqls.len() + 2);
+    out.push("PRAGMA ignore_check_constraints = on");
+    out.extend_from_slice(sqls);
+    out.push("PRAGMA ignore_check_constraints = off");
+    out
 }
 
 /// The row tuple of a one-row insert (or the statement), cut short, to name a row in an error.

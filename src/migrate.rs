@@ -15,7 +15,7 @@ use crate::fit::{fit, Fit, MIGRATIONS_TABLE};
 use crate::load::{run_work, Loader, Rejects};
 use crate::log;
 use crate::plan::plan;
-use crate::produce::{passes, Pass};
+use crate::produce::{group_phase, passes, read_anchors, Pass};
 use crate::progress::Progress;
 use crate::report::Report;
 use crate::source::{count_from, open_read_only};
@@ -132,16 +132,21 @@ pub fn forward(
         &existing,
     )?);
 
-    let [mut work, mut deferred, mut fill] = passes(&schema, &plan, |table, pass| {
+    let anchors = read_anchors(&source, &schema, &plan, |s| transformed.adapt(s))?;
+    let [mut work, mut deferred, mut fill] = passes(&schema, &plan, &anchors, |table, pass| {
         let t = state.table(table);
         match pass {
             Pass::Insert => t.inserted,
             Pass::SetDeferred => t.deferred_done,
             Pass::Sync => false,
+            Pass::Anchors | Pass::Whole => state.phase_done(&group_phase(table)),
         }
     });
     for w in work.iter_mut().chain(&mut deferred).chain(&mut fill) {
         transformed.adapt(&mut w.shape);
+        for (shape, _) in &mut w.group {
+            transformed.adapt(shape);
+        }
     }
     let mut rows = HashMap::new();
     for w in work.iter().chain(&fill).filter(|w| !w.done) {

@@ -13,7 +13,7 @@
 //! [`RequestBuilder`]; the `migrate` stage sends them.
 
 use crate::discover::{Affinity, Table, TableKind};
-use crate::plan::DeferredKey;
+use crate::plan::{AnchoredKey, DeferredKey};
 use crate::value::{quote_ident, write_hex_literal, Value};
 
 /// D1's limits as the packer applies them.
@@ -53,6 +53,10 @@ pub struct Shape {
     pub key_exprs: Vec<String>,
     /// Positions loaded NULL and set by the update pass (deferred foreign keys).
     pub deferred: Vec<usize>,
+    /// Positions loaded with an anchor row's values and set by the update pass (NOT NULL keys
+    /// in a cycle, see `plan`), with the value each is loaded with; `None` until the anchors
+    /// are read (or when the parent has no row to anchor to: the real value is loaded).
+    pub anchored: Vec<(usize, Option<Value>)>,
     pub is_virtual: bool,
     /// The FROM clause that reads these rows on the source: the table itself, or the subquery
     /// of a transform (`transform::Transformed::adapt`) presenting the rows as D1 will hold them.
@@ -95,9 +99,45 @@ impl Shape {
             key_positions,
             key_exprs,
             deferred,
+            anchored: Vec::new(),
             is_virtual: matches!(table.kind, TableKind::Virtual { .. }),
             read_from: quote_ident(&table.name),
         }
+    }
+
+    /// The position in `columns` of a column named as in the catalog.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        let q = quote_ident(name);
+        self.columns.iter().position(|c| c.eq_ignore_ascii_case(&q))
+    }
+
+    /// Marks the columns of `keys` as anchored, with no anchor values yet.
+    pub fn with_anchored(mut self, keys: &[AnchoredKey]) -> Shape {
+        for name in keys.iter().flat_map(|k| k.columns.iter()) {
+            if let Some(p) = self.position(name) {
+                if !self.anchored.iter().any(|(q, _)| *q == p) {
+                    self.anchored.push((p, None));
+                }
+            }
+        }
+        self
+    }
+
+    /// True when rows are loaded with placeholders (NULL or anchor values) in some columns,
+    /// which a CHECK constraint may refuse until the update pass sets the real values.
+    pub fn loads_placeholders(&self) -> bool {
+        !self.deferred.is_empty() || !self.anchored.is_empty()
+    }
+
+    /// What position `i` is loaded with: `None` for the row's own value.
+    fn placeholder(&self, i: usize) -> Option<&Value> {
+        if self.deferred.contains(&i) {
+            return Some(&Value::Null);
+        }
+        self.anchored
+            .iter()
+            .find(|(p, _)| *p == i)
+            .and_then(|(_, v)| v.as_ref())
     }
 
     /// The SELECT list that reads rows in this shape.
@@ -294,7 +334,7 @@ impl InsertPacker {
     /// closes the statement in progress and stands alone).
     pub fn push(&mut self, row: &[Value], out: &mut Vec<Unit>) {
         self.scratch.clear();
-        write_tuple(row, &self.shape.deferred, &mut self.scratch);
+        write_tuple(row, &self.shape, &mut self.scratch);
         let fixed = self.head.len() + self.tail.len();
         if fixed + self.scratch.len() > self.limits.statement_bytes {
             self.flush(out);
@@ -346,7 +386,9 @@ impl InsertPacker {
     /// append those values in guarded pieces.
     fn large_row(&self, row: &[Value]) -> Unit {
         let mut order: Vec<usize> = (0..row.len())
-            .filter(|i| !self.shape.key_positions.contains(i))
+            .filter(|&i| {
+                !self.shape.key_positions.contains(&i) && self.shape.placeholder(i).is_none()
+            })
             .collect();
         order.sort_by_key(|&i| std::cmp::Reverse(row[i].size()));
         let mut slim: Vec<Value> = row.to_vec();
@@ -354,7 +396,7 @@ impl InsertPacker {
         let budget = self.limits.statement_bytes - self.head.len() - self.tail.len();
         for i in order {
             let mut probe = String::new();
-            write_tuple(&slim, &self.shape.deferred, &mut probe);
+            write_tuple(&slim, &self.shape, &mut probe);
             if probe.len() <= budget {
                 break;
             }
@@ -364,7 +406,7 @@ impl InsertPacker {
             }
         }
         let mut sql = self.head.clone();
-        write_tuple(&slim, &self.shape.deferred, &mut sql);
+        write_tuple(&slim, &self.shape, &mut sql);
         let end = sql.len();
         sql.push_str(self.tail);
         let mut statements = vec![Statement {
@@ -535,7 +577,7 @@ pub fn update_units(
                 .map(|&p| row[p].clone())
                 .collect();
             tuple.clear();
-            write_tuple(&values, &[], &mut tuple);
+            write_plain_tuple(&values, &mut tuple);
             if head.len() + tuple.len() + tail.len() > limits.statement_bytes {
                 units.extend(update_unit(shape, row, columns, limits.statement_bytes));
                 continue;
@@ -596,7 +638,7 @@ pub fn delete_units(shape: &Shape, keys: &[Vec<Value>], limits: Limits) -> Vec<U
         if single {
             key[0].write_literal(&mut tuple);
         } else {
-            write_tuple(key, &[], &mut tuple);
+            write_plain_tuple(key, &mut tuple);
         }
         if rows > 0
             && (sql.len() + 1 + tuple.len() + 1 > limits.statement_bytes || rows >= per_statement)
@@ -615,28 +657,51 @@ pub fn delete_units(shape: &Shape, keys: &[Vec<Value>], limits: Limits) -> Vec<U
     units
 }
 
-/// `(v1,v2,...)`, with deferred positions written as NULL.
-fn write_tuple(row: &[Value], deferred: &[usize], out: &mut String) {
+/// `(v1,v2,...)`.
+fn write_plain_tuple(row: &[Value], out: &mut String) {
     out.push('(');
     for (i, v) in row.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        if deferred.contains(&i) {
-            out.push_str("NULL");
-        } else {
-            v.write_literal(out);
+        v.write_literal(out);
+    }
+    out.push(')');
+}
+
+/// `(v1,v2,...)`, with deferred positions written as NULL and anchored ones as their anchor.
+fn write_tuple(row: &[Value], shape: &Shape, out: &mut String) {
+    out.push('(');
+    let plain = !shape.loads_placeholders();
+    for (i, v) in row.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        match shape.placeholder(i) {
+            Some(p) if !plain => p.write_literal(out),
+            _ => v.write_literal(out),
         }
     }
     out.push(')');
 }
 
-/// The update that sets a row's deferred foreign-key columns.
+/// The update that sets a row's deferred and anchored foreign-key columns to their real
+/// values; `None` when the row was loaded with them already.
 pub fn deferred_update(shape: &Shape, row: &[Value]) -> Option<Unit> {
-    let sets: Vec<String> = shape
+    let mut positions: Vec<usize> = shape
         .deferred
         .iter()
-        .filter(|&&p| row[p] != Value::Null)
+        .copied()
+        .filter(|&p| row[p] != Value::Null)
+        .collect();
+    for (p, anchor) in &shape.anchored {
+        let same = anchor.as_ref().is_none_or(|a| same_value(a, &row[*p]));
+        if !same && !positions.contains(p) {
+            positions.push(*p);
+        }
+    }
+    let sets: Vec<String> = positions
+        .iter()
         .map(|&p| format!("{} = {}", shape.columns[p], row[p].literal()))
         .collect();
     if sets.is_empty() {
@@ -656,6 +721,14 @@ pub fn deferred_update(shape: &Shape, row: &[Value]) -> Option<Unit> {
     })
 }
 
+/// Equal type and bits (a REAL -0.0 is not 0.0).
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Real(x), Value::Real(y)) => x.to_bits() == y.to_bits(),
+        _ => a == b,
+    }
+}
+
 /// A group of units sent as one HTTP request (one D1 transaction).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Request {
@@ -667,6 +740,27 @@ pub struct Request {
     /// The key of the request's last row: once D1 has committed this request and every one
     /// before it, the table is copied up to this key.
     pub last_key: Option<Vec<Value>>,
+    /// True when rows carry placeholders (NULL or anchor values in foreign-key columns) that a
+    /// CHECK constraint may refuse until the update pass: the request is sent with
+    /// `PRAGMA ignore_check_constraints` on.
+    pub relax_checks: bool,
+}
+
+impl Request {
+    /// One request of all of `units`, whatever their size.
+    /// `rows` is what the request counts as written (0 for rows that their table's own pass
+    /// sends again).
+    pub fn of(units: Vec<Unit>, rows: usize, relax_checks: bool) -> Request {
+        let bytes = units.iter().map(Unit::bytes).sum();
+        Request {
+            statements: units.into_iter().flat_map(|u| u.statements).collect(),
+            rows,
+            large_rows: 0,
+            bytes,
+            last_key: None,
+            relax_checks,
+        }
+    }
 }
 
 /// Groups units into requests of about `request_bytes` each.
@@ -729,6 +823,7 @@ mod tests {
             kind: TableKind::Rowid { rowid_alias: None },
             columns: vec![col("a", 0), col("b", 0)],
             foreign_keys: vec![],
+            unique: vec![],
         };
         Shape::new(&t, &[])
     }

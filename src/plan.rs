@@ -2,9 +2,16 @@
 //! end of every request, never sees a child row before its parent.
 //!
 //! Tables are sorted so parents come before children. Tables caught in a cycle (a self-reference,
-//! or two tables pointing at each other) cannot be ordered; for them, foreign keys whose columns
-//! are all nullable are *deferred*: rows are inserted with those columns NULL and an update pass
-//! sets them once every table of the cycle is loaded. Input: a [`Schema`]; output: a [`Plan`].
+//! or tables pointing at each other) cannot be ordered. For them:
+//! - foreign keys whose columns are all nullable are *deferred*: rows are inserted with those
+//!   columns NULL and an update pass sets them once every table of the cycle is loaded;
+//! - when NOT NULL keys still form a cycle, the group is *anchored*: the first row of each of
+//!   its tables is sent in one request (consistent at its end), every row is inserted with its
+//!   NOT NULL cyclic keys pointing at the parent's anchor row, and the update pass sets the real
+//!   keys. A shared anchor is impossible when such a column is in the primary key, in a UNIQUE
+//!   index, or referred to by another key; the whole group is then loaded in one request.
+//!
+//! Input: a [`Schema`]; output: a [`Plan`].
 
 use std::collections::HashMap;
 
@@ -16,6 +23,38 @@ pub struct DeferredKey {
     pub columns: Vec<String>,
 }
 
+/// A NOT NULL foreign key in a cycle: loaded with the values of the parent's anchor row (the
+/// first row of the parent, in key order, whose `parent_columns` are all set) and set to its
+/// real values after the data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnchoredKey {
+    pub columns: Vec<String>,
+    /// Index into `Schema::tables` of the parent.
+    pub parent: usize,
+    /// The parent's columns the key refers to (its primary key when the key names none).
+    pub parent_columns: Vec<String>,
+}
+
+/// How a group of tables bound by a cycle of NOT NULL foreign keys is loaded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum GroupMode {
+    /// Anchor rows first, in one request; then every row pointing at the anchors; then the
+    /// update pass sets the real keys.
+    Anchored,
+    /// Every row of every table of the group in one request.
+    Whole,
+}
+
+/// Tables bound by a cycle of NOT NULL foreign keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    /// Indexes into `Schema::tables`, in load order.
+    pub tables: Vec<usize>,
+    pub mode: GroupMode,
+    /// For `Whole`: why no anchor can be shared (the column at fault).
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct TablePlan {
     /// Index into `Schema::tables`.
@@ -23,11 +62,14 @@ pub struct TablePlan {
     /// Indexes (into `Schema::tables`) of the tables that must be loaded first.
     pub parents: Vec<usize>,
     pub deferred: Vec<DeferredKey>,
-    /// True when rows of this table reference each other through a key that cannot be deferred,
-    /// so its requests go one at a time, in key order.
-    pub sequential: bool,
+    pub anchored: Vec<AnchoredKey>,
+    /// Index into `Plan::groups` of the group the table belongs to, if any.
+    pub group: Option<usize>,
     /// Why the table sits where it does, for the dry-run plan.
     pub reason: String,
+    /// True when rows of this table reference each other through a NOT NULL key. The copy
+    /// anchors such keys; a sync sends the table's requests one at a time, in key order.
+    pub sequential: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +78,15 @@ pub struct Plan {
     pub tables: Vec<TablePlan>,
     /// Virtual tables, created and filled after the data.
     pub virtual_tables: Vec<usize>,
+    /// Groups bound by NOT NULL cycles.
+    pub groups: Vec<Group>,
+}
+
+/// The primary-key columns of a table, in key order.
+fn primary_key(t: &Table) -> Vec<String> {
+    let mut pk: Vec<_> = t.columns.iter().filter(|c| c.pk > 0).collect();
+    pk.sort_by_key(|c| c.pk);
+    pk.iter().map(|c| c.name.clone()).collect()
 }
 
 /// Orders the tables of `schema` for loading.
@@ -75,23 +126,60 @@ pub fn plan(schema: &Schema) -> Plan {
     }
 
     let mut tables = Vec::new();
+    let mut groups = Vec::new();
     // Tarjan's algorithm yields components parents-first (a component after all it points to).
     for members in &components {
         let mut planned: Vec<TablePlan> = members
             .iter()
             .map(|&i| plan_table(schema, i, &parent_of(&schema.tables[i]), &component_of))
             .collect();
+        if let Some(mode) = not_null_cycle(schema, &planned, members) {
+            let group = groups.len();
+            for t in &mut planned {
+                let table = &schema.tables[t.table];
+                let parents_of_t = parent_of(table);
+                t.group = Some(group);
+                t.parents.retain(|p| !members.contains(p));
+                if mode.0 == GroupMode::Whole {
+                    t.deferred.clear();
+                    continue;
+                }
+                for (fk, parent) in table.foreign_keys.iter().zip(&parents_of_t) {
+                    let Some(p) = *parent else { continue };
+                    if members.contains(&p) && !is_nullable(table, &fk.columns) {
+                        t.anchored.push(AnchoredKey {
+                            columns: fk.columns.clone(),
+                            parent: p,
+                            parent_columns: referred_columns(schema, fk, p),
+                        });
+                    }
+                }
+            }
+            groups.push(Group {
+                tables: planned.iter().map(|t| t.table).collect(),
+                mode: mode.0,
+                reason: mode.1,
+            });
+        }
         for t in &mut planned {
             t.reason = describe(
                 schema,
                 &t.parents,
-                members.len() > 1 || !t.deferred.is_empty(),
+                members.len() > 1 || !t.deferred.is_empty() || t.group.is_some(),
             );
+            if let Some(g) = t.group {
+                t.reason.push_str(match groups[g].mode {
+                    GroupMode::Anchored => {
+                        "; NOT NULL references in a cycle load pointing at anchor rows sent first"
+                    }
+                    GroupMode::Whole => "; its group loads in one request",
+                });
+            }
         }
         tables.extend(order_within(planned));
     }
-    // A cycle of NOT NULL keys cannot be ordered at all: keep only parents loaded earlier, so
-    // the scheduler cannot stall (such rows fail at D1 with a clear foreign-key error).
+    // What could still not be ordered keeps only parents loaded earlier, so the scheduler cannot
+    // stall.
     let position: HashMap<usize, usize> = tables
         .iter()
         .enumerate()
@@ -106,7 +194,146 @@ pub fn plan(schema: &Schema) -> Plan {
         virtual_tables: (0..schema.tables.len())
             .filter(|&i| schema.tables[i].is_virtual())
             .collect(),
+        groups,
     }
+}
+
+fn is_nullable(t: &Table, columns: &[String]) -> bool {
+    columns.iter().all(|c| {
+        t.columns
+            .iter()
+            .find(|col| col.name.eq_ignore_ascii_case(c))
+            .is_some_and(|col| !col.not_null && col.pk == 0)
+    })
+}
+
+/// The parent columns a key refers to: the ones it names, else the parent's primary key.
+fn referred_columns(
+    schema: &Schema,
+    fk: &crate::discover::ForeignKey,
+    parent: usize,
+) -> Vec<String> {
+    if fk.parent_columns.len() == fk.columns.len() {
+        fk.parent_columns.clone()
+    } else {
+        primary_key(&schema.tables[parent])
+    }
+}
+
+/// Whether the keys left after deferral (NOT NULL keys within the component) still form a
+/// cycle; if so, how the group loads, and for `Whole` why.
+fn not_null_cycle(
+    schema: &Schema,
+    planned: &[TablePlan],
+    members: &[usize],
+) -> Option<(GroupMode, String)> {
+    // NOT NULL keys within the component are the `parents` (or a self-reference) left by
+    // `plan_table`; a cycle among them is a strongly connected part or a self-loop.
+    let mut edges: HashMap<usize, Vec<usize>> = HashMap::new();
+    let mut self_loop = false;
+    for t in planned {
+        let table = &schema.tables[t.table];
+        let mut ps = Vec::new();
+        for fk in &table.foreign_keys {
+            let Some(p) = schema
+                .tables
+                .iter()
+                .position(|x| x.name.eq_ignore_ascii_case(&fk.parent))
+            else {
+                continue;
+            };
+            if members.contains(&p) && !is_nullable(table, &fk.columns) {
+                if p == t.table {
+                    self_loop = true;
+                }
+                ps.push(p);
+            }
+        }
+        edges.insert(t.table, ps);
+    }
+    let cyclic = self_loop
+        || strongly_connected(members, &edges)
+            .iter()
+            .any(|c| c.len() > 1);
+    if !cyclic {
+        return None;
+    }
+    // Every NOT NULL key within the group would be anchored: each column must be free to hold
+    // a shared value for a while.
+    for t in planned {
+        let table = &schema.tables[t.table];
+        for fk in &table.foreign_keys {
+            let Some(p) = schema
+                .tables
+                .iter()
+                .position(|x| x.name.eq_ignore_ascii_case(&fk.parent))
+            else {
+                continue;
+            };
+            if !members.contains(&p) || is_nullable(table, &fk.columns) {
+                continue;
+            }
+            if referred_columns(schema, fk, p).len() != fk.columns.len() {
+                return Some((
+                    GroupMode::Whole,
+                    format!(
+                        "the key of {:?} to {:?} refers to no known columns",
+                        table.name, fk.parent
+                    ),
+                ));
+            }
+            if let Some(why) = unanchorable(schema, table, &fk.columns) {
+                return Some((GroupMode::Whole, why));
+            }
+        }
+    }
+    Some((GroupMode::Anchored, String::new()))
+}
+
+/// Why rows of `table` cannot share one value in `columns` for a while, if they cannot.
+fn unanchorable(schema: &Schema, table: &Table, columns: &[String]) -> Option<String> {
+    for c in columns {
+        let named = |name: &String| name.eq_ignore_ascii_case(c);
+        if table
+            .columns
+            .iter()
+            .any(|col| named(&col.name) && col.pk > 0)
+        {
+            return Some(format!(
+                "column {c:?} of {:?} is in its primary key",
+                table.name
+            ));
+        }
+        if table
+            .unique
+            .iter()
+            .any(|set| set.iter().any(|n| named(n) || n.is_empty()))
+        {
+            return Some(format!(
+                "column {c:?} of {:?} is in a UNIQUE index",
+                table.name
+            ));
+        }
+        for other in &schema.tables {
+            for fk in &other.foreign_keys {
+                if !fk.parent.eq_ignore_ascii_case(&table.name) {
+                    continue;
+                }
+                let referred = if fk.parent_columns.len() == fk.columns.len() {
+                    fk.parent_columns.clone()
+                } else {
+                    primary_key(table)
+                };
+                if referred.iter().any(named) {
+                    return Some(format!(
+                        "column {c:?} of {:?} is referred to by a key of {:?}",
+                        table.name, other.name
+                    ));
+                }
+            }
+        }
+    }
+    None
 }
 
 fn plan_table(
@@ -117,18 +344,12 @@ fn plan_table(
 ) -> TablePlan {
     let t = &schema.tables[i];
     let mut deferred = Vec::new();
-    let mut sequential = false;
     let mut parents = Vec::new();
+    let mut sequential = false;
     for (fk, parent) in t.foreign_keys.iter().zip(parents_of_t) {
         let Some(p) = *parent else { continue };
         let in_cycle = component_of[&p] == component_of[&i];
-        let nullable = fk.columns.iter().all(|c| {
-            t.columns
-                .iter()
-                .find(|col| col.name.eq_ignore_ascii_case(c))
-                .is_some_and(|col| !col.not_null && col.pk == 0)
-        });
-        if in_cycle && nullable {
+        if in_cycle && is_nullable(t, &fk.columns) {
             deferred.push(DeferredKey {
                 columns: fk.columns.clone(),
             });
@@ -142,8 +363,10 @@ fn plan_table(
         table: i,
         parents,
         deferred,
-        sequential,
+        anchored: Vec::new(),
+        group: None,
         reason: String::new(),
+        sequential,
     }
 }
 
@@ -264,6 +487,7 @@ mod tests {
             foreign_keys.push(ForeignKey {
                 parent: parent.to_string(),
                 columns: vec![col.to_string()],
+                parent_columns: vec![],
             });
         }
         Table {
@@ -274,6 +498,7 @@ mod tests {
             },
             columns,
             foreign_keys,
+            unique: vec![],
         }
     }
 
@@ -328,13 +553,58 @@ mod tests {
     }
 
     #[test]
-    fn not_null_self_reference_is_sequential() {
+    fn not_null_cycles_are_anchored() {
         let schema = Schema {
-            tables: vec![table("nodes", &[("parent", "nodes", true)])],
+            tables: vec![
+                table("nodes", &[("parent", "nodes", true)]),
+                table("store", &[("manager", "staff", true)]),
+                table("staff", &[("store_id", "store", true)]),
+                table("a", &[("b_id", "b", true)]),
+                table("b", &[("c_id", "c", true)]),
+                table("c", &[("a_id", "a", true), ("note", "a", false)]),
+            ],
             ..Schema::default()
         };
         let p = plan(&schema);
-        assert!(p.tables[0].sequential);
-        assert!(p.tables[0].deferred.is_empty());
+        assert_eq!(p.groups.len(), 3);
+        assert!(p.groups.iter().all(|g| g.mode == GroupMode::Anchored));
+        let by_name = |n: &str| {
+            p.tables
+                .iter()
+                .find(|t| schema.tables[t.table].name == n)
+                .unwrap()
+        };
+        let nodes = by_name("nodes");
+        assert_eq!(nodes.anchored.len(), 1);
+        assert_eq!(nodes.anchored[0].parent_columns, vec!["id".to_string()]);
+        assert_eq!(by_name("store").anchored[0].parent, 2);
+        assert!(by_name("store").parents.is_empty() && by_name("staff").parents.is_empty());
+        let c = by_name("c");
+        assert_eq!((c.anchored.len(), c.deferred.len()), (1, 1));
+        assert_eq!(
+            p.groups[by_name("a").group.unwrap()].tables.len(),
+            3,
+            "a ring of three is one group"
+        );
+    }
+
+    #[test]
+    fn a_unique_cyclic_key_makes_its_group_load_whole() {
+        let mut store = table("store", &[("manager", "staff", true)]);
+        store.unique = vec![vec!["manager".into()]];
+        let schema = Schema {
+            tables: vec![store, table("staff", &[("store_id", "store", true)])],
+            ..Schema::default()
+        };
+        let p = plan(&schema);
+        assert_eq!(p.groups.len(), 1);
+        assert_eq!(p.groups[0].mode, GroupMode::Whole);
+        assert!(p.groups[0]
+            .reason
+            .contains("\"manager\" of \"store\" is in a UNIQUE index"));
+        assert!(p
+            .tables
+            .iter()
+            .all(|t| t.anchored.is_empty() && t.parents.is_empty()));
     }
 }

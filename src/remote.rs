@@ -6,6 +6,8 @@
 //! select every other value as tagged text that loses nothing (see [`exact_select`]).
 //! `decode_cell` turns either back into a [`Value`].
 
+use std::collections::HashMap;
+
 use serde_json::Value as Json;
 
 use crate::d1::D1Client;
@@ -255,32 +257,73 @@ impl crate::validate::RowSide for D1Side<'_> {
     }
 
     fn select(&self, shape: &crate::pack::Shape, tails: &[String]) -> Result<Vec<Vec<Vec<Value>>>> {
-        let list: Vec<String> = (shape.columns.iter().zip(&shape.affinities))
-            .map(|(c, &a)| exact_select(c, a))
+        let table = crate::value::quote_ident(&shape.table);
+        let longest_tail = tails.iter().map(String::len).max().unwrap_or(0);
+        let groups = column_groups(shape, READ_BYTES.saturating_sub(longest_tail + table.len()));
+        let heads: Vec<String> = groups
+            .iter()
+            .map(|g| {
+                let list: Vec<String> = g
+                    .iter()
+                    .map(|&i| exact_select(&shape.columns[i], shape.affinities[i]))
+                    .collect();
+                format!("SELECT {} FROM {table}", list.join(", "))
+            })
             .collect();
-        let head = format!(
-            "SELECT {} FROM {}",
-            list.join(", "),
-            crate::value::quote_ident(&shape.table)
-        );
         let mut out = Vec::with_capacity(tails.len());
-        for chunk in tails.chunks(READS_PER_REQUEST) {
-            let sqls: Vec<String> = chunk.iter().map(|t| format!("{head} {t}")).collect();
+        let per_request = (READS_PER_REQUEST / groups.len()).max(1);
+        for chunk in tails.chunks(per_request) {
+            let sqls: Vec<String> = chunk
+                .iter()
+                .flat_map(|t| heads.iter().map(move |h| format!("{h} {t}")))
+                .collect();
             let results = self.client.read(&sqls)?;
-            for result in results {
-                let mut rows = Vec::with_capacity(result.rows.len());
+            for parts in results.chunks(groups.len()) {
+                let mut rows: Vec<Vec<Value>> = Vec::new();
                 let mut large = Vec::new();
-                for raw in &result.rows {
-                    let mut row = Vec::with_capacity(shape.columns.len());
-                    for (i, cell) in raw.iter().enumerate() {
-                        let context =
-                            || format!("table {}, column {}", shape.table, shape.columns[i]);
-                        if is_placeholder(cell) {
-                            large.push((rows.len(), i));
+                let mut at: HashMap<Vec<u8>, usize> = HashMap::new();
+                for (g, (result, columns)) in parts.iter().zip(&groups).enumerate() {
+                    for raw in &result.rows {
+                        let mut cells = Vec::with_capacity(columns.len());
+                        for (cell, &i) in raw.iter().zip(columns) {
+                            let context =
+                                || format!("table {}, column {}", shape.table, shape.columns[i]);
+                            cells.push((
+                                i,
+                                decode_cell(cell, shape.affinities[i], &context)?,
+                                is_placeholder(cell),
+                            ));
                         }
-                        row.push(decode_cell(cell, shape.affinities[i], &context)?);
+                        let r = if groups.len() == 1 {
+                            rows.push(vec![Value::Null; shape.columns.len()]);
+                            rows.len() - 1
+                        } else {
+                            let mut key = Vec::new();
+                            for &p in &shape.key_positions {
+                                if let Some((_, v, _)) = cells.iter().find(|c| c.0 == p) {
+                                    v.write_canonical(&mut key);
+                                }
+                            }
+                            if g == 0 {
+                                rows.push(vec![Value::Null; shape.columns.len()]);
+                                at.insert(key, rows.len() - 1);
+                                rows.len() - 1
+                            } else {
+                                *at.get(&key).ok_or_else(|| {
+                                    Error::Refused(format!(
+                                        "table {}: a row changed on D1 while its columns were read in groups",
+                                        shape.table
+                                    ))
+                                })?
+                            }
+                        };
+                        for (i, v, placeholder) in cells {
+                            if placeholder {
+                                large.push((r, i));
+                            }
+                            rows[r][i] = v;
+                        }
                     }
-                    rows.push(row);
                 }
                 for (r, c) in large {
                     self.read_large(shape, &mut rows[r], c)?;
@@ -290,6 +333,42 @@ impl crate::validate::RowSide for D1Side<'_> {
         }
         Ok(out)
     }
+}
+
+/// Bytes of SQL an exact read may take before its tail (D1 takes 100,000 per statement).
+const READ_BYTES: usize = 96_000;
+
+/// Columns one exact read selects at most (every column's exact read is a CASE of a few dozen
+/// operations; D1 compiles a statement to at most 25,000).
+const READ_COLUMNS: usize = 64;
+
+/// The columns of `shape` split into groups whose exact reads each fit `budget` bytes of select
+/// list, every group led by the key columns (to join the groups' rows by key). One group holds
+/// every column whenever they fit.
+pub fn column_groups(shape: &crate::pack::Shape, budget: usize) -> Vec<Vec<usize>> {
+    let cost = |i: usize| exact_select(&shape.columns[i], shape.affinities[i]).len() + 2;
+    let all: usize = (0..shape.columns.len()).map(cost).sum();
+    if all <= budget && shape.columns.len() <= READ_COLUMNS {
+        return vec![(0..shape.columns.len()).collect()];
+    }
+    let keys = &shape.key_positions;
+    let key_cost: usize = keys.iter().map(|&k| cost(k)).sum();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut current: Vec<usize> = keys.clone();
+    let mut bytes = key_cost;
+    for i in (0..shape.columns.len()).filter(|i| !keys.contains(i)) {
+        let c = cost(i);
+        if current.len() > keys.len() && (bytes + c > budget || current.len() >= READ_COLUMNS) {
+            groups.push(std::mem::replace(&mut current, keys.clone()));
+            bytes = key_cost;
+        }
+        current.push(i);
+        bytes += c;
+    }
+    if current.len() > keys.len() || groups.is_empty() {
+        groups.push(current);
+    }
+    groups
 }
 
 #[cfg(test)]

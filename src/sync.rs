@@ -484,6 +484,7 @@ fn write_d1(
                 parents: parents(i),
                 done: prepared.is_empty(),
                 prepared,
+                group: Vec::new(),
             })
             .collect::<Vec<Work>>()
     };

@@ -618,7 +618,22 @@ impl Comparison<'_> {
         let keys = self.keys_sql();
         let picked = self.sample_keys(n, v.source_rows)?;
         v.sampled = picked.len() as u64;
-        for chunk in picked.chunks(50) {
+        // At most 50 keys, and 20,000 bytes of them, per read (D1 takes 100,000 per statement,
+        // and the exact read's select list takes its share).
+        let mut chunks: Vec<&[Vec<Value>]> = Vec::new();
+        let (mut start, mut bytes) = (0, 0);
+        for (i, k) in picked.iter().enumerate() {
+            let len = self.key_tuple_of(k).len() + 2;
+            if i > start && (i - start >= 50 || bytes + len > 20_000) {
+                chunks.push(&picked[start..i]);
+                (start, bytes) = (i, 0);
+            }
+            bytes += len;
+        }
+        if start < picked.len() {
+            chunks.push(&picked[start..]);
+        }
+        for chunk in chunks {
             let tuples: Vec<String> = chunk.iter().map(|k| self.key_tuple_of(k)).collect();
             let tail = format!(
                 "WHERE ({keys}) IN (VALUES {}) ORDER BY {keys}",
@@ -722,6 +737,7 @@ impl Comparison<'_> {
             key_positions: vec![0],
             key_exprs: vec![name.clone()],
             deferred: Vec::new(),
+            anchored: Vec::new(),
             is_virtual: false,
             read_from: self.shape.read_from.clone(),
         };
@@ -769,6 +785,7 @@ impl Comparison<'_> {
             key_positions: (0..s.key_positions.len()).collect(),
             key_exprs: s.key_exprs.clone(),
             deferred: Vec::new(),
+            anchored: Vec::new(),
             is_virtual: s.is_virtual,
             read_from: s.read_from.clone(),
         }

@@ -28,6 +28,8 @@
 //!   corrupt and locked sources are refused; the source is never changed; the token never leaks.
 //! - `transform`: renamed, dropped, computed and filtered tables and columns arrive as the
 //!   transformed source (`sqldiff`), validate, and bad transforms are refused before any write.
+//! - `shapes`: NOT NULL foreign-key cycles and tables at the column limit migrate, validate in
+//!   full and roll back exactly.
 
 #[path = "suite/harness.rs"]
 mod harness;
@@ -74,5 +76,7 @@ mod fleet;
 #[path = "suite/interface.rs"]
 mod interface;
 
+#[path = "suite/shapes.rs"]
+mod shapes;
 #[path = "suite/transform.rs"]
 mod transform;
