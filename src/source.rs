@@ -105,7 +105,7 @@ pub fn page_sql(
         conditions.push(format!("({keys}) > ({marks})"));
     }
     if !filter.is_empty() {
-        conditions.push(filter.to_string());
+        conditions.push(format!("({filter})"));
     }
     let mut sql = format!("SELECT {columns} FROM {}", shape.read_from);
     if !conditions.is_empty() {

@@ -30,6 +30,8 @@
 //!   transformed source (`sqldiff`), validate, and bad transforms are refused before any write.
 //! - `shapes`: NOT NULL foreign-key cycles and tables at the column limit migrate, validate in
 //!   full and roll back exactly.
+//! - `random_schemas`: random legal databases (proptest) migrate, validate in full and roll back
+//!   `sqldiff`-identical, with the same `sqlite_master`.
 
 #[path = "suite/harness.rs"]
 mod harness;
@@ -80,3 +82,6 @@ mod interface;
 mod shapes;
 #[path = "suite/transform.rs"]
 mod transform;
+
+#[path = "suite/random_schemas.rs"]
+mod random_schemas;

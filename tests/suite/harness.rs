@@ -127,6 +127,12 @@ impl LocalD1 {
         }
     }
 
+    /// A server for `ids` that workerd serves itself (no request log, no faults), for tests that
+    /// need databases of their own.
+    pub fn unlogged(ids: &[String]) -> LocalD1 {
+        LocalD1::launch(ids, None, false)
+    }
+
     /// The server shared by the tests of this process, with many empty databases. workerd
     /// serves it with no front end of ours, as in the benchmark (so it keeps no request log).
     pub fn shared() -> &'static LocalD1 {

@@ -455,3 +455,61 @@ fn the_dry_run_names_the_key_of_every_oversize_row_and_counts_them() {
         stderr(&out)
     );
 }
+
+/// Runs `run` and fails the test when it has not ended within `seconds` (it is killed).
+fn within(run: Run, seconds: u64) -> std::process::Output {
+    let mut child = run
+        .command()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the run did not end within {seconds} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Found by the random schemas: the keys pass of a table with two deferred keys read
+/// `WHERE key > ? AND a IS NOT NULL OR b IS NOT NULL`, so every batch started over and the run
+/// never ended.
+#[test]
+fn a_table_with_two_deferred_keys_over_many_batches_loads_once() {
+    let (d1, db, dir) = fresh();
+    let mut sql = String::from(
+        "PRAGMA foreign_keys = OFF;
+         CREATE TABLE node (id INTEGER PRIMARY KEY, up INTEGER REFERENCES node, side INTEGER REFERENCES node);
+         BEGIN;",
+    );
+    for i in 0..300 {
+        sql.push_str(&format!(
+            "INSERT INTO node VALUES ({i}, {}, {});",
+            if i % 3 == 0 {
+                "NULL".to_string()
+            } else {
+                ((i + 7) % 300).to_string()
+            },
+            (i * 11) % 300
+        ));
+    }
+    sql.push_str("COMMIT;");
+    let source = create(dir.path(), "two-deferred.sqlite", &sql);
+    let out = within(
+        Run::new(d1, &db, &source)
+            .env("MIGRATION_BATCH_SIZE", "64")
+            .env("MIGRATION_VALIDATE_ALL_ROWS", "true"),
+        120,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let diff = sqldiff(&source, d1.file(&db));
+    assert!(diff.is_empty(), "{}", diff.join("\n"));
+}
