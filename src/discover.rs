@@ -144,6 +144,34 @@ impl Table {
     pub fn is_virtual(&self) -> bool {
         matches!(self.kind, TableKind::Virtual { .. })
     }
+
+    /// For an FTS5 table with external content (`content=<table>`), that table's name. Such an
+    /// index is derived from its content table: it is rebuilt there (`'rebuild'`), not copied.
+    pub fn external_content(&self) -> Option<String> {
+        self.fts5_option("content").filter(|v| !v.is_empty())
+    }
+
+    /// An FTS5 table that keeps its content (its own or an external table's), so that
+    /// `'rebuild'` can make its index again; a contentless one (`content=''`) cannot.
+    pub fn fts5_with_content(&self) -> bool {
+        matches!(&self.kind, TableKind::Virtual { module } if module == "fts5")
+            && self.fts5_option("content").is_none_or(|v| !v.is_empty())
+    }
+
+    /// The value of an FTS5 table's `key=value` option, unquoted.
+    fn fts5_option(&self, key: &str) -> Option<String> {
+        if !matches!(&self.kind, TableKind::Virtual { module } if module == "fts5") {
+            return None;
+        }
+        let open = self.sql.find('(')?;
+        let args = &self.sql[open + 1..self.sql.rfind(')')?];
+        split_arguments(args).into_iter().find_map(|arg| {
+            let (k, value) = arg.split_once('=')?;
+            k.trim()
+                .eq_ignore_ascii_case(key)
+                .then(|| unquote(value.trim()))
+        })
+    }
 }
 
 /// An index, view or trigger, created after the data.
@@ -356,6 +384,38 @@ fn unique_sets(db: &dyn Catalog, table: &str) -> Result<Vec<Vec<String>>> {
     Ok(out.into_iter().map(|(_, cols)| cols).collect())
 }
 
+/// The arguments of a module call, split at the commas outside quotes and brackets.
+fn split_arguments(args: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut quote: Option<char> = None;
+    for c in args.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q || (q == '[' && c == ']') => quote = None,
+            (None, '\'' | '"' | '`' | '[') => quote = Some(c),
+            (None, ',') => {
+                out.push(String::new());
+                continue;
+            }
+            _ => {}
+        }
+        out.last_mut().expect("one argument").push(c);
+    }
+    out
+}
+
+/// A bare, quoted (`'x'`, `"x"`, `` `x` ``) or bracketed name as it is.
+fn unquote(text: &str) -> String {
+    let mut chars = text.chars();
+    match (chars.next(), text.chars().last()) {
+        (Some(q @ ('\'' | '"' | '`')), Some(e)) if e == q && text.len() >= 2 => {
+            let inner = &text[1..text.len() - 1];
+            inner.replace(&format!("{q}{q}"), &q.to_string())
+        }
+        (Some('['), Some(']')) => text[1..text.len() - 1].to_string(),
+        _ => text.to_string(),
+    }
+}
+
 /// The INTEGER PRIMARY KEY column that is the rowid, if any.
 fn rowid_alias(columns: &[Column]) -> Option<String> {
     let pk: Vec<&Column> = columns.iter().filter(|c| c.pk > 0).collect();
@@ -433,6 +493,37 @@ mod tests {
         assert_eq!(
             virtual_module("create virtual table r using RTree_i32(id, a, b)"),
             "rtree_i32"
+        );
+    }
+
+    #[test]
+    fn external_content_is_read_from_the_fts5_arguments() {
+        let t = |sql: &str| Table {
+            name: "f".into(),
+            sql: sql.into(),
+            kind: TableKind::Virtual {
+                module: "fts5".into(),
+            },
+            columns: vec![],
+            foreign_keys: vec![],
+            unique: vec![],
+        };
+        assert_eq!(
+            t("CREATE VIRTUAL TABLE f USING fts5(\"a, b\", content='it''s', content_rowid='id')")
+                .external_content(),
+            Some("it's".to_string())
+        );
+        assert_eq!(
+            t("CREATE VIRTUAL TABLE f USING fts5(a, content = docs)").external_content(),
+            Some("docs".to_string())
+        );
+        assert_eq!(
+            t("CREATE VIRTUAL TABLE f USING fts5(a, content='')").external_content(),
+            None
+        );
+        assert_eq!(
+            t("CREATE VIRTUAL TABLE f USING fts5(a, b)").external_content(),
+            None
         );
     }
 

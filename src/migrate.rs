@@ -148,6 +148,17 @@ pub fn forward(
             transformed.adapt(shape);
         }
     }
+    // FTS5 indexes of external content are rebuilt from their content table, not copied.
+    let external: Vec<String> = fill
+        .iter()
+        .filter(|w| {
+            schema
+                .table(&w.shape.table)
+                .is_some_and(|t| t.external_content().is_some())
+        })
+        .map(|w| w.shape.table.clone())
+        .collect();
+    fill.retain(|w| !external.contains(&w.shape.table));
     let mut rows = HashMap::new();
     for w in work.iter().chain(&fill).filter(|w| !w.done) {
         rows.insert(
@@ -184,7 +195,36 @@ pub fn forward(
             .map(|t| ("table", t.name.as_str(), t.sql.as_str())),
         &existing,
     )?);
+    // An FTS5 index filled over several requests (D1 transactions) holds several segments where
+    // the source, filled at once, holds one: rebuilt, it is the same as the source's.
+    let resumed: Vec<String> = fill
+        .iter()
+        .filter(|w| !w.done && state.resume_after(&w.shape.table).is_some())
+        .map(|w| w.shape.table.clone())
+        .collect();
     failed.extend(run_work(&ctx, &fill, &mut report.tables)?);
+    let mut rebuilt = external.clone();
+    rebuilt.extend(fill.iter().filter_map(|w| {
+        let name = &w.shape.table;
+        let table = schema.table(name)?;
+        let requests = report
+            .tables
+            .iter()
+            .find(|s| &s.table == name)
+            .map_or(0, |s| s.requests);
+        (table.fts5_with_content() && (requests > 1 || resumed.contains(name)))
+            .then(|| name.clone())
+    }));
+    for name in &rebuilt {
+        let phase = format!("rebuild {name}");
+        if !state.phase_done(&phase) {
+            let q = quote_ident(name);
+            client
+                .execute(&[format!("INSERT INTO {q}({q}) VALUES ('rebuild')")])
+                .map_err(|f| Error::Refused(format!("rebuilding {name:?} on D1: {}", f.error)))?;
+            state.set_phase_done(&phase)?;
+        }
+    }
 
     report.objects_created.extend(create_missing(
         client,

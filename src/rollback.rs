@@ -130,6 +130,16 @@ fn write_all(
             .map_err(|e| Error::from(e).in_table(&t.name))?;
     }
     copy_rows(config, client, progress, schema, &tx, only_missing, report)?;
+    // FTS5 indexes of external content are rebuilt from their content table, not copied.
+    for t in schema
+        .tables
+        .iter()
+        .filter(|t| t.external_content().is_some())
+    {
+        let q = quote_ident(&t.name);
+        tx.execute_batch(&format!("INSERT INTO {q}({q}) VALUES ('rebuild')"))
+            .map_err(|e| Error::from(e).in_table(&t.name))?;
+    }
     write_sequence(&tx, schema, only_missing)?;
     for (_, sql) in &triggers {
         tx.execute_batch(sql)?;
@@ -210,6 +220,9 @@ fn copy_rows(
     // Large tables with integer keys are read in key segments at once.
     let mut jobs: Vec<(usize, Option<i64>, Option<i64>)> = Vec::new();
     for (i, s) in shapes.iter().enumerate() {
+        if schema.tables[i].external_content().is_some() {
+            continue; // rebuilt from its content table once that is written
+        }
         let segments = if schema.tables[i].key_columns().len() == 1
             && !matches!(
                 schema.tables[i].kind,

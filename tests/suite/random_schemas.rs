@@ -14,7 +14,7 @@
 //! the sizes and switches of a failing case; the failure prints the knobs to replay it with
 //! `D1M_FUZZ_REPLAY`.
 //!
-//! `D1M_FUZZ_CASES` (default 12) cases run, from `D1M_FUZZ_SEED` (default fixed, so
+//! `D1M_FUZZ_CASES` (default 32) cases run, from `D1M_FUZZ_SEED` (default fixed, so
 //! `scripts/test` is reproducible), within `D1M_FUZZ_SECONDS` (default 150). `scripts/fuzz` runs
 //! many more from a random seed.
 
@@ -1203,7 +1203,7 @@ fn random_legal_databases_round_trip_exactly() {
         }
         return;
     }
-    let cases = env_number("D1M_FUZZ_CASES", 12) as u32;
+    let cases = env_number("D1M_FUZZ_CASES", 32) as u32;
     let seed = env_number("D1M_FUZZ_SEED", 0x5eed);
     let budget = Duration::from_secs(env_number("D1M_FUZZ_SECONDS", 150));
     let verbose = std::env::var("D1M_FUZZ_VERBOSE").is_ok();
