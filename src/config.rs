@@ -185,6 +185,24 @@ pub struct Config {
 }
 
 impl Config {
+    /// The direction as reports name it.
+    pub fn direction_name(&self) -> &'static str {
+        match self.direction {
+            Direction::SqliteToD1 => "sqlite-to-d1",
+            Direction::D1ToSqlite => "d1-to-sqlite",
+        }
+    }
+
+    /// The mode as reports name it; a dry run of any mode is `dry-run`.
+    pub fn mode_name(&self) -> &'static str {
+        match self.mode {
+            _ if self.dry_run => "dry-run",
+            RunMode::Migrate => "migrate",
+            RunMode::Validate => "validate",
+            RunMode::Sync => "sync",
+        }
+    }
+
     /// What the source goes through on its way to D1: transform, FTS conversion, selection.
     pub fn reshape(&self) -> Reshape<'_> {
         Reshape {

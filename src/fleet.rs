@@ -87,7 +87,6 @@ pub fn read_manifest(path: &Path) -> Result<Vec<Line>> {
                 headers.iter().collect::<Vec<_>>().join(",")
             )));
         }
-        let _ = needed;
     }
     if let Some(other) = headers
         .iter()
@@ -297,6 +296,8 @@ struct Prepared {
     database_id: Option<String>,
     config: Option<Config>,
     problem: Option<String>,
+    /// Why the line is not run, when that is no failure (a dry run's database to create).
+    skip: Option<String>,
 }
 
 /// Runs every line of `manifest` with `base`'s settings.
@@ -306,17 +307,8 @@ pub fn run_fleet(base: &Config, manifest: &Path) -> FleetOutcome {
         schema_version: SCHEMA_VERSION,
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         manifest: manifest.display().to_string(),
-        direction: match base.direction {
-            Direction::SqliteToD1 => "sqlite-to-d1".into(),
-            Direction::D1ToSqlite => "d1-to-sqlite".into(),
-        },
-        mode: match base.mode {
-            _ if base.dry_run => "dry-run".into(),
-            RunMode::Migrate => "migrate".into(),
-            RunMode::Validate => "validate".into(),
-            #[allow(unreachable_patterns)]
-            _ => "other".into(),
-        },
+        direction: base.direction_name().into(),
+        mode: base.mode_name().into(),
         success: false,
         duration_ms: 0,
         parallel_databases: base.parallel_databases,
@@ -387,9 +379,17 @@ pub fn run_fleet(base: &Config, manifest: &Path) -> FleetOutcome {
         );
     }
 
-    // Databases to create, now that every line is known to be runnable.
+    // Databases to create, now that every line is known to be runnable. A dry run or a
+    // validation writes nothing: its lines without a database are reported, not run.
     let mut created = 0;
+    let writes = !base.dry_run && base.mode != RunMode::Validate;
     for p in prepared.iter_mut().filter(|p| p.database_id.is_none()) {
+        if !writes {
+            p.config = None;
+            p.skip =
+                Some("not run: the database does not exist yet (a run would create it)".into());
+            continue;
+        }
         match account.create_database(&p.line.database, base.d1_location.as_deref()) {
             Ok(info) => {
                 log::info(&format!(
@@ -499,6 +499,9 @@ fn not_run(p: &Prepared, why: &str) -> DatabaseRun {
 /// Runs one line through the single-database pipeline.
 fn run_line(p: &Prepared, limiter: &Arc<RateLimiter>, rows: &Arc<AtomicU64>) -> DatabaseRun {
     let started = Instant::now();
+    if let Some(why) = &p.skip {
+        return not_run(p, why);
+    }
     let Some(config) = &p.config else {
         let mut run = not_run(p, "failed");
         run.exit_code = 1;
@@ -511,7 +514,7 @@ fn run_line(p: &Prepared, limiter: &Arc<RateLimiter>, rows: &Arc<AtomicU64>) -> 
         limiter.clone(),
     );
     let progress = Progress::counting(rows.clone());
-    let outcome = crate::run_with(config, &client, &progress);
+    let outcome = crate::run::run_with(config, &client, &progress);
     let exit_code = outcome.exit_code();
     DatabaseRun {
         line: p.line.number,
@@ -545,8 +548,17 @@ fn prepare(base: &Config, lines: &[Line], account: &D1Client) -> Result<Vec<Prep
         Vec::new()
     };
     let mut out = Vec::new();
+    let mut writers: HashMap<PathBuf, usize> = HashMap::new();
     for line in lines {
         let mut problems: Vec<String> = Vec::new();
+        if base.direction == Direction::D1ToSqlite {
+            if let Some(first) = writers.insert(line.sqlite_path.clone(), line.number) {
+                problems.push(format!(
+                    "line {first} writes the same file, {}; one file per line",
+                    line.sqlite_path.display()
+                ));
+            }
+        }
         let database_id = if looks_like_id(&line.database) {
             Some(line.database.clone())
         } else {
@@ -611,6 +623,7 @@ fn prepare(base: &Config, lines: &[Line], account: &D1Client) -> Result<Vec<Prep
             database_id,
             config,
             problem,
+            skip: None,
         });
     }
     Ok(out)

@@ -7,7 +7,8 @@
 //! `target` holding the target's schema and `fit` comparing the source's with the schema D1
 //! already has; then `validate`. `migrate` wires the forward run,
 //! `dryrun` the same pipeline with a counting end, `rollback` the reverse one; `config` reads
-//! the environment, `report` and `progress` tell what happened.
+//! the environment, `report` and `progress` tell what happened. `run` picks the run the
+//! configuration asks for; `fleet` runs many (MIGRATION_MANIFEST), each through `run`.
 #![forbid(unsafe_code)]
 
 pub mod compat;
@@ -31,6 +32,7 @@ pub mod progress;
 pub mod remote;
 pub mod report;
 pub mod rollback;
+pub mod run;
 pub mod sides;
 pub mod source;
 pub mod state;
@@ -41,150 +43,4 @@ pub mod validate;
 pub mod value;
 pub mod wrangler;
 
-use std::time::Instant;
-
-use config::{Config, Direction, RunMode};
-use d1::D1Client;
-use error::Error;
-use progress::{Mode, Progress};
-use report::Report;
-
-/// How a run ended: its report, and the error that stopped it, if any.
-pub struct Outcome {
-    pub report: Report,
-    pub error: Option<Error>,
-}
-
-impl Outcome {
-    /// The process exit status.
-    pub fn exit_code(&self) -> u8 {
-        match &self.error {
-            Some(e) => e.exit_code(),
-            None => 0,
-        }
-    }
-}
-
-/// Compares the SQLite file and the D1 database, source against target.
-fn validation(config: &Config, client: &D1Client) -> Result<validate::Validation, Error> {
-    let sides = sides::Sides::open(config, client)?;
-    validate::validate(
-        sides.source(),
-        sides.target(),
-        &sides.source_schema,
-        &sides.target_schema,
-        sides::options(config, config.validate_all_rows),
-        config.parallel_tables,
-    )
-}
-
-/// Sets the log level the configuration asks for.
-pub fn set_log_level(config: &Config) {
-    log::set_level(if config.quiet {
-        log::Level::Error
-    } else {
-        config.log_level
-    });
-}
-
-/// Runs what the configuration asks for and writes the report.
-pub fn run(config: &Config) -> Outcome {
-    set_log_level(config);
-    let progress = Progress::new(Mode::detect(config.quiet), 0);
-    let client = D1Client::new(config.endpoint.clone(), config.retry.clone());
-    run_with(config, &client, &progress)
-}
-
-/// Runs one migration on `client`, counting on `progress` (a manifest runs many at once).
-pub fn run_with(config: &Config, client: &D1Client, progress: &Progress) -> Outcome {
-    let started = Instant::now();
-    if config.direction == Direction::D1ToSqlite && config.transform.is_some() {
-        log::warn("MIGRATION_TRANSFORM is ignored by a rollback: it writes what D1 holds");
-    }
-    let direction = match config.direction {
-        Direction::SqliteToD1 => "sqlite-to-d1",
-        Direction::D1ToSqlite => "d1-to-sqlite",
-    };
-    let mode = match config.mode {
-        _ if config.dry_run => "dry-run",
-        RunMode::Migrate => "migrate",
-        RunMode::Validate => "validate",
-        RunMode::Sync => "sync",
-    };
-    let mut report = Report::new(direction, mode);
-    if config.mode == RunMode::Sync {
-        // A sync validates every row itself at its end; its dry run stops before writing.
-        let result = sync::sync(config, client, progress, &mut report);
-        progress.finish();
-        return finish(config, report, result, client, started);
-    }
-    if config.dry_run {
-        let result = dryrun::dry_run(config, client).and_then(|plan| {
-            let ok = plan.would_succeed;
-            report.dry_run = Some(plan);
-            if ok {
-                Ok(())
-            } else {
-                Err(Error::Refused(
-                    "the dry run found problems the real run would not get past".into(),
-                ))
-            }
-        });
-        return finish(config, report, result, client, started);
-    }
-    let copied = match (config.direction, config.mode) {
-        (_, RunMode::Validate | RunMode::Sync) => Ok(()),
-        (Direction::SqliteToD1, RunMode::Migrate) => {
-            migrate::forward(config, client, progress, &mut report)
-        }
-        (Direction::D1ToSqlite, RunMode::Migrate) => {
-            rollback::rollback(config, client, progress, &mut report)
-        }
-    };
-    let result = copied.and_then(|()| {
-        if config.mode == RunMode::Validate || config.validate {
-            let validation = validation(config, client)?;
-            let verdict = validation.verdict();
-            report.validation = Some(validation);
-            return verdict;
-        }
-        Ok(())
-    });
-    progress.finish();
-    finish(config, report, result, client, started)
-}
-
-/// Completes the report with the client's counters, writes it, and returns the outcome.
-fn finish(
-    config: &Config,
-    mut report: Report,
-    result: Result<(), Error>,
-    client: &D1Client,
-    started: Instant,
-) -> Outcome {
-    let counters = &client.counters;
-    report.http_requests = counters.requests.load(std::sync::atomic::Ordering::Relaxed);
-    report.retries = counters.retries.load(std::sync::atomic::Ordering::Relaxed);
-    report.bytes_sent = counters
-        .bytes_sent
-        .load(std::sync::atomic::Ordering::Relaxed);
-    report.d1_rows_read = counters
-        .rows_read
-        .load(std::sync::atomic::Ordering::Relaxed);
-    report.d1_rows_written = counters
-        .rows_written
-        .load(std::sync::atomic::Ordering::Relaxed);
-    report.duration_ms = started.elapsed().as_millis() as u64;
-    report.total();
-    report.success = result.is_ok();
-    let mut error = result.err();
-    if let Some(e) = &error {
-        report.error = Some(e.to_string());
-    }
-    if let Some(path) = &config.report {
-        if let Err(e) = report.write(path) {
-            error.get_or_insert(e);
-        }
-    }
-    Outcome { report, error }
-}
+pub use run::{run, run_with, set_log_level, Outcome};

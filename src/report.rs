@@ -7,6 +7,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::diff::TableChanges;
 use crate::error::{Error, Result};
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -52,6 +53,20 @@ impl AddAssign<&TableStats> for TableStats {
     }
 }
 
+/// What a sync found and did, for the report.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct SyncReport {
+    /// Whether rows only the target holds were deleted (`MIGRATION_SYNC_DELETE`).
+    pub delete: bool,
+    /// Per table, the differences found (counts and first keys).
+    pub tables: Vec<TableChanges>,
+    /// Rows only the target holds, left there because deletes were not asked for.
+    pub deletes_pending: u64,
+    /// Triggers on the target kept from firing (dropped and created again around the writes).
+    pub triggers_suspended: Vec<String>,
+    pub sequence_updated: bool,
+}
+
 /// The whole run.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
@@ -82,7 +97,7 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<crate::dryrun::DryRun>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sync: Option<crate::sync::SyncReport>,
+    pub sync: Option<SyncReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// D1's Time Travel bookmark taken before this run's first write, and the command that
@@ -233,7 +248,7 @@ impl Report {
 impl Report {
     /// A sync's summary: per table what differed and what was written; a dry run's lists the
     /// first keys of each kind.
-    fn sync_summary(&self, sync: &crate::sync::SyncReport) -> String {
+    fn sync_summary(&self, sync: &SyncReport) -> String {
         let dry = self.mode == "dry-run";
         let mut out = String::new();
         let verdict = |table: &str| match &self.validation {

@@ -20,8 +20,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use serde::Serialize;
-
 use crate::config::{Config, Direction};
 use crate::d1::D1Client;
 use crate::diff::{diff_table, TableChanges, TableDiff};
@@ -36,27 +34,13 @@ use crate::pack::{
 use crate::plan::plan;
 use crate::produce::{Pass, Work};
 use crate::progress::Progress;
-use crate::report::{Report, TableStats};
+use crate::report::{Report, SyncReport, TableStats};
 use crate::sides::{options, Sides};
 use crate::source::to_sql;
 use crate::state::{Fingerprint, State};
 use crate::target::{copy_sequence, if_not_exists};
 use crate::validate::{validate_rechecked, Options, Recheck};
 use crate::value::{quote_ident, Value};
-
-/// What a sync found and did, for the report.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct SyncReport {
-    /// Whether rows only the target holds were deleted (`MIGRATION_SYNC_DELETE`).
-    pub delete: bool,
-    /// Per table, the differences found (counts and first keys).
-    pub tables: Vec<TableChanges>,
-    /// Rows only the target holds, left there because deletes were not asked for.
-    pub deletes_pending: u64,
-    /// Triggers on the target kept from firing (dropped and created again around the writes).
-    pub triggers_suspended: Vec<String>,
-    pub sequence_updated: bool,
-}
 
 /// One table of the sync, in write order.
 struct Item<'s> {

@@ -322,3 +322,42 @@ fn one_file_split_into_a_database_per_tenant_by_each_lines_transform() {
         assert_eq!((items, others), (150, 0), "{name}");
     }
 }
+
+#[test]
+fn a_dry_run_of_a_manifest_creates_no_database_and_two_rollback_lines_may_not_share_a_file() {
+    let d1 = server();
+    let dir = tempfile::tempdir().unwrap();
+    let (manifest, _) = tenants(dir.path(), &["dry-a", "dry-b"]);
+    let before = databases(&d1).len();
+    let report = dir.path().join("dry.json");
+    let out = output({
+        let mut c = fleet(&d1, &manifest, &dir.path().join("state"));
+        c.env("MIGRATION_CREATE_DATABASES", "true")
+            .env("MIGRATION_DRY_RUN", "true")
+            .env("MIGRATION_REPORT", &report);
+        c
+    });
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(databases(&d1).len(), before, "a dry run creates nothing");
+    let r = read_json(&report);
+    assert_eq!(r["mode"], "dry-run");
+    assert_eq!(r["totals"]["not_run"], 2, "{r}");
+
+    let back = dir.path().join("back.csv");
+    std::fs::write(
+        &back,
+        "sqlite_path,database\nsame.sqlite,dry-a\nsame.sqlite,dry-b\n",
+    )
+    .unwrap();
+    let out = output({
+        let mut c = fleet(&d1, &back, &dir.path().join("state"));
+        c.env("MIGRATION_DIRECTION", "d1-to-sqlite");
+        c
+    });
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("line 2 writes the same file"),
+        "{}",
+        stderr(&out)
+    );
+}
