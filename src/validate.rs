@@ -411,8 +411,18 @@ pub fn validate_rechecked(
         out.sort_by_key(|(i, _)| *i);
         out.into_iter().map(|(_, r)| r).collect()
     };
-    let tables = results.into_iter().collect::<Result<Vec<_>>>()?;
-    let index_problems = compare_indexes(source_schema, target_schema);
+    let mut tables = results.into_iter().collect::<Result<Vec<_>>>()?;
+    let (index_problems, extra_indexes) = compare_indexes(source_schema, target_schema);
+    // The target's own indexes (an application's schema) are told with their table, not failed.
+    for (table, index) in extra_indexes {
+        if let Some(t) = tables
+            .iter_mut()
+            .find(|t| t.table.eq_ignore_ascii_case(&table))
+        {
+            t.warnings
+                .push(format!("index {index:?} exists only on the target"));
+        }
+    }
     Ok(Validation {
         ok: tables.iter().all(|t| t.ok) && index_problems.is_empty(),
         full: options.all_rows,
@@ -515,30 +525,32 @@ fn compare_schema(source: &Table, target: &Table, label: &str) -> Vec<String> {
 }
 
 /// Indexes that exist on one side and not the other.
-fn compare_indexes(source: &Schema, target: &Schema) -> Vec<String> {
-    let names = |s: &Schema| -> Vec<String> {
-        let mut n: Vec<String> = s
+/// Indexes of the source missing from the target (problems), and the target's indexes the
+/// source lacks, as (table, index).
+fn compare_indexes(source: &Schema, target: &Schema) -> (Vec<String>, Vec<(String, String)>) {
+    let names = |s: &Schema| -> Vec<(String, String)> {
+        let mut n: Vec<(String, String)> = s
             .objects
             .iter()
             .filter(|o| o.kind == "index" && source.table(&o.table).is_some())
-            .map(|o| o.name.to_lowercase())
+            .map(|o| (o.name.to_lowercase(), o.table.clone()))
             .collect();
         n.sort();
         n
     };
     let (a, b) = (names(source), names(target));
-    let mut problems = Vec::new();
-    for n in &a {
-        if !b.contains(n) {
-            problems.push(format!("index {n:?} is missing from the target"));
-        }
-    }
-    for n in &b {
-        if !a.contains(n) {
-            problems.push(format!("index {n:?} exists only on the target"));
-        }
-    }
-    problems
+    let has = |list: &[(String, String)], name: &str| list.iter().any(|(n, _)| n == name);
+    let problems = a
+        .iter()
+        .filter(|(n, _)| !has(&b, n))
+        .map(|(n, _)| format!("index {n:?} is missing from the target"))
+        .collect();
+    let extra = b
+        .iter()
+        .filter(|(n, _)| !has(&a, n))
+        .map(|(n, t)| (t.clone(), n.clone()))
+        .collect();
+    (problems, extra)
 }
 
 /// The canonical bytes of a row, and of its key.

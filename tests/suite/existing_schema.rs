@@ -208,7 +208,10 @@ fn apply_migrations(d1: &LocalD1, db: &str, ddl: &[String]) {
 fn a_schema_the_app_migrated_is_filled_as_it_exists() {
     let (d1, db, dir) = fresh();
     let source = sample_with_history(dir.path());
-    apply_migrations(d1, &db, &app_schema(&source, "products", "customers"));
+    let mut ddl = app_schema(&source, "products", "customers");
+    // An index of the application's own: kept, and no difference for validation.
+    ddl.push("create index customers_by_name on customers (name)".into());
+    apply_migrations(d1, &db, &ddl);
 
     // The dry run says what the run will do with each table.
     let dry = Run::new(d1, &db, &source)
@@ -248,6 +251,16 @@ fn a_schema_the_app_migrated_is_filled_as_it_exists() {
     );
     let report = read_json(&report);
     assert_eq!(report["validation"]["ok"], true, "{report}");
+    let customers = report["validation"]["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "customers")
+        .unwrap();
+    assert_eq!(
+        customers["warnings"],
+        serde_json::json!(["index \"customers_by_name\" exists only on the target"])
+    );
     assert_source_columns_equal(&source, d1.file(&db));
     // D1's own column is left NULL; wrangler's history gains the source's entry it lacked, by
     // name, and keeps its own as they were.
