@@ -518,3 +518,77 @@ fn a_client_gone_mid_request_leaves_the_server_serving() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert_eq!(d1.sql("gone", &["SELECT 1"])[0], json!([[1]]));
 }
+
+#[test]
+fn the_import_flow_answers_errors_as_d1_does_and_a_failed_import_changes_nothing() {
+    let d1 = LocalD1::shared();
+    let db = d1.fresh_database();
+    d1.sql(&db, &["CREATE TABLE t(x)", "INSERT INTO t VALUES (1)"]);
+    let import = |body: serde_json::Value| {
+        let (status, answer) = d1.call(
+            "POST",
+            &format!("/accounts/{ACCOUNT}/d1/database/{db}/import"),
+            Some(body),
+        );
+        assert_eq!(status, 200, "{answer}");
+        answer["result"].clone()
+    };
+    let nothing = import(json!({"action": "poll", "current_bookmark": "x"}));
+    assert_eq!(
+        nothing,
+        json!({"success": false, "error": "Not currently importing anything."})
+    );
+    let etag = "0123456789abcdef0123456789abcdef";
+    let not_uploaded = import(json!({"action": "ingest", "etag": etag, "filename": "f"}));
+    assert_eq!(not_uploaded["success"], false, "{not_uploaded}");
+    let (status, bad) = d1.call(
+        "POST",
+        &format!("/accounts/{ACCOUNT}/d1/database/{db}/import"),
+        Some(json!({"action": "init", "etag": "not-an-md5"})),
+    );
+    assert_eq!(status, 400, "{bad}");
+
+    // A file whose second statement fails: the import errs and the first is undone.
+    let sql = "INSERT INTO t VALUES (2);\nINSERT INTO missing VALUES (3);\n";
+    let md5 = md5_hex(sql.as_bytes());
+    let init = import(json!({"action": "init", "etag": md5}));
+    let upload_url = init["upload_url"].as_str().unwrap().to_string();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let forged = agent.put(&format!("{}x", upload_url)).send(sql).unwrap();
+    assert_eq!(
+        forged.status().as_u16(),
+        403,
+        "a URL without its nonce is refused"
+    );
+    let put = agent.put(&upload_url).send(sql).unwrap();
+    assert_eq!(put.status().as_u16(), 200);
+    assert_eq!(
+        put.headers().get("etag").unwrap().to_str().unwrap(),
+        format!("\"{md5}\"")
+    );
+    let mut answer = import(json!({"action": "ingest", "etag": md5, "filename": init["filename"]}));
+    while answer["status"] == "active" {
+        answer = import(json!({"action": "poll", "current_bookmark": answer["at_bookmark"]}));
+    }
+    assert_eq!(answer["status"], "error", "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("no such table: missing"),
+        "{answer}"
+    );
+    assert_eq!(d1.sql(&db, &["SELECT x FROM t"])[0], json!([[1]]));
+}
+
+/// MD5 in hex, as D1's import names a file by it.
+fn md5_hex(bytes: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    Md5::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
