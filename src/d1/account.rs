@@ -233,6 +233,12 @@ impl D1Client {
         let mut attempt = 0u32;
         loop {
             self.wait_for_rate_limit();
+            self.counters
+                .requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.counters
+                .bytes_sent
+                .fetch_add(sql.len() as u64, std::sync::atomic::Ordering::Relaxed);
             let outcome = self.agent.put(upload_url).send(sql.as_bytes());
             let verdict = match outcome {
                 Ok(response) if response.status().as_u16() == 200 => {
