@@ -153,11 +153,12 @@ impl State {
     }
 
     /// Opens the state of this migration named `kind` in `dir` (`checkpoint` for the copy;
-    /// a sync keeps its own, `sync`, beside it), and locks it.
+    /// a sync keeps its own, `sync`, beside it), and locks it. Every kind takes the
+    /// migration's one lock, so a sync and a copy of the same migration refuse each other.
     pub fn open_kind(dir: &Path, kind: &str, fingerprint: Fingerprint) -> Result<State> {
         let id = fingerprint.migration_id();
         let path = dir.join(format!("{kind}-{id}.json"));
-        let lock_path = dir.join(format!("{kind}-{id}.lock"));
+        let lock_path = dir.join(format!("checkpoint-{id}.lock"));
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| Error::Io { path, source }
@@ -169,12 +170,17 @@ impl State {
         }
         let checkpoint = match std::fs::read_to_string(&path) {
             Ok(text) => {
-                let found: Checkpoint = serde_json::from_str(&text).map_err(|e| {
+                let mut found: Checkpoint = serde_json::from_str(&text).map_err(|e| {
                     Error::Refused(format!(
                         "the checkpoint {} cannot be read ({e}); remove it to start over",
                         path.display()
                     ))
                 })?;
+                // A sync's state holds no progress, only the triggers it dropped: those stay
+                // to be created again whatever tables or transform this run selects.
+                if kind != "checkpoint" && found.fingerprint.same_migration(&fingerprint) {
+                    found.fingerprint = fingerprint.clone();
+                }
                 if found.fingerprint != fingerprint {
                     return Err(Error::Refused(format!(
                         "the checkpoint {} of this migration was written for another run ({}); \

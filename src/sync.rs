@@ -101,16 +101,29 @@ pub fn sync(
                 report.take_bookmark(client);
             }
             let dropped = suspend_d1_triggers(client, &state, &suspended, writes)?;
-            if writes {
-                write_d1(config, client, progress, &state, &items, &diffs, report)?;
-            }
-            if sequence_differs {
-                copy_sequence(client, schema)?;
-            }
-            resume_d1_triggers(client, &state, &dropped)?;
+            // The triggers are created again whatever the writes did: a failed write must not
+            // leave the live database without them until a rerun.
+            let written = if writes {
+                write_d1(config, client, progress, &state, &items, &diffs, report)
+            } else {
+                Ok(())
+            };
+            let written = written.and_then(|()| {
+                if sequence_differs {
+                    copy_sequence(client, schema)
+                } else {
+                    Ok(())
+                }
+            });
+            let resumed = resume_d1_triggers(client, &state, &dropped);
             if let Some(s) = report.sync.as_mut() {
                 s.triggers_suspended = dropped.into_iter().map(|(n, _)| n).collect();
             }
+            if let (Err(_), Err(e)) = (&written, &resumed) {
+                log::warn(&e.to_string());
+            }
+            written?;
+            resumed?;
         }
         Direction::D1ToSqlite => {
             if writes || sequence_differs {
@@ -286,7 +299,8 @@ fn triggers_on<'s>(target: &'s Schema, items: &[Item]) -> Vec<&'s SchemaObject> 
         .collect()
 }
 
-/// What a sync's state must match: the same source, target and table selection.
+/// What a sync's state belongs to; only the migration's identity (source, API, account,
+/// database) must match on a rerun, so the triggers it recorded survive another selection.
 fn fingerprint(config: &Config) -> Fingerprint {
     Fingerprint {
         source: std::fs::canonicalize(&config.sqlite_path)
@@ -611,9 +625,13 @@ fn write_sqlite(
                 "DELETE FROM sqlite_sequence WHERE name IN ({})",
                 names.join(", ")
             ))?;
+            // D1's rowids are kept where they are free (as `copy_sequence` does forward): a
+            // sequence row of a table outside the selection may hold one, and then SQLite
+            // numbers the row.
             for s in &schema.sequence {
                 tx.execute(
-                    "INSERT INTO sqlite_sequence (rowid, name, seq) VALUES (?, ?, ?)",
+                    "INSERT INTO sqlite_sequence (rowid, name, seq) VALUES \
+                     (CASE WHEN EXISTS (SELECT 1 FROM sqlite_sequence WHERE rowid = ?1) THEN NULL ELSE ?1 END, ?2, ?3)",
                     rusqlite::params![s.rowid, s.name, to_sql(&s.seq)],
                 )?;
             }

@@ -392,3 +392,170 @@ fn the_edge_cases_are_repaired_exactly_in_both_directions() {
     let diff = sqldiff(&file, d1.file(&db));
     assert!(diff.is_empty(), "{}\n{}", diff.join("\n"), stderr(&out));
 }
+
+/// The names of the triggers on D1, in order.
+fn d1_triggers(d1: &LocalD1, db: &str) -> serde_json::Value {
+    d1.sql(
+        db,
+        &["SELECT name FROM sqlite_schema WHERE type = 'trigger' ORDER BY name"],
+    )[0]
+    .clone()
+}
+
+#[test]
+fn a_sync_whose_writes_fail_creates_d1s_triggers_again() {
+    let (d1, db, dir) = fresh();
+    let source = audited_sample(dir.path());
+    Run::new(d1, &db, &source).ok();
+    let before = d1_triggers(d1, &db);
+    assert_eq!(
+        before,
+        serde_json::json!([["lines_audit"], ["orders_note_default"]])
+    );
+    // A line whose order exists nowhere: D1's foreign key rejects it.
+    rusqlite::Connection::open(&source)
+        .unwrap()
+        .execute_batch(
+            "PRAGMA foreign_keys = OFF;
+             UPDATE customers SET name = 'changed' WHERE id = 5;
+             INSERT INTO order_lines VALUES (999999, 1, 1, 1.0);",
+        )
+        .unwrap();
+    let out = Run::new(d1, &db, &source)
+        .env("MIGRATION_MODE", "sync")
+        .env("MIGRATION_ON_BAD_ROW", "fail")
+        .env("MIGRATION_MAX_RETRIES", "0")
+        .output();
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert_eq!(d1_triggers(d1, &db), before, "{}", stderr(&out));
+}
+
+/// The sync state of this migration in the state folder (`sync-<id>.json`).
+fn sync_state(d1: &LocalD1, db: &str) -> PathBuf {
+    std::fs::read_dir(d1.state_dir(db))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("sync-") && name.ends_with(".json")
+        })
+        .expect("a sync state")
+}
+
+#[test]
+fn triggers_a_killed_sync_dropped_are_created_again_by_a_rerun_of_another_selection() {
+    let (d1, db, dir) = fresh();
+    let source = audited_sample(dir.path());
+    Run::new(d1, &db, &source).ok();
+    Run::new(d1, &db, &source)
+        .env("MIGRATION_MODE", "sync")
+        .ok();
+    // As a sync killed between dropping the trigger and creating it again leaves it: dropped on
+    // D1, recorded only in the sync's state.
+    let sql = d1.sql(
+        &db,
+        &["SELECT sql FROM sqlite_schema WHERE name = 'lines_audit'"],
+    )[0][0][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    d1.sql(&db, &["DROP TRIGGER lines_audit"]);
+    let path = sync_state(d1, &db);
+    let mut state = read_json(&path);
+    state["dropped_triggers"] = serde_json::json!([["lines_audit", sql]]);
+    std::fs::write(&path, state.to_string()).unwrap();
+    // Rerun with another table selection: not refused, and the trigger is there again.
+    let out = Run::new(d1, &db, &source)
+        .env("MIGRATION_MODE", "sync")
+        .env("MIGRATION_TABLES", "customers,orders")
+        .output();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        d1_triggers(d1, &db),
+        serde_json::json!([["lines_audit"], ["orders_note_default"]]),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        read_json(&path)["dropped_triggers"],
+        serde_json::Value::Null
+    );
+}
+
+#[test]
+fn a_sync_is_refused_while_a_copy_of_the_same_migration_holds_its_lock() {
+    let (d1, db, dir) = fresh();
+    let source = generated(dir.path(), "sample");
+    Run::new(d1, &db, &source).ok();
+    let lock = std::fs::read_dir(d1.state_dir(&db))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("checkpoint-") && name.ends_with(".lock")
+        })
+        .expect("the copy's lock");
+    // Held as a running copy holds it.
+    let held = std::fs::OpenOptions::new().write(true).open(&lock).unwrap();
+    held.try_lock().unwrap();
+    let out = Run::new(d1, &db, &source)
+        .env("MIGRATION_MODE", "sync")
+        .output();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("another run of this migration"),
+        "{}",
+        stderr(&out)
+    );
+    drop(held);
+    Run::new(d1, &db, &source)
+        .env("MIGRATION_MODE", "sync")
+        .ok();
+}
+
+#[test]
+fn a_backward_sync_keeps_d1s_sequence_rowid_only_where_free() {
+    let (d1, db, dir) = fresh();
+    let source = dir.path().join("seq.sqlite");
+    let conn = rusqlite::Connection::open(&source).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE x (id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT);
+         CREATE TABLE y (id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT);
+         INSERT INTO x (v) VALUES ('a');
+         INSERT INTO y (v) VALUES ('b');",
+    )
+    .unwrap();
+    drop(conn);
+    // D1 holds x's counter at rowid 1.
+    Run::new(d1, &db, &source).env("MIGRATION_TABLES", "x").ok();
+    assert_eq!(
+        d1.sql(&db, &["SELECT rowid FROM sqlite_sequence WHERE name = 'x'"])[0],
+        serde_json::json!([[1]])
+    );
+    // The file's rowid 1 is y's, a table outside the selection; D1's counter moves on.
+    let file = dir.path().join("local.sqlite");
+    std::fs::copy(&source, &file).unwrap();
+    rusqlite::Connection::open(&file)
+        .unwrap()
+        .execute_batch(
+            "DELETE FROM sqlite_sequence;
+             INSERT INTO sqlite_sequence (rowid, name, seq) VALUES (1, 'y', 1), (2, 'x', 1);",
+        )
+        .unwrap();
+    d1.sql(&db, &["INSERT INTO x (v) VALUES ('on D1')"]);
+    let out = Run::new(d1, &db, &file)
+        .env("MIGRATION_DIRECTION", "d1-to-sqlite")
+        .env("MIGRATION_MODE", "sync")
+        .env("MIGRATION_TABLES", "x")
+        .output();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let seq = |name: &str| {
+        count(
+            &file,
+            &format!("SELECT seq FROM sqlite_sequence WHERE name = '{name}'"),
+        )
+    };
+    assert_eq!(seq("x"), 2);
+    assert_eq!(seq("y"), 1);
+    assert_eq!(count(&file, "SELECT count(*) FROM x"), 2);
+}
