@@ -228,7 +228,7 @@ fn int(v: &Value) -> i64 {
 
 /// True for names D1 reserves for itself.
 pub fn is_d1_internal(name: &str) -> bool {
-    name.len() >= 4 && name[..4].eq_ignore_ascii_case("_cf_")
+    name.len() >= 4 && name.as_bytes()[..4].eq_ignore_ascii_case(b"_cf_")
 }
 
 /// Reads the whole catalog.
@@ -532,5 +532,8 @@ mod tests {
         assert!(is_d1_internal("_cf_KV"));
         assert!(is_d1_internal("_CF_metadata"));
         assert!(!is_d1_internal("cf_table"));
+        // Found by the random schemas: a name whose fourth byte is inside a character.
+        assert!(!is_d1_internal("ew ünïcödé"));
+        assert!(!is_d1_internal("日本"));
     }
 }
