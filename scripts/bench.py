@@ -9,6 +9,11 @@ DATASET = os.path.join(ROOT, "../shared/datasets/northwind.db")
 TOKEN = "bench-token"
 PEERS = "--peers" in sys.argv
 SYNC = "--sync" in sys.argv
+# `--latency`: only the latency table (forward, full validation, rollback at 0, 100 and 250 ms per
+# answer), for Northwind and a generated database of BENCH_LATENCY_LARGE_MB (0: none).
+LATENCY = "--latency" in sys.argv
+LATENCIES = [int(v) for v in os.environ.get("BENCH_LATENCIES", "0,100,250").split(",")]
+LATENCY_LARGE_MB = int(os.environ.get("BENCH_LATENCY_LARGE_MB", "200"))
 LARGE_MB = int(os.environ.get("BENCH_LARGE_MB", "1024"))
 # Northwind runs are repeated and the median kept: this machine's speed drifts between runs.
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
@@ -16,10 +21,12 @@ PEER_DATASET = os.environ.get("BENCH_PEER_DATASET", DATASET)
 work = tempfile.mkdtemp(prefix="d1-bench-")
 
 
-def start_d1(ids):
+def start_d1(ids, faults=None):
     env = dict(os.environ, LOCAL_D1_PORT="0", LOCAL_D1_PERSIST=os.path.join(work, "d1"),
                LOCAL_D1_DATABASES=",".join(ids), LOCAL_D1_TOKEN=TOKEN)
     env.pop("LOCAL_D1_FAULTS", None)
+    if faults:
+        env["LOCAL_D1_FAULTS"] = faults
     proc = subprocess.Popen([os.path.join(ROOT, "scripts/local-d1")], env=env, stdout=subprocess.PIPE, text=True)
     for line in proc.stdout:
         if " ready at " in line:
@@ -215,6 +222,100 @@ if not os.path.exists(DATASET):
 if SYNC:
     sync_bench()
     shutil.rmtree(work, ignore_errors=True)
+    sys.exit(0)
+
+
+def latency_table():
+    """Forward, full validation and rollback at each latency, each against a local D1 behind the
+    Node front end (`latency_ms` delays every answer; 0 goes through the same front end, so the
+    ratios measure the latency alone). Northwind runs BENCH_REPEAT times, median kept."""
+    cases = [("Northwind", DATASET, REPEAT)]
+    if LATENCY_LARGE_MB:
+        large = os.path.join(work, "large.sqlite")
+        subprocess.run([BIN, "generate", "large", large, "--scale", str(LATENCY_LARGE_MB)], check=True)
+        cases.append((f"generated {os.path.getsize(large) // 1_000_000} MB", large, 1))
+    table = {}
+    for latency in LATENCIES:
+        ids = ["warmup"] + [f"db{i}" for i in range(len(cases))]
+        d1, url, _ = start_d1(ids, f"latency_ms={latency}")
+        try:
+            sample = os.path.join(work, "sample.sqlite")
+            if not os.path.exists(sample):
+                subprocess.run([BIN, "generate", "sample", sample, "--scale", "5"], check=True)
+            migrator(url, "warmup", sample)
+            for i, (name, path, repeat) in enumerate(cases):
+                def median(runs):
+                    runs = sorted(runs, key=lambda run: run[0])
+                    return runs[len(runs) // 2]
+                def forward():
+                    shutil.rmtree(os.path.join(work, f"state-db{i}"), ignore_errors=True)
+                    # A fresh database for each repeat: drop what the last one wrote.
+                    return migrator(url, f"db{i}", path, MIGRATION_VALIDATE="false")
+                runs = []
+                for _ in range(repeat):
+                    if runs:
+                        wipe(url, f"db{i}")
+                    runs.append(forward())
+                table[(name, "forward", latency)] = median(runs)
+                table[(name, "full validation", latency)] = median(
+                    [migrator(url, f"db{i}", path, MIGRATION_MODE="validate", MIGRATION_VALIDATE_ALL_ROWS="true")
+                     for _ in range(repeat)])
+                back = os.path.join(work, "latency-rollback.sqlite")
+                def rollback():
+                    if os.path.exists(back):
+                        os.remove(back)
+                    return migrator(url, f"db{i}", back, MIGRATION_DIRECTION="d1-to-sqlite", MIGRATION_VALIDATE="false")
+                table[(name, "rollback", latency)] = median([rollback() for _ in range(repeat)])
+                for phase in ("forward", "full validation", "rollback"):
+                    wall, rss, r = table[(name, phase, latency)]
+                    print(f"  measured: {name} {phase} at {latency} ms: {wall:.2f} s, {r['http_requests']} requests, "
+                          f"{rss:.0f} MB", file=sys.stderr, flush=True)
+        finally:
+            d1.terminate()
+            d1.wait()
+            shutil.rmtree(os.path.join(work, "d1"), ignore_errors=True)
+            for i in range(len(cases)):
+                shutil.rmtree(os.path.join(work, f"state-db{i}"), ignore_errors=True)
+    print(f"machine: {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // 2**30} GiB; "
+          f"load average at the end {os.getloadavg()[0]:.1f}")
+    head = "".join(f" {str(l) + ' ms':>9}" for l in LATENCIES)
+    print(f"{'run':<44}{head} {'ratio':>7} {'requests':>9} {'peak RSS MB':>12}")
+    for name, _, _ in cases:
+        for phase in ("forward", "full validation", "rollback"):
+            walls = [table[(name, phase, l)][0] for l in LATENCIES]
+            ratio = walls[-1] / walls[0]
+            requests = "/".join(str(table[(name, phase, l)][2]["http_requests"]) for l in LATENCIES)
+            rss = max(table[(name, phase, l)][1] for l in LATENCIES)
+            print(f"{name + ' ' + phase:<44}" + "".join(f" {w:>9.2f}" for w in walls) +
+                  f" {ratio:>6.2f}x {requests:>9} {rss:>12.0f}")
+    print(f"ratio: wall time at {LATENCIES[-1]} ms over {LATENCIES[0]} ms. Targets (issue 19): Northwind each "
+          f"within 1.5x, the large database within 1.3x; requests no more than before "
+          f"(Northwind 35 / 106 / 94).")
+
+
+def wipe(url, db):
+    """Empties a database of the local D1 between repeated forward runs."""
+    import urllib.request
+    def post(statements):
+        body = json.dumps({"batch": [{"sql": s} for s in statements]}).encode()
+        req = urllib.request.Request(f"{url}/accounts/bench/d1/database/{db}/raw", data=body, method="POST",
+                                     headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req) as resp:
+            return json.load(resp)
+    rows = post(["SELECT type, name FROM sqlite_schema WHERE name NOT LIKE '\\_cf\\_%' ESCAPE '\\' "
+                 "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND type IN ('table', 'view')"])
+    names = rows["result"][0]["results"]["rows"]
+    drops = [f'DROP {t.upper()} IF EXISTS "{n}"' for t, n in names if t == "view"]
+    drops += [f'DROP TABLE IF EXISTS "{n}"' for t, n in names if t == "table"]
+    if drops:
+        post(["PRAGMA defer_foreign_keys = on"] + drops)
+
+
+if LATENCY:
+    try:
+        latency_table()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     sys.exit(0)
 ids = (["warmup", "engine", "large", "large-import"] + [f"nw{i}" for i in range(REPEAT)]
        + [f"nwi{i}" for i in range(REPEAT)] + (["peer"] if PEERS else []))

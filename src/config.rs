@@ -33,7 +33,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ("MIGRATION_IMPORT_MB", "size of each import file, megabytes (decimals allowed)", "50"),
     ("MIGRATION_BATCH_SIZE", "rows read from the source per batch", "1000"),
     ("MIGRATION_PARALLEL_TABLES", "tables worked on at once", "2"),
-    ("MIGRATION_CONCURRENCY", "HTTP requests in flight at once", "3"),
+    ("MIGRATION_CONCURRENCY", "most HTTP requests in flight at once; writes keep fewer while that covers the round trip", "8"),
     ("MIGRATION_REQUEST_BYTES", "target bytes of SQL per HTTP request", "1048576"),
     ("MIGRATION_TIMEOUT", "per-request timeout, milliseconds", "60000"),
     ("MIGRATION_MAX_RETRIES", "retries of one request before the run stops", "8"),
@@ -354,6 +354,7 @@ impl Config {
             100_000,
             100 << 20,
         )?;
+        let concurrency = number(raw.concurrency, "MIGRATION_CONCURRENCY", 8, 1, 64)?;
         Ok(Config {
             sqlite_path,
             endpoint: Endpoint {
@@ -374,7 +375,7 @@ impl Config {
             import_bytes: megabytes(raw.import_mb, "MIGRATION_IMPORT_MB", 50.0)?,
             batch_size: number(raw.batch_size, "MIGRATION_BATCH_SIZE", 1000, 1, 1_000_000)?,
             parallel_tables: number(raw.parallel_tables, "MIGRATION_PARALLEL_TABLES", 2, 1, 64)?,
-            concurrency: number(raw.concurrency, "MIGRATION_CONCURRENCY", 3, 1, 64)?,
+            concurrency,
             limits: Limits {
                 request_bytes,
                 ..Limits::default()
@@ -389,6 +390,7 @@ impl Config {
                     3_600_000,
                 )? as u64),
                 rate_limit: number(raw.rate_limit, "MIGRATION_RATE_LIMIT", 1100, 0, 1_000_000)?,
+                max_in_flight: concurrency,
                 ..RetryPolicy::default()
             },
             tables: list(raw.tables),

@@ -1,20 +1,21 @@
 //! The D1 HTTP client: posts statements to `/raw`, classifies every answer with one retry policy,
 //! retries what is transient (with full-jitter backoff and `Retry-After`), and keeps requests
-//! under Cloudflare's API rate limit.
+//! under Cloudflare's API rate limit and writes within the adaptive window (see `flow`), for
+//! every thread of the run at once.
 //!
 //! It talks to `api.cloudflare.com` and to `scripts/local-d1` alike; only the base URL differs.
 //! The token is only ever put in the `Authorization` header.
 
-use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::Value as Json;
 
 use crate::error::D1Error;
+use crate::flow::{Phases, RateLimiter, Window};
 use crate::log;
 
 mod account;
@@ -60,6 +61,8 @@ pub struct RetryPolicy {
     /// Requests allowed per `rate_window` (0: no limit).
     pub rate_limit: usize,
     pub rate_window: Duration,
+    /// The ceiling of the adaptive window of writes in flight (`MIGRATION_CONCURRENCY`).
+    pub max_in_flight: usize,
 }
 
 impl Default for RetryPolicy {
@@ -72,6 +75,7 @@ impl Default for RetryPolicy {
             timeout: Duration::from_secs(60),
             rate_limit: 1100,
             rate_window: Duration::from_secs(300),
+            max_in_flight: 3,
         }
     }
 }
@@ -104,6 +108,21 @@ const TRANSIENT: &[&str] = &[
     "exceeded timeout",
 ];
 
+/// What the API (or a proxy before it) answers, often as an HTML page, to a body too large.
+const BODY_TOO_LARGE: &[&str] = &[
+    "request entity too large",
+    "payload too large",
+    "request too large",
+    "content too large",
+];
+
+/// Whether an answer says the request's body was too large: HTTP 413, or its words in a page
+/// that is not D1's JSON.
+pub fn body_too_large(status: u16, text: &str) -> bool {
+    let lower = text.to_lowercase();
+    status == 413 || BODY_TOO_LARGE.iter().any(|m| lower.contains(m))
+}
+
 const TOO_LARGE: &[&str] = &[
     "sqlite_nomem",
     "statement too long",
@@ -118,7 +137,7 @@ pub fn classify(status: u16, messages: &[String], retry_after: Option<Duration>)
     if (200..300).contains(&status) && messages.is_empty() {
         return Verdict::Success;
     }
-    if TOO_LARGE.iter().any(|m| lower.contains(m)) {
+    if TOO_LARGE.iter().any(|m| lower.contains(m)) || body_too_large(status, &joined) {
         return Verdict::Shrink { reason: joined };
     }
     if status == 429 {
@@ -189,6 +208,7 @@ pub struct Counters {
     /// D1's `meta.rows_read` and `meta.rows_written`, summed over every answered statement.
     pub rows_read: AtomicU64,
     pub rows_written: AtomicU64,
+    pub bytes_received: AtomicU64,
 }
 
 /// A D1 database behind the REST API.
@@ -200,10 +220,16 @@ pub struct D1Client {
     /// both ends more CPU than the transfer it saves.
     accept_encoding: &'static str,
     policy: RetryPolicy,
-    window: Mutex<VecDeque<Instant>>,
+    /// Every request of the run, reads included, passes the one rate limiter.
+    rate: RateLimiter,
+    /// Writes in flight.
+    writes: Window,
+    /// See [`D1Client::max_body`].
+    max_body: AtomicUsize,
     /// Held shared by each request in flight, and exclusively by one that must run alone.
     gate: RwLock<()>,
     pub counters: Counters,
+    pub phases: Phases,
 }
 
 impl fmt::Debug for D1Client {
@@ -256,15 +282,33 @@ impl D1Client {
             endpoint,
             url,
             accept_encoding,
+            rate: RateLimiter::new(policy.rate_limit, policy.rate_window),
+            writes: Window::new(policy.max_in_flight),
+            max_body: AtomicUsize::new(usize::MAX),
             policy,
-            window: Mutex::new(VecDeque::new()),
             gate: RwLock::new(()),
             counters: Counters::default(),
+            phases: Phases::default(),
         }
     }
 
     pub fn database_id(&self) -> &str {
         &self.endpoint.database_id
+    }
+
+    /// Counts the requests from now on toward `phase` (see [`Phases`]).
+    pub fn begin_phase(&self, phase: &str) {
+        self.phases.begin(phase);
+    }
+
+    /// Time every thread spent held back by the rate limit or a 429's pause.
+    pub fn rate_limit_wait(&self) -> Duration {
+        self.rate.waited()
+    }
+
+    /// The largest window of writes in flight reached.
+    pub fn window_peak(&self) -> usize {
+        self.writes.peak()
     }
 
     /// Runs `statements` as one request (one D1 transaction), retrying transient failures.
@@ -286,9 +330,25 @@ impl D1Client {
         self.send(statements, true, true)
     }
 
-    /// Runs read-only statements as one request, retrying transient failures.
+    /// Runs read-only statements as one request, retrying transient failures; in halves when
+    /// D1 or the API says the request or its answer is too large.
     pub fn read<S: AsRef<str>>(&self, statements: &[S]) -> Result<Vec<RawResult>, D1Error> {
-        self.send(statements, false, false).map_err(|f| f.error)
+        match self.send(statements, false, false) {
+            Ok(results) => Ok(results),
+            Err(Failure { shrink: true, .. }) if statements.len() > 1 => {
+                let (a, b) = statements.split_at(statements.len() / 2);
+                let mut results = self.read(a)?;
+                results.extend(self.read(b)?);
+                Ok(results)
+            }
+            Err(f) => Err(f.error),
+        }
+    }
+
+    /// The largest request body the API is known to accept (`usize::MAX` until a request was
+    /// refused as too large).
+    pub fn max_body(&self) -> usize {
+        self.max_body.load(Ordering::Relaxed)
     }
 
     /// `alone`: the caller holds `gate` exclusively.
@@ -299,25 +359,70 @@ impl D1Client {
         alone: bool,
     ) -> Result<Vec<RawResult>, Failure> {
         let body = batch_body(statements, defer_keys);
+        let limit = self.max_body();
+        if statements.len() > 1 && body.len() > limit {
+            // The API refused a body this large before: the caller sends halves.
+            return Err(Failure {
+                error: D1Error::Http {
+                    status: 413,
+                    message: format!(
+                        "a request of {} bytes is over the {limit} bytes the API accepted",
+                        body.len()
+                    ),
+                },
+                shrink: true,
+            });
+        }
         let mut attempt = 0u32;
         loop {
-            self.wait_for_rate_limit();
+            // Writes take a place in the window (a request sent alone has the gate to itself).
+            let slot = (defer_keys && !alone).then(|| {
+                let cap = self
+                    .rate
+                    .in_flight_cap(self.writes.round_trip().unwrap_or(Duration::ZERO));
+                self.writes.acquire(cap)
+            });
+            let waited = self.rate.acquire();
             self.counters.requests.fetch_add(1, Ordering::Relaxed);
             self.counters
                 .bytes_sent
                 .fetch_add(body.len() as u64, Ordering::Relaxed);
+            self.phases.record(|p| {
+                p.requests += 1;
+                p.bytes_sent += body.len() as u64;
+                p.rate_limit_ms += waited.as_millis() as u64;
+                p.retries += u64::from(attempt > 0);
+            });
             let sent_at = Instant::now();
-            let (verdict, outcome) = {
+            let Answer {
+                verdict,
+                outcome,
+                too_large,
+                received,
+                congested,
+            } = {
                 let _shared = (!alone).then(|| self.gate.read().unwrap_or_else(|e| e.into_inner()));
                 self.attempt(&body, defer_keys)
             };
+            let round_trip = sent_at.elapsed();
+            self.counters
+                .bytes_received
+                .fetch_add(received as u64, Ordering::Relaxed);
+            self.phases.record(|p| p.bytes_received += received as u64);
+            if congested {
+                self.writes.congested();
+            } else if slot.is_some() && verdict == Verdict::Success {
+                self.writes.answered(round_trip, body.len());
+            }
+            drop(slot);
             if log::enabled(log::Level::Debug) {
                 log::debug(&format!(
-                    "POST {} statements, {} bytes: {:?} in {} ms",
+                    "POST {} statements, {} bytes: {:?} in {} ms (window of writes {})",
                     statements.len(),
                     body.len(),
                     verdict,
-                    sent_at.elapsed().as_millis()
+                    round_trip.as_millis(),
+                    self.writes.limit()
                 ));
             }
             match verdict {
@@ -328,10 +433,13 @@ impl D1Client {
                     })
                 }
                 Verdict::Shrink { reason } => {
+                    if too_large {
+                        self.refused_as_too_large(body.len());
+                    }
                     return Err(Failure {
                         error: D1Error::Sql { message: reason },
                         shrink: true,
-                    })
+                    });
                 }
                 Verdict::Fail => {
                     return Err(Failure {
@@ -361,6 +469,10 @@ impl D1Client {
                         });
                     }
                     let delay = self.backoff(attempt).max(after.unwrap_or_default());
+                    if let Some(after) = after {
+                        // The API's limit is the run's: every thread waits it out.
+                        self.rate.pause(after);
+                    }
                     log::info(&format!(
                         "retrying a request to D1 in {} ms (attempt {} of {}): {reason}",
                         delay.as_millis(),
@@ -380,7 +492,7 @@ impl D1Client {
         self.read(&[sql]).map(|mut r| r.pop().unwrap_or_default())
     }
 
-    fn attempt(&self, body: &str, defer_keys: bool) -> (Verdict, Result<Vec<RawResult>, D1Error>) {
+    fn attempt(&self, body: &str, defer_keys: bool) -> Answer {
         let response = self
             .agent
             .post(&self.url)
@@ -399,12 +511,13 @@ impl D1Client {
                     url: self.endpoint.api_url.clone(),
                     message: message.clone(),
                 };
-                return (
+                return Answer::failed(
                     Verdict::Retry {
                         reason: message,
                         after: None,
                     },
-                    Err(error),
+                    error,
+                    matches!(e, ureq::Error::Timeout(_)),
                 );
             }
         };
@@ -424,27 +537,33 @@ impl D1Client {
             Ok(t) => t,
             Err(e) => {
                 let message = transport_message(&e);
-                return (
+                return Answer::failed(
                     Verdict::Retry {
                         reason: message.clone(),
                         after: None,
                     },
-                    Err(D1Error::BadAnswer(message)),
+                    D1Error::BadAnswer(message),
+                    matches!(e, ureq::Error::Timeout(_)),
                 );
             }
         };
+        let received = text.len();
         let envelope: Envelope = match serde_json::from_str(&text) {
             Ok(e) => e,
             Err(_) => {
                 let snippet: String = text.chars().take(200).collect();
                 let verdict = classify(status, std::slice::from_ref(&snippet), retry_after);
-                return (
+                let mut answer = Answer::failed(
                     verdict,
-                    Err(D1Error::Http {
+                    D1Error::Http {
                         status,
                         message: snippet,
-                    }),
+                    },
+                    status == 429,
                 );
+                answer.received = received;
+                answer.too_large = body_too_large(status, &text);
+                return answer;
             }
         };
         let mut messages: Vec<String> = envelope
@@ -477,7 +596,27 @@ impl D1Client {
                 _ => D1Error::Http { status, message },
             })
         };
-        (verdict, outcome)
+        Answer {
+            verdict,
+            outcome,
+            too_large: body_too_large(status, &messages.join("; ")),
+            received,
+            congested: status == 429,
+        }
+    }
+
+    /// The API refused a body of `bytes` as too large: from now on, requests of several
+    /// statements over half that are split before they are sent.
+    fn refused_as_too_large(&self, bytes: usize) {
+        let limit = (bytes / 2).max(1);
+        let before = self.max_body.fetch_min(limit, Ordering::Relaxed);
+        self.phases.record(|p| p.too_large += 1);
+        if limit < before {
+            log::warn(&format!(
+                "D1's API refused a request of {bytes} bytes as too large; requests over {limit} \
+                 bytes are split from now on"
+            ));
+        }
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -489,34 +628,27 @@ impl D1Client {
         let jitter: f64 = rand::random();
         cap.mul_f64(jitter).max(Duration::from_millis(10))
     }
+}
 
-    /// Waits until one more request keeps the count in the last window under the limit.
-    fn wait_for_rate_limit(&self) {
-        if self.policy.rate_limit == 0 {
-            return;
-        }
-        loop {
-            let mut window = self.window.lock().expect("rate-limit lock");
-            let now = Instant::now();
-            while window
-                .front()
-                .is_some_and(|t| now.duration_since(*t) >= self.policy.rate_window)
-            {
-                window.pop_front();
-            }
-            if window.len() < self.policy.rate_limit {
-                window.push_back(now);
-                return;
-            }
-            let wait = self.policy.rate_window - now.duration_since(window[0]);
-            drop(window);
-            log::info(&format!(
-                "rate limit of {} requests per {} s reached; waiting {} ms",
-                self.policy.rate_limit,
-                self.policy.rate_window.as_secs(),
-                wait.as_millis()
-            ));
-            std::thread::sleep(wait);
+/// One attempt's answer: what it means, its results or error, the bytes received, and whether
+/// it says the API or D1 is saturated (a 429 or a timeout).
+struct Answer {
+    verdict: Verdict,
+    outcome: Result<Vec<RawResult>, D1Error>,
+    /// The API refused the body as too large (HTTP 413, or an HTML page saying so).
+    too_large: bool,
+    received: usize,
+    congested: bool,
+}
+
+impl Answer {
+    fn failed(verdict: Verdict, error: D1Error, congested: bool) -> Answer {
+        Answer {
+            verdict,
+            outcome: Err(error),
+            too_large: false,
+            received: 0,
+            congested,
         }
     }
 }
@@ -634,6 +766,22 @@ mod tests {
             ),
             Verdict::Fail
         );
+    }
+
+    #[test]
+    fn a_body_too_large_asks_for_smaller_requests() {
+        let page = "<html><head><title>413 Request Entity Too Large</title></head></html>";
+        assert!(matches!(
+            classify(413, &msgs(page), None),
+            Verdict::Shrink { .. }
+        ));
+        assert!(body_too_large(413, ""));
+        assert!(body_too_large(400, page));
+        assert!(matches!(
+            classify(400, &msgs("<html>Payload Too Large</html>"), None),
+            Verdict::Shrink { .. }
+        ));
+        assert!(!body_too_large(400, "no such table: x"));
     }
 
     #[test]

@@ -10,6 +10,12 @@ use crate::value::{quote_ident, Value};
 /// Anything that answers read-only catalog queries with rows of values.
 pub trait Catalog {
     fn query(&self, sql: &str) -> Result<Vec<Vec<Value>>>;
+
+    /// Several queries' rows; a catalog across a network answers them in as few round trips as
+    /// it can.
+    fn query_many(&self, sqls: &[String]) -> Result<Vec<Vec<Vec<Value>>>> {
+        sqls.iter().map(|sql| self.query(sql)).collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -231,18 +237,30 @@ pub fn is_d1_internal(name: &str) -> bool {
     name.len() >= 4 && name.as_bytes()[..4].eq_ignore_ascii_case(b"_cf_")
 }
 
-/// Reads the whole catalog.
+/// Reads the whole catalog, in two rounds of queries: the lists of tables and objects, then
+/// every table's columns, keys and unique sets (a catalog across a network answers each round
+/// in one request, see [`Catalog::query_many`]).
 pub fn discover(db: &dyn Catalog) -> Result<Schema> {
     let mut schema = Schema::default();
     // PRAGMA table_list tells shadow tables and virtual tables apart (SQLite 3.37+, allowed on D1).
-    let list = db.query("SELECT name, type, wr FROM pragma_table_list WHERE schema = 'main'")?;
+    let mut first = db
+        .query_many(&[
+            "SELECT name, type, wr FROM pragma_table_list WHERE schema = 'main'".to_string(),
+            "SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY rowid".to_string(),
+        ])?
+        .into_iter();
+    let (list, rows) = (
+        first.next().unwrap_or_default(),
+        first.next().unwrap_or_default(),
+    );
     let kind_of = |name: &str| {
         list.iter()
             .find(|r| text(&r[0]) == name)
             .map(|r| (text(&r[1]), int(&r[2]) != 0))
     };
 
-    let rows = db.query("SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY rowid")?;
+    // Tables found, with their kind from the list, before their columns are read.
+    let mut found: Vec<(String, String, String, bool)> = Vec::new();
     for row in rows {
         let (kind, name, table, sql) = (text(&row[0]), text(&row[1]), text(&row[2]), text(&row[3]));
         if kind != "table" {
@@ -275,7 +293,24 @@ pub fn discover(db: &dyn Catalog) -> Result<Schema> {
                 .push((name, "shadow table of a virtual table".into()));
             continue;
         }
-        let columns = columns(db, &name)?;
+        found.push((name, sql, list_type, without_rowid));
+    }
+
+    let has_sequence = list.iter().any(|r| text(&r[0]) == "sqlite_sequence");
+    let mut second = Vec::new();
+    for (name, ..) in &found {
+        second.push(columns_sql(name));
+        second.push(foreign_keys_sql(name));
+        second.push(unique_sets_sql(name));
+    }
+    if has_sequence {
+        second.push("SELECT rowid, name, seq FROM sqlite_sequence ORDER BY rowid".to_string());
+    }
+    let mut answers = db.query_many(&second)?.into_iter();
+    for (name, sql, list_type, without_rowid) in found {
+        let columns = columns(answers.next().unwrap_or_default());
+        let keys = answers.next().unwrap_or_default();
+        let uniques = answers.next().unwrap_or_default();
         let kind =
             if list_type == "virtual" || sql.to_ascii_uppercase().starts_with("CREATE VIRTUAL") {
                 TableKind::Virtual {
@@ -291,12 +326,12 @@ pub fn discover(db: &dyn Catalog) -> Result<Schema> {
         let foreign_keys = if matches!(kind, TableKind::Virtual { .. }) {
             Vec::new()
         } else {
-            foreign_keys(db, &name)?
+            foreign_keys(keys)
         };
         let unique = if foreign_keys.is_empty() {
             Vec::new()
         } else {
-            unique_sets(db, &name)?
+            unique_sets(uniques)
         };
         schema.tables.push(Table {
             name,
@@ -308,9 +343,8 @@ pub fn discover(db: &dyn Catalog) -> Result<Schema> {
         });
     }
 
-    let has_sequence = list.iter().any(|r| text(&r[0]) == "sqlite_sequence");
     if has_sequence {
-        for row in db.query("SELECT rowid, name, seq FROM sqlite_sequence ORDER BY rowid")? {
+        for row in answers.next().unwrap_or_default() {
             schema.sequence.push(SequenceRow {
                 rowid: int(&row[0]),
                 name: text(&row[1]),
@@ -321,14 +355,15 @@ pub fn discover(db: &dyn Catalog) -> Result<Schema> {
     Ok(schema)
 }
 
-fn columns(db: &dyn Catalog, table: &str) -> Result<Vec<Column>> {
-    let sql = format!(
+fn columns_sql(table: &str) -> String {
+    format!(
         "SELECT name, type, \"notnull\", pk, hidden FROM pragma_table_xinfo({})",
         crate::value::quote_text(table)
-    );
-    Ok(db
-        .query(&sql)?
-        .iter()
+    )
+}
+
+fn columns(rows: Vec<Vec<Value>>) -> Vec<Column> {
+    rows.iter()
         .map(|r| Column {
             name: text(&r[0]),
             decl_type: text(&r[1]),
@@ -336,16 +371,19 @@ fn columns(db: &dyn Catalog, table: &str) -> Result<Vec<Column>> {
             pk: int(&r[3]),
             hidden: int(&r[4]),
         })
-        .collect())
+        .collect()
 }
 
-fn foreign_keys(db: &dyn Catalog, table: &str) -> Result<Vec<ForeignKey>> {
-    let sql = format!(
+fn foreign_keys_sql(table: &str) -> String {
+    format!(
         "SELECT id, \"table\", \"from\", \"to\" FROM pragma_foreign_key_list({}) ORDER BY id, seq",
         crate::value::quote_text(table)
-    );
+    )
+}
+
+fn foreign_keys(rows: Vec<Vec<Value>>) -> Vec<ForeignKey> {
     let mut out: Vec<(i64, ForeignKey)> = Vec::new();
-    for r in db.query(&sql)? {
+    for r in rows {
         let id = int(&r[0]);
         let to = (r[3] != Value::Null).then(|| text(&r[3]));
         match out.last_mut() {
@@ -363,25 +401,28 @@ fn foreign_keys(db: &dyn Catalog, table: &str) -> Result<Vec<ForeignKey>> {
             )),
         }
     }
-    Ok(out.into_iter().map(|(_, fk)| fk).collect())
+    out.into_iter().map(|(_, fk)| fk).collect()
 }
 
 /// The column sets of a table's UNIQUE indexes (constraints included).
-fn unique_sets(db: &dyn Catalog, table: &str) -> Result<Vec<Vec<String>>> {
-    let sql = format!(
+fn unique_sets_sql(table: &str) -> String {
+    format!(
         "SELECT il.name, ii.name FROM pragma_index_list({t}) AS il \
          JOIN pragma_index_info(il.name) AS ii WHERE il.\"unique\" ORDER BY il.seq, ii.seqno",
         t = crate::value::quote_text(table)
-    );
+    )
+}
+
+fn unique_sets(rows: Vec<Vec<Value>>) -> Vec<Vec<String>> {
     let mut out: Vec<(String, Vec<String>)> = Vec::new();
-    for r in db.query(&sql)? {
+    for r in rows {
         let (index, column) = (text(&r[0]), text(&r[1]));
         match out.last_mut() {
             Some((last, cols)) if *last == index => cols.push(column),
             _ => out.push((index, vec![column])),
         }
     }
-    Ok(out.into_iter().map(|(_, cols)| cols).collect())
+    out.into_iter().map(|(_, cols)| cols).collect()
 }
 
 /// The arguments of a module call, split at the commas outside quotes and brackets.

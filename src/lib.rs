@@ -21,6 +21,7 @@ pub mod error;
 pub mod fit;
 pub mod fixture;
 pub mod fleet;
+pub mod flow;
 pub mod import;
 pub mod load;
 pub mod log;

@@ -28,6 +28,23 @@ impl Catalog for D1Catalog<'_> {
             .map(|row| row.into_iter().map(json_value).collect())
             .collect())
     }
+
+    /// Up to [`READS_PER_REQUEST`] queries per request.
+    fn query_many(&self, sqls: &[String]) -> Result<Vec<Vec<Vec<Value>>>> {
+        let mut out = Vec::with_capacity(sqls.len());
+        for chunk in sqls.chunks(READS_PER_REQUEST) {
+            for result in self.0.read(chunk)? {
+                out.push(
+                    result
+                        .rows
+                        .into_iter()
+                        .map(|row| row.into_iter().map(json_value).collect())
+                        .collect(),
+                );
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// A JSON cell as D1 returns it (numbers may already be rounded: catalog use only).
@@ -254,6 +271,25 @@ impl crate::validate::RowSide for D1Side<'_> {
             .and_then(|row| row.first())
             .and_then(|v| v.as_u64())
             .unwrap_or(0))
+    }
+
+    fn surveys(&self, shapes: &[&crate::pack::Shape]) -> Result<Vec<crate::validate::Survey>> {
+        let sqls: Vec<String> = shapes
+            .iter()
+            .map(|s| crate::validate::survey_sql(s))
+            .collect();
+        let mut out = Vec::with_capacity(sqls.len());
+        for chunk in sqls.chunks(READS_PER_REQUEST) {
+            for result in self.client.read(chunk)? {
+                let row = result.rows.first();
+                let cell = |i: usize| row.and_then(|r| r.get(i));
+                out.push(crate::validate::survey_of(
+                    cell(0).and_then(|v| v.as_u64()),
+                    cell(1).and_then(|v| v.as_f64()),
+                ));
+            }
+        }
+        Ok(out)
     }
 
     fn select(&self, shape: &crate::pack::Shape, tails: &[String]) -> Result<Vec<Vec<Vec<Value>>>> {

@@ -85,6 +85,12 @@ pub struct Report {
     /// D1's own `meta.rows_read` and `meta.rows_written` summed over the run: what D1 bills.
     pub d1_rows_read: u64,
     pub d1_rows_written: u64,
+    /// Bytes of D1's answers.
+    pub bytes_received: u64,
+    /// Time threads spent held back by the rate limit or a 429's pause, summed over threads.
+    pub rate_limit_wait_ms: u64,
+    /// Requests, bytes, requests per GB and rate-limit waiting of each phase.
+    pub phases: Vec<crate::flow::PhaseStats>,
     pub objects_created: Vec<String>,
     /// True when the checkpoint said the migration was already complete.
     pub already_complete: bool,
@@ -215,6 +221,9 @@ impl Report {
             self.d1_rows_written,
             self.duration_ms as f64 / 1000.0
         ));
+        for p in &self.phases {
+            out.push_str(&p.summary());
+        }
         if let Some(file) = &self.reject_file {
             out.push_str(&format!(
                 "rejected rows: {}, written to {file}\n",

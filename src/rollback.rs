@@ -212,42 +212,66 @@ fn copy_rows(
         client,
         label: "source (D1)",
     };
-    let counts: Vec<u64> = shapes
+    // Every table's rows and row width in one round trip.
+    let surveys = side.surveys(&shapes.iter().collect::<Vec<_>>())?;
+    progress.set_total(surveys.iter().map(|s| s.rows).sum());
+    // Tables of more than two pages with integer keys are read in key segments at once; their
+    // key ranges come in one round trip.
+    let segmented: Vec<usize> = (0..shapes.len())
+        .filter(|&i| {
+            schema.tables[i].key_columns().len() == 1
+                && schema.tables[i].external_content().is_none()
+                && !matches!(
+                    schema.tables[i].kind,
+                    crate::discover::TableKind::WithoutRowid
+                )
+                && surveys[i].rows as usize > 2 * surveys[i].first_page_rows(PAGE)
+        })
+        .collect();
+    let ranges: Vec<String> = segmented
         .iter()
-        .map(|s| side.count(&s.table))
-        .collect::<Result<_>>()?;
-    progress.set_total(counts.iter().sum());
-    // Large tables with integer keys are read in key segments at once.
-    let mut jobs: Vec<(usize, Option<i64>, Option<i64>)> = Vec::new();
-    for (i, s) in shapes.iter().enumerate() {
-        if schema.tables[i].external_content().is_some() {
-            continue; // rebuilt from its content table once that is written
-        }
-        let segments = if schema.tables[i].key_columns().len() == 1
-            && !matches!(
-                schema.tables[i].kind,
-                crate::discover::TableKind::WithoutRowid
+        .map(|&i| {
+            let key = &shapes[i].key_exprs[0];
+            format!(
+                "SELECT min({key}), max({key}) FROM {}",
+                quote_ident(&shapes[i].table)
             )
-            && counts[i] as usize > 2 * PAGE
-        {
-            let key = &s.key_exprs[0];
-            let table = quote_ident(&s.table);
-            let r = client.query(&format!("SELECT min({key}), max({key}) FROM {table}"))?;
-            let bound = |i: usize| {
+        })
+        .collect();
+    let mut bounds = std::collections::HashMap::new();
+    for (chunk, tables) in ranges.chunks(50).zip(segmented.chunks(50)) {
+        for (r, &i) in client.read(chunk)?.into_iter().zip(tables) {
+            let bound = |at: usize| {
                 r.rows
                     .first()
-                    .and_then(|row| row.get(i))
+                    .and_then(|row| row.get(at))
                     .and_then(|v| v.as_i64())
                     .unwrap_or(0)
             };
-            key_segments(bound(0), bound(1), config.concurrency)
-        } else {
-            vec![(None, None)]
-        };
-        jobs.extend(segments.into_iter().map(|(after, upto)| (i, after, upto)));
+            bounds.insert(i, (bound(0), bound(1)));
+        }
     }
-    let (page_tx, page_rx) = bounded::<Result<Page>>(config.concurrency * 2);
-    let (work_tx, work_rx) = crossbeam_channel::unbounded::<(usize, Option<i64>, Option<i64>)>();
+    let mut jobs: Vec<Job> = Vec::new();
+    for (i, survey) in surveys.iter().enumerate() {
+        if schema.tables[i].external_content().is_some() {
+            continue; // rebuilt from its content table once that is written
+        }
+        let segments = match bounds.get(&i) {
+            Some(&(lo, hi)) => key_segments(lo, hi, config.concurrency),
+            None => vec![(None, None)],
+        };
+        let first_page = survey.first_page_rows(PAGE);
+        jobs.extend(segments.into_iter().map(|(after, upto)| Job {
+            table: i,
+            after,
+            upto,
+            first_page,
+        }));
+    }
+    // The largest tables first, so that they do not start last.
+    jobs.sort_by_key(|j| std::cmp::Reverse(surveys[j.table].rows));
+    let (page_tx, page_rx) = bounded::<Result<Page>>(config.concurrency);
+    let (work_tx, work_rx) = crossbeam_channel::unbounded::<Job>();
     for job in jobs {
         work_tx.send(job).expect("queue");
     }
@@ -265,10 +289,10 @@ fn copy_rows(
             let (work_rx, page_tx, shapes, side) =
                 (work_rx.clone(), page_tx.clone(), &shapes, &side);
             scope.spawn(move || {
-                for (i, after, upto) in work_rx {
-                    let sent = read_table(side, &shapes[i], i, after, upto, &page_tx);
+                for job in work_rx {
+                    let sent = read_table(side, &shapes[job.table], &job, &page_tx);
                     if let Err(e) = sent {
-                        let _ = page_tx.send(Err(e.in_table(&shapes[i].table)));
+                        let _ = page_tx.send(Err(e.in_table(&shapes[job.table].table)));
                         return;
                     }
                 }
@@ -299,7 +323,7 @@ fn copy_rows(
         for page in page_rx {
             let page = page?;
             let bar = bars[page.table].get_or_insert_with(|| {
-                progress.table(&shapes[page.table].table, counts[page.table])
+                progress.table(&shapes[page.table].table, surveys[page.table].rows)
             });
             let stmt = &mut statements[page.table];
             let st = &mut stats[page.table];
@@ -328,19 +352,28 @@ fn copy_rows(
     Ok(())
 }
 
+/// One table, or a segment of its integer keys, to read.
+struct Job {
+    table: usize,
+    /// Keys after this one (none: from the start) and up to that one (none: to the end).
+    after: Option<i64>,
+    upto: Option<i64>,
+    /// Rows of the first page, from the table's row width.
+    first_page: usize,
+}
+
 /// Pages through one table, or a segment of its keys, by key (never by OFFSET) and hands the
 /// pages on.
 fn read_table(
     side: &D1Side<'_>,
     shape: &Shape,
-    table: usize,
-    segment_after: Option<i64>,
-    upto: Option<i64>,
+    job: &Job,
     pages: &crossbeam_channel::Sender<Result<Page>>,
 ) -> Result<()> {
+    let (table, upto) = (job.table, job.upto);
     let keys = shape.key_exprs.join(", ");
-    let mut after: Option<String> = segment_after.map(|k| format!("({k})"));
-    let mut page = 100;
+    let mut after: Option<String> = job.after.map(|k| format!("({k})"));
+    let mut page = job.first_page;
     loop {
         let mut conditions = Vec::new();
         if let Some(k) = &after {

@@ -70,6 +70,7 @@ pub fn run_with(config: &Config, client: &D1Client, progress: &Progress) -> Outc
         return finish(config, report, result, client, started);
     }
     if config.dry_run {
+        client.begin_phase("dry run");
         let result = dryrun::dry_run(config, client).and_then(|plan| {
             let ok = plan.would_succeed;
             report.dry_run = Some(plan);
@@ -86,14 +87,17 @@ pub fn run_with(config: &Config, client: &D1Client, progress: &Progress) -> Outc
     let copied = match (config.direction, config.mode) {
         (_, RunMode::Validate | RunMode::Sync) => Ok(()),
         (Direction::SqliteToD1, RunMode::Migrate) => {
+            client.begin_phase("forward");
             migrate::forward(config, client, progress, &mut report)
         }
         (Direction::D1ToSqlite, RunMode::Migrate) => {
+            client.begin_phase("rollback");
             rollback::rollback(config, client, progress, &mut report)
         }
     };
     let result = copied.and_then(|()| {
         if config.mode == RunMode::Validate || config.validate {
+            client.begin_phase("validate");
             let validation = validation(config, client)?;
             let verdict = validation.verdict();
             report.validation = Some(validation);
@@ -125,6 +129,11 @@ fn finish(
     report.d1_rows_written = counters
         .rows_written
         .load(std::sync::atomic::Ordering::Relaxed);
+    report.bytes_received = counters
+        .bytes_received
+        .load(std::sync::atomic::Ordering::Relaxed);
+    report.rate_limit_wait_ms = client.rate_limit_wait().as_millis() as u64;
+    report.phases = client.phases.snapshot();
     report.duration_ms = started.elapsed().as_millis() as u64;
     report.total();
     report.success = result.is_ok();

@@ -266,6 +266,21 @@ impl crate::validate::RowSide for SqliteSide {
         self.with(|c| count_from(c, &self.from(table)))
     }
 
+    fn surveys(&self, shapes: &[&Shape]) -> Result<Vec<crate::validate::Survey>> {
+        self.with(|c| {
+            shapes
+                .iter()
+                .map(|shape| {
+                    let (count, width) =
+                        c.query_row(&crate::validate::survey_sql(shape), [], |r| {
+                            Ok((r.get::<_, i64>(0)?, r.get::<_, Option<f64>>(1)?))
+                        })?;
+                    Ok(crate::validate::survey_of(Some(count as u64), width))
+                })
+                .collect()
+        })
+    }
+
     fn select(&self, shape: &Shape, tails: &[String]) -> Result<Vec<Vec<Vec<Value>>>> {
         self.with(|c| {
             tails

@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::discover::{Schema, Table, TableKind};
 use crate::error::{Error, Result};
 use crate::fit::{keeps_values, MIGRATIONS_TABLE};
+use crate::flow::Permits;
 use crate::pack::Shape;
 use crate::value::Value;
 
@@ -23,6 +24,9 @@ use crate::value::Value;
 pub trait RowSide: Sync {
     fn label(&self) -> &'static str;
     fn count(&self, table: &str) -> Result<u64>;
+    /// Each table's rows and the bytes of its rows (see [`survey_sql`]), in as few round trips
+    /// as the side can.
+    fn surveys(&self, shapes: &[&Shape]) -> Result<Vec<Survey>>;
     /// For each tail (`WHERE ... ORDER BY ... LIMIT ...`), the rows of `shape` it selects.
     fn select(&self, shape: &Shape, tails: &[String]) -> Result<Vec<Vec<Vec<Value>>>>;
 }
@@ -46,6 +50,66 @@ pub struct Options {
 /// readers of `MIGRATION_PARALLEL_TABLES` tables: 2 MiB keeps a full validation of wide rows
 /// under 150 MB (4 MiB reached 138 MB on the generated 1 GB database).
 pub const PAGE_BYTES: usize = 2 << 20;
+
+/// A table's size as one side sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Survey {
+    pub rows: u64,
+    /// Bytes of values in an average row of the first few (as [`next_page_rows`] counts them).
+    pub row_bytes: Option<usize>,
+}
+
+impl Survey {
+    /// Rows of a first page: [`PAGE_BYTES`] of rows as wide as the survey found, at most `max`.
+    pub fn first_page_rows(&self, max: usize) -> usize {
+        match self.row_bytes {
+            Some(b) if b > 0 => (PAGE_BYTES / b).clamp(1, max),
+            _ => 100.min(max),
+        }
+    }
+}
+
+/// Rows surveyed for their width.
+const SURVEYED: usize = 100;
+
+/// `SELECT count(*), <average bytes of the first rows>` of a table: one statement, so a remote
+/// side answers every table's in one request. Bytes count as [`Value::size`] + 8 per value, as
+/// [`next_page_rows`] does; the sum is a balanced tree (D1 allows expressions 100 deep).
+pub fn survey_sql(shape: &Shape) -> String {
+    fn sum(terms: &[String]) -> String {
+        match terms {
+            [] => "0".into(),
+            [one] => one.clone(),
+            _ => {
+                let (a, b) = terms.split_at(terms.len() / 2);
+                format!("({} + {})", sum(a), sum(b))
+            }
+        }
+    }
+    let terms: Vec<String> = shape
+        .columns
+        .iter()
+        .map(|c| {
+            format!(
+                "(CASE typeof({c}) WHEN 'text' THEN length(CAST({c} AS BLOB)) \
+                 WHEN 'blob' THEN length({c}) WHEN 'null' THEN 1 ELSE 8 END + 8)"
+            )
+        })
+        .collect();
+    let table = crate::value::quote_ident(&shape.table);
+    format!(
+        "SELECT count(*), (SELECT avg(w) FROM (SELECT {} AS w FROM {table} LIMIT {SURVEYED})) FROM {table}",
+        sum(&terms)
+    )
+}
+
+/// Reads a survey's row: a count, and an average width or NULL.
+pub fn survey_of(count: Option<u64>, width: Option<f64>) -> Survey {
+    Survey {
+        rows: count.unwrap_or(0),
+        row_bytes: width.map(|w| w.ceil().max(1.0) as usize),
+    }
+}
 
 /// The number of rows for the next page, from the width of the rows of the last one.
 pub fn next_page_rows(last: &[Vec<Value>], max: usize) -> usize {
@@ -103,6 +167,11 @@ pub struct Walker<'a> {
     pub segments: usize,
     /// One integer key (rowid tables and virtual tables): large tables split into segments.
     pub integer_key: bool,
+    /// Rows of the first page of a range (later pages are sized by the rows of the last).
+    pub first_page: usize,
+    /// Pages read and compared at once across every walker sharing them: memory stays bounded
+    /// while the reads of several tables overlap each other's round trips.
+    pub permits: Option<&'a Permits>,
 }
 
 impl<'a> Walker<'a> {
@@ -123,7 +192,21 @@ impl<'a> Walker<'a> {
                 table.kind,
                 TableKind::Rowid { .. } | TableKind::Virtual { .. }
             ),
+            first_page: 100.min(options.page),
+            permits: None,
         }
+    }
+
+    /// First pages sized by `survey`'s row width, not 100 rows: a small table in one round trip.
+    pub fn sized(mut self, survey: &Survey) -> Walker<'a> {
+        self.first_page = survey.first_page_rows(self.page);
+        self
+    }
+
+    /// Pages are read and compared only while holding one of `permits`.
+    pub fn sharing(mut self, permits: &'a Permits) -> Walker<'a> {
+        self.permits = Some(permits);
+        self
     }
 
     fn keys_sql(&self) -> String {
@@ -211,7 +294,7 @@ impl<'a> Walker<'a> {
     pub fn walk(&self, range: &KeyRange, each: &mut dyn FnMut(Page) -> Result<()>) -> Result<()> {
         let keys = self.keys_sql();
         let (mut after, upto) = range.clone();
-        let mut page = 100.min(self.page);
+        let mut page = self.first_page;
         let bounds = |after: &Option<String>| {
             let mut conditions = Vec::new();
             if let Some(k) = after {
@@ -227,6 +310,7 @@ impl<'a> Walker<'a> {
             }
         };
         loop {
+            let _permit = self.permits.map(Permits::take);
             let tail = format!("{} ORDER BY {keys} LIMIT {page}", bounds(&after));
             let source_rows = self
                 .source
@@ -380,19 +464,47 @@ pub fn validate_rechecked(
     rechecks: &HashMap<String, Recheck>,
 ) -> Result<Validation> {
     let tables: Vec<&Table> = source_schema.tables.iter().collect();
+    // Every table's rows (and the source's row widths) in one round trip per side.
+    let shapes: Vec<Shape> = tables.iter().map(|t| Shape::new(t, &[])).collect();
+    let sources = source.surveys(&shapes.iter().collect::<Vec<_>>())?;
+    let present: Vec<Shape> = tables
+        .iter()
+        .filter_map(|t| target_schema.table(&t.name))
+        .map(|t| Shape::new(t, &[]))
+        .collect();
+    let targets: HashMap<String, u64> = present
+        .iter()
+        .map(|s| s.table.to_lowercase())
+        .zip(target.surveys(&present.iter().collect::<Vec<_>>())?)
+        .map(|(name, survey)| (name, survey.rows))
+        .collect();
+    // Pages read and compared at once, across every table and key segment.
+    let permits = Permits::new(options.segments);
     let results: Vec<Result<TableValidation>> = {
         let (tx, rx) = crossbeam_channel::unbounded();
-        for (i, t) in tables.iter().enumerate() {
-            tx.send((i, *t)).expect("queue");
+        // The largest tables first, so that they do not start last.
+        let mut order: Vec<usize> = (0..tables.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(sources[i].rows));
+        for i in order {
+            tx.send((i, tables[i])).expect("queue");
         }
         drop(tx);
         let out = std::sync::Mutex::new(Vec::new());
+        let (sources, targets, permits) = (&sources, &targets, &permits);
         std::thread::scope(|scope| {
-            for _ in 0..parallel.max(1) {
+            // Tables mostly wait for D1's answers: as many at once as pages may be read.
+            for _ in 0..parallel.max(options.segments).max(1) {
                 let rx = rx.clone();
                 let out = &out;
                 scope.spawn(move || {
                     for (i, table) in rx {
+                        let sizes = Sizes {
+                            source: sources[i],
+                            target_rows: targets
+                                .get(&table.name.to_lowercase())
+                                .copied()
+                                .unwrap_or(0),
+                        };
                         let result = validate_table(
                             source,
                             target,
@@ -400,6 +512,8 @@ pub fn validate_rechecked(
                             target_schema,
                             options,
                             rechecks.get(&table.name),
+                            sizes,
+                            permits,
                         )
                         .map_err(|e| e.in_table(&table.name));
                         out.lock().expect("results").push((i, result));
@@ -431,6 +545,14 @@ pub fn validate_rechecked(
     })
 }
 
+/// A table's size on each side, surveyed before the tables are compared.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    source: Survey,
+    target_rows: u64,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn validate_table(
     source: &dyn RowSide,
     target: &dyn RowSide,
@@ -438,6 +560,8 @@ fn validate_table(
     target_schema: &Schema,
     options: Options,
     recheck: Option<&Recheck>,
+    sizes: Sizes,
+    permits: &Permits,
 ) -> Result<TableValidation> {
     let shape = Shape::new(table, &[]);
     let mut v = TableValidation {
@@ -450,14 +574,16 @@ fn validate_table(
         return Ok(v);
     };
     v.schema_problems = compare_schema(table, target_table, target.label());
-    v.source_rows = source.count(&table.name)?;
-    v.target_rows = target.count(&table.name)?;
+    v.source_rows = sizes.source.rows;
+    v.target_rows = sizes.target_rows;
     let comparison = Comparison {
         source,
         target,
         shape: &shape,
         table,
         options,
+        survey: sizes.source,
+        permits,
     };
     if table.name.eq_ignore_ascii_case(MIGRATIONS_TABLE)
         && table
@@ -597,6 +723,9 @@ struct Comparison<'a> {
     shape: &'a Shape,
     table: &'a Table,
     options: Options,
+    /// The source's rows and row width, for the size of first pages.
+    survey: Survey,
+    permits: &'a Permits,
 }
 
 impl Comparison<'_> {
@@ -612,6 +741,8 @@ impl Comparison<'_> {
             self.shape,
             self.options,
         )
+        .sized(&self.survey)
+        .sharing(self.permits)
     }
 
     /// A table with no more rows than the sample size is compared whole; a larger one gets
@@ -1075,7 +1206,22 @@ mod tests {
             segments: 1,
         };
         let t = schema.table(table).unwrap();
-        validate_table(&side, &side, t, &schema, options, None).unwrap()
+        let survey = side.surveys(&[&Shape::new(t, &[])]).unwrap()[0];
+        let sizes = Sizes {
+            source: survey,
+            target_rows: survey.rows,
+        };
+        validate_table(
+            &side,
+            &side,
+            t,
+            &schema,
+            options,
+            None,
+            sizes,
+            &Permits::new(1),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -1114,6 +1260,8 @@ mod tests {
                 max_examples: 10,
                 segments: 1,
             },
+            survey: Survey::default(),
+            permits: &Permits::new(1),
         };
         let keys = comparison.sample_keys(100, 200).unwrap();
         let ids: std::collections::BTreeSet<i64> = keys
@@ -1133,6 +1281,58 @@ mod tests {
         }
         // The same seed, the same keys.
         assert_eq!(comparison.sample_keys(100, 200).unwrap(), keys);
+    }
+
+    #[test]
+    fn a_survey_counts_rows_and_their_width_in_one_statement_d1_can_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("widths.sqlite");
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let wide: Vec<String> = (0..100).map(|i| format!("c{i} TEXT")).collect();
+        conn.execute_batch(&format!(
+            "CREATE TABLE t (a INTEGER PRIMARY KEY, b TEXT, c BLOB, d REAL);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 250)
+             INSERT INTO t SELECT i, 'abcdefghij', X'0102', NULL FROM n;
+             CREATE TABLE wide ({});",
+            wide.join(", ")
+        ))
+        .unwrap();
+        drop(conn);
+        let side = crate::source::SqliteSide::new(&path, "source").unwrap();
+        let conn = crate::source::open_read_only(&path).unwrap();
+        let schema = crate::discover::discover(&crate::source::SqliteCatalog(&conn)).unwrap();
+        let shapes: Vec<Shape> = ["t", "wide"]
+            .iter()
+            .map(|t| Shape::new(schema.table(t).unwrap(), &[]))
+            .collect();
+        let surveys = side.surveys(&shapes.iter().collect::<Vec<_>>()).unwrap();
+        // 8 + 8 for the integer, 10 + 8 for the text, 2 + 8 for the blob, 1 + 8 for the NULL.
+        assert_eq!(
+            surveys[0],
+            Survey {
+                rows: 250,
+                row_bytes: Some(53)
+            }
+        );
+        assert_eq!(surveys[0].first_page_rows(20_000), 20_000);
+        assert_eq!(surveys[0].first_page_rows(100_000), PAGE_BYTES / 53);
+        assert_eq!(surveys[1], Survey::default());
+        assert_eq!(surveys[1].first_page_rows(20_000), 100);
+        // D1 allows expressions 100 deep: the sum over 100 columns is a balanced tree.
+        let sql = survey_sql(&shapes[1]);
+        let deepest = sql
+            .chars()
+            .scan(0i32, |depth, c| {
+                *depth += match c {
+                    '(' => 1,
+                    ')' => -1,
+                    _ => 0,
+                };
+                Some(*depth)
+            })
+            .max()
+            .unwrap();
+        assert!(deepest < 20, "nested {deepest} deep");
     }
 
     #[test]

@@ -32,6 +32,8 @@
 //!   full and roll back exactly.
 //! - `random_schemas`: random legal databases (proptest) migrate, validate in full and roll back
 //!   `sqldiff`-identical, with the same `sqlite_master`.
+//! - `network`: over a slow network, writes keep more in flight, reads keep pages of several
+//!   tables in flight, a 429 holds back the whole run, a request too large is split.
 
 #[path = "suite/harness.rs"]
 mod harness;
@@ -78,6 +80,8 @@ mod fleet;
 #[path = "suite/interface.rs"]
 mod interface;
 
+#[path = "suite/network.rs"]
+mod network;
 #[path = "suite/shapes.rs"]
 mod shapes;
 #[path = "suite/transform.rs"]

@@ -20,7 +20,9 @@
 //   LOCAL_D1_SPARE      spare bindings for databases created at run time (default 16)
 //   LOCAL_D1_TOKEN      bearer token accepted (default "local-dev-token")
 //   LOCAL_D1_ACCOUNT    account id accepted (default: any)
-//   LOCAL_D1_FAULTS     e.g. "429=0.05,500=0.05,drop=0.02,lost=0.01,latency_ms=30,seed=7,retry_after=1"
+//   LOCAL_D1_FAULTS     e.g. "429=0.05,500=0.05,drop=0.02,lost=0.01,latency_ms=30,seed=7,retry_after=1";
+//                       max_body=N refuses request bodies over N bytes with HTTP 413 and an HTML
+//                       page, as Cloudflare's edge does, before D1 sees them
 //   LOCAL_D1_LOG        file to append one JSON line per request to (default: none)
 //   LOCAL_D1_TIME_TRAVEL  "off" removes the time_travel routes, as an API without Time Travel
 //   LOCAL_D1_STOP_ON_EOF  stop when standard input closes (used by test harnesses)
@@ -44,9 +46,9 @@ const faults = parseFaults(env.LOCAL_D1_FAULTS || "");
 const logPath = env.LOCAL_D1_LOG || "";
 
 function parseFaults(text) {
-  const f = { p429: 0, p500: 0, p503: 0, drop: 0, lost: 0, latencyMs: 0, seed: 1, retryAfter: 1 };
+  const f = { p429: 0, p500: 0, p503: 0, drop: 0, lost: 0, latencyMs: 0, seed: 1, retryAfter: 1, maxBody: 0 };
   const keys = { "429": "p429", "500": "p500", "503": "p503", drop: "drop", lost: "lost",
-    latency_ms: "latencyMs", seed: "seed", retry_after: "retryAfter" };
+    latency_ms: "latencyMs", seed: "seed", retry_after: "retryAfter", max_body: "maxBody" };
   for (const part of text.split(",").map((s) => s.trim()).filter(Boolean)) {
     const [k, v] = part.split("=");
     if (!(k in keys) || v === undefined || !Number.isFinite(Number(v))) {
@@ -169,9 +171,14 @@ function firstWords(body) {
   }
 }
 
+// Requests received and not yet answered (logged with each request as `in_flight`).
+let inFlight = 0;
+
 // A client that goes away mid-request (a killed run) rejects the body's reading with "aborted":
 // that connection is dropped, and the server goes on serving the others.
 const server = http.createServer((req, res) => {
+  inFlight += 1;
+  res.on("close", () => { inFlight -= 1; });
   handle(req, res).catch(() => req.socket.destroy());
 });
 
@@ -179,14 +186,21 @@ async function handle(req, res) {
   const chunks = [];
   for await (const c of req) chunks.push(c);
   const body = Buffer.concat(chunks);
-  const fault = pickFault();
+  const tooLarge = faults.maxBody > 0 && body.length > faults.maxBody;
+  const fault = tooLarge ? "413" : pickFault();
   if (faults.latencyMs) await sleep(faults.latencyMs);
-  const entry = { t: Date.now(), method: req.method, path: req.url, bytes: body.length, fault };
+  const entry = { t: Date.now(), method: req.method, path: req.url, bytes: body.length, fault, in_flight: inFlight };
   if (log) {
     entry.statements = req.method === "PUT" ? [] : firstWords(body.toString("utf8"));
     log.write(JSON.stringify(entry) + "\n");
   }
 
+  if (fault === "413") {
+    res.writeHead(413, { "content-type": "text/html" });
+    res.end("<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n" +
+      "<center><h1>413 Request Entity Too Large</h1></center>\r\n<hr><center>cloudflare</center>\r\n</body>\r\n</html>\r\n");
+    return;
+  }
   if (fault === "drop") {
     req.socket.destroy();
     return;

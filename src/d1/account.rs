@@ -232,13 +232,19 @@ impl D1Client {
     fn upload(&self, upload_url: &str, sql: &str, etag: &str) -> Result<(), D1Error> {
         let mut attempt = 0u32;
         loop {
-            self.wait_for_rate_limit();
+            let waited = self.rate.acquire();
             self.counters
                 .requests
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.counters
                 .bytes_sent
                 .fetch_add(sql.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            self.phases.record(|p| {
+                p.requests += 1;
+                p.bytes_sent += sql.len() as u64;
+                p.rate_limit_ms += waited.as_millis() as u64;
+                p.retries += u64::from(attempt > 0);
+            });
             let outcome = self.agent.put(upload_url).send(sql.as_bytes());
             let verdict = match outcome {
                 Ok(response) if response.status().as_u16() == 200 => {
@@ -279,10 +285,16 @@ impl D1Client {
     ) -> Result<(Json, Option<ResultInfo>), D1Error> {
         let mut attempt = 0u32;
         loop {
-            self.wait_for_rate_limit();
+            let waited = self.rate.acquire();
             self.counters
                 .requests
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.phases.record(|p| {
+                p.requests += 1;
+                p.bytes_sent += body.map_or(0, |b| b.len() as u64);
+                p.rate_limit_ms += waited.as_millis() as u64;
+                p.retries += u64::from(attempt > 0);
+            });
             let sent_at = Instant::now();
             let (verdict, outcome) = self.api_attempt(method, url, body);
             log::debug(&format!(
@@ -293,6 +305,13 @@ impl D1Client {
                 Verdict::Success => return outcome,
                 Verdict::Retry { reason, after } if attempt < self.policy.max_retries => {
                     let delay = self.backoff(attempt).max(after.unwrap_or_default());
+                    if let Some(after) = after {
+                        // The API's limit is the run's: every thread waits it out.
+                        self.rate.pause(after);
+                    }
+                    self.counters
+                        .retries
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     log::info(&format!(
                         "retrying {method} of the D1 API in {} ms: {reason}",
                         delay.as_millis()

@@ -592,3 +592,42 @@ fn md5_hex(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+#[test]
+fn bodies_over_max_body_are_refused_with_413_and_an_html_page_before_d1_sees_them() {
+    let ids = vec!["bodies".to_string()];
+    let d1 = LocalD1::start(&ids, Some("max_body=2000"));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!(
+        "{}/accounts/{}/d1/database/bodies/raw",
+        d1.api_url,
+        crate::harness::ACCOUNT
+    );
+    let post = |sql: String| {
+        let mut resp = agent
+            .post(&url)
+            .header("Authorization", &format!("Bearer {TOKEN}"))
+            .header("Content-Type", "application/json")
+            .send(json!({ "sql": sql }).to_string())
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.body_mut().read_to_string().unwrap())
+    };
+    let long = format!("CREATE TABLE t (a TEXT DEFAULT '{}')", "x".repeat(3000));
+    let (status, text) = post(long);
+    assert_eq!(status, 413);
+    assert!(text.contains("413 Request Entity Too Large"), "{text}");
+    let (status, text) = post("CREATE TABLE t (a TEXT)".into());
+    assert_eq!(status, 200, "{text}");
+    // The refused request never reached D1: only the small one created its table.
+    let tables = d1.sql(
+        "bodies",
+        &["SELECT name FROM sqlite_schema WHERE name = 't'"],
+    );
+    assert_eq!(tables[0], json!([["t"]]));
+    let faults: Vec<serde_json::Value> = d1.requests().iter().map(|r| r["fault"].clone()).collect();
+    assert_eq!(faults[0], "413");
+}
