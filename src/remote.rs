@@ -276,7 +276,7 @@ impl crate::validate::RowSide for D1Side<'_> {
     fn surveys(&self, shapes: &[&crate::pack::Shape]) -> Result<Vec<crate::validate::Survey>> {
         let sqls: Vec<String> = shapes
             .iter()
-            .map(|s| crate::validate::survey_sql(s))
+            .map(|s| crate::validate::survey_sql(s, &crate::value::quote_ident(&s.table)))
             .collect();
         let mut out = Vec::with_capacity(sqls.len());
         for chunk in sqls.chunks(READS_PER_REQUEST) {

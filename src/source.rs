@@ -271,10 +271,11 @@ impl crate::validate::RowSide for SqliteSide {
             shapes
                 .iter()
                 .map(|shape| {
-                    let (count, width) =
-                        c.query_row(&crate::validate::survey_sql(shape), [], |r| {
-                            Ok((r.get::<_, i64>(0)?, r.get::<_, Option<f64>>(1)?))
-                        })?;
+                    let (count, width) = c.query_row(
+                        &crate::validate::survey_sql(shape, &self.from(&shape.table)),
+                        [],
+                        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<f64>>(1)?)),
+                    )?;
                     Ok(crate::validate::survey_of(Some(count as u64), width))
                 })
                 .collect()

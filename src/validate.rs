@@ -72,10 +72,11 @@ impl Survey {
 /// Rows surveyed for their width.
 const SURVEYED: usize = 100;
 
-/// `SELECT count(*), <average bytes of the first rows>` of a table: one statement, so a remote
-/// side answers every table's in one request. Bytes count as [`Value::size`] + 8 per value, as
+/// `SELECT count(*), <average bytes of the first rows>` of a table read `FROM from` (the table,
+/// or a transform's subquery): one statement, so a remote side answers every table's in one
+/// request. Bytes count as [`Value::size`] + 8 per value, as
 /// [`next_page_rows`] does; the sum is a balanced tree (D1 allows expressions 100 deep).
-pub fn survey_sql(shape: &Shape) -> String {
+pub fn survey_sql(shape: &Shape, from: &str) -> String {
     fn sum(terms: &[String]) -> String {
         match terms {
             [] => "0".into(),
@@ -96,9 +97,8 @@ pub fn survey_sql(shape: &Shape) -> String {
             )
         })
         .collect();
-    let table = crate::value::quote_ident(&shape.table);
     format!(
-        "SELECT count(*), (SELECT avg(w) FROM (SELECT {} AS w FROM {table} LIMIT {SURVEYED})) FROM {table}",
+        "SELECT count(*), (SELECT avg(w) FROM (SELECT {} AS w FROM {from} LIMIT {SURVEYED})) FROM {from}",
         sum(&terms)
     )
 }
@@ -1319,7 +1319,7 @@ mod tests {
         assert_eq!(surveys[1], Survey::default());
         assert_eq!(surveys[1].first_page_rows(20_000), 100);
         // D1 allows expressions 100 deep: the sum over 100 columns is a balanced tree.
-        let sql = survey_sql(&shapes[1]);
+        let sql = survey_sql(&shapes[1], "wide");
         let deepest = sql
             .chars()
             .scan(0i32, |depth, c| {
