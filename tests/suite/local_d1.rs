@@ -628,6 +628,10 @@ fn bodies_over_max_body_are_refused_with_413_and_an_html_page_before_d1_sees_the
         &["SELECT name FROM sqlite_schema WHERE name = 't'"],
     );
     assert_eq!(tables[0], json!([["t"]]));
-    let faults: Vec<serde_json::Value> = d1.requests().iter().map(|r| r["fault"].clone()).collect();
+    let faults: Vec<serde_json::Value> = d1
+        .settled_requests()
+        .iter()
+        .map(|r| r["fault"].clone())
+        .collect();
     assert_eq!(faults[0], "413");
 }

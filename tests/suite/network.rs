@@ -19,7 +19,7 @@ fn sample(dir: &std::path::Path, scale: usize) -> std::path::PathBuf {
 /// The most requests the server held at once among those whose first statement starts with
 /// `first` (`in_flight` of its request log).
 fn most_in_flight(d1: &LocalD1, first: &str) -> u64 {
-    d1.requests()
+    d1.settled_requests()
         .iter()
         .filter(|r| {
             r["statements"].as_array().is_some_and(|s| {
@@ -78,7 +78,7 @@ fn reads_keep_pages_of_several_tables_in_flight_and_the_round_trip_is_exact() {
     Run::new(&d1, &id, &source)
         .env("MIGRATION_VALIDATE", "false")
         .ok();
-    let before = d1.requests().len();
+    let before = d1.settled_requests().len();
     let back = dir.path().join("back.sqlite");
     let report = dir.path().join("rollback.json");
     Run::new(&d1, &id, &back)
@@ -91,7 +91,7 @@ fn reads_keep_pages_of_several_tables_in_flight_and_the_round_trip_is_exact() {
     let report = read_json(&report);
     assert_eq!(report["validation"]["ok"], true);
     // Pages of several tables were asked for at once.
-    let reads = d1.requests()[before..]
+    let reads = d1.settled_requests()[before..]
         .iter()
         .filter(|r| r["statements"][0] == "SELECT CASE")
         .filter_map(|r| r["in_flight"].as_u64())
@@ -100,7 +100,7 @@ fn reads_keep_pages_of_several_tables_in_flight_and_the_round_trip_is_exact() {
     assert!(reads >= 3, "only {reads} reads in flight");
     // The catalog comes in two round trips, every table's rows and width in one: one per
     // table would cost a round trip each.
-    let catalog = d1.requests()[before..]
+    let catalog = d1.settled_requests()[before..]
         .iter()
         .filter(|r| {
             r["statements"].as_array().is_some_and(|s| {
@@ -137,7 +137,11 @@ fn a_429_holds_back_the_whole_run_and_the_copy_is_exact() {
     let diff = sqldiff(&source, d1.file(&id));
     assert!(diff.is_empty(), "{}", diff.join("\n"));
     let report = read_json(&report);
-    let limited = d1.requests().iter().filter(|r| r["fault"] == "429").count();
+    let limited = d1
+        .settled_requests()
+        .iter()
+        .filter(|r| r["fault"] == "429")
+        .count();
     assert!(limited >= 1, "no 429 was injected");
     assert!(report["retries"].as_u64().unwrap() >= limited as u64);
     // Each 429 said "Retry-After: 1"; every thread waited it out, not only the one that got it.
@@ -163,7 +167,7 @@ fn a_request_too_large_is_split_and_later_requests_are_sent_smaller() {
         .ok();
     let diff = sqldiff(&source, d1.file(&id));
     assert!(diff.is_empty(), "{}", diff.join("\n"));
-    let requests = d1.requests();
+    let requests = d1.settled_requests();
     let refused = requests.iter().filter(|r| r["fault"] == "413").count();
     let sent = requests.iter().filter(|r| r["fault"].is_null()).count();
     assert!(refused >= 1, "no request was refused");
