@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -220,8 +220,9 @@ pub struct D1Client {
     /// both ends more CPU than the transfer it saves.
     accept_encoding: &'static str,
     policy: RetryPolicy,
-    /// Every request of the run, reads included, passes the one rate limiter.
-    rate: RateLimiter,
+    /// Every request of the run, reads included, passes the one rate limiter (shared by the
+    /// clients of every database of a fleet: the limit is the token's).
+    rate: Arc<RateLimiter>,
     /// Writes in flight.
     writes: Window,
     /// See [`D1Client::max_body`].
@@ -260,6 +261,17 @@ pub struct Failure {
 
 impl D1Client {
     pub fn new(endpoint: Endpoint, policy: RetryPolicy) -> D1Client {
+        let limiter = Arc::new(RateLimiter::from_policy(&policy));
+        D1Client::with_limiter(endpoint, policy, limiter)
+    }
+
+    /// A client whose requests count toward `limiter`, shared with other clients of the same
+    /// token (a fleet's databases).
+    pub fn with_limiter(
+        endpoint: Endpoint,
+        policy: RetryPolicy,
+        limiter: Arc<RateLimiter>,
+    ) -> D1Client {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(policy.timeout))
             .http_status_as_error(false)
@@ -282,7 +294,7 @@ impl D1Client {
             endpoint,
             url,
             accept_encoding,
-            rate: RateLimiter::new(policy.rate_limit, policy.rate_window),
+            rate: limiter,
             writes: Window::new(policy.max_in_flight),
             max_body: AtomicUsize::new(usize::MAX),
             policy,

@@ -18,31 +18,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Config, Direction, RunMode};
 use crate::d1::D1Client;
 
-/// Placeholder until the shared limiter lands.
-pub struct RateLimiter;
-impl RateLimiter {
-    fn new(_: &crate::d1::RetryPolicy) -> RateLimiter {
-        RateLimiter
-    }
-}
-trait WithLimiter {
-    fn with_limiter(
-        e: crate::d1::Endpoint,
-        p: crate::d1::RetryPolicy,
-        l: Arc<RateLimiter>,
-    ) -> D1Client;
-}
-impl WithLimiter for D1Client {
-    fn with_limiter(
-        e: crate::d1::Endpoint,
-        p: crate::d1::RetryPolicy,
-        _l: Arc<RateLimiter>,
-    ) -> D1Client {
-        D1Client::new(e, p)
-    }
-}
-
 use crate::error::{Error, Result};
+use crate::flow::RateLimiter;
 use crate::log;
 use crate::progress::{self, Progress};
 use crate::report::{Report, SCHEMA_VERSION};
@@ -331,7 +308,7 @@ pub fn run_fleet(base: &Config, manifest: &Path) -> FleetOutcome {
         Ok(l) => l,
         Err(e) => return fail(report, e),
     };
-    let limiter = Arc::new(RateLimiter::new(&base.retry));
+    let limiter = Arc::new(RateLimiter::from_policy(&base.retry));
     let account =
         D1Client::with_limiter(base.endpoint.clone(), base.retry.clone(), limiter.clone());
 
