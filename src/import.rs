@@ -11,7 +11,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::error::Error;
-use crate::load::{send_statements, Job, Loader, Sent};
+use crate::load::{send_job, Job, Loader, Sent};
 use crate::log;
 use crate::pack::Statement;
 
@@ -134,20 +134,7 @@ fn load_file(ctx: &Loader<'_>, file: SqlFile, waiting: &mut Vec<Job>) {
                 jobs.len()
             ));
             for job in jobs {
-                let mut sent = Sent::default();
-                let result = send_statements(
-                    ctx,
-                    &job.table,
-                    &job.request.statements,
-                    job.request.relax_checks,
-                    &mut sent,
-                )
-                .map(|()| {
-                    sent.rows = job.request.rows as u64;
-                    sent.large_rows = job.request.large_rows as u64;
-                    sent
-                });
-                let _ = job.ack.send((job.seq, result));
+                send_job(ctx, job);
             }
         }
         Err(e) => {

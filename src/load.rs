@@ -438,21 +438,26 @@ fn copy_rows(
 /// A sender thread: posts each job's request and reports back.
 fn sender(ctx: &Loader<'_>, jobs: Receiver<Job>) {
     for job in jobs {
-        let mut sent = Sent::default();
-        let result = send_statements(
-            ctx,
-            &job.table,
-            &job.request.statements,
-            job.request.relax_checks,
-            &mut sent,
-        )
-        .map(|()| {
-            sent.rows = job.request.rows as u64;
-            sent.large_rows = job.request.large_rows as u64;
-            sent
-        });
-        let _ = job.ack.send((job.seq, result));
+        send_job(ctx, job);
     }
+}
+
+/// Sends one job's request through the query path and answers its table with what was sent.
+pub(crate) fn send_job(ctx: &Loader<'_>, job: Job) {
+    let mut sent = Sent::default();
+    let result = send_statements(
+        ctx,
+        &job.table,
+        &job.request.statements,
+        job.request.relax_checks,
+        &mut sent,
+    )
+    .map(|()| {
+        sent.rows = job.request.rows as u64;
+        sent.large_rows = job.request.large_rows as u64;
+        sent
+    });
+    let _ = job.ack.send((job.seq, result));
 }
 
 /// Sends statements as one request. When D1 says they are too large, or rejects them, sends

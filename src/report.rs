@@ -121,6 +121,19 @@ pub struct Skipped {
 }
 
 impl Report {
+    /// The closing line of a summary: requests, retries, bytes, what D1 billed, time.
+    fn requests_line(&self) -> String {
+        format!(
+            "HTTP requests {}, retries {}, {:.1} MB sent, D1 rows read {} / written {}, {:.2} s\n",
+            self.http_requests,
+            self.retries,
+            self.bytes_sent as f64 / 1e6,
+            self.d1_rows_read,
+            self.d1_rows_written,
+            self.duration_ms as f64 / 1000.0
+        )
+    }
+
     pub fn new(direction: &str, mode: &str) -> Report {
         Report {
             schema_version: SCHEMA_VERSION,
@@ -212,15 +225,7 @@ impl Report {
         if let Some(v) = &self.validation {
             out.push_str(&v.summary());
         }
-        out.push_str(&format!(
-            "HTTP requests {}, retries {}, {:.1} MB sent, D1 rows read {} / written {}, {:.2} s\n",
-            self.http_requests,
-            self.retries,
-            self.bytes_sent as f64 / 1e6,
-            self.d1_rows_read,
-            self.d1_rows_written,
-            self.duration_ms as f64 / 1000.0
-        ));
+        out.push_str(&self.requests_line());
         for p in &self.phases {
             out.push_str(&p.summary());
         }
@@ -324,15 +329,7 @@ impl Report {
         if let Some(v) = &self.validation {
             out.push_str(&v.summary());
         }
-        out.push_str(&format!(
-            "HTTP requests {}, retries {}, {:.1} MB sent, D1 rows read {} / written {}, {:.2} s\n",
-            self.http_requests,
-            self.retries,
-            self.bytes_sent as f64 / 1e6,
-            self.d1_rows_read,
-            self.d1_rows_written,
-            self.duration_ms as f64 / 1000.0
-        ));
+        out.push_str(&self.requests_line());
         out
     }
 }
