@@ -65,6 +65,13 @@ pub struct RetryPolicy {
     pub max_in_flight: usize,
 }
 
+impl RetryPolicy {
+    /// The limiter this policy asks for: `rate_limit` requests per `rate_window`.
+    pub fn limiter(&self) -> RateLimiter {
+        RateLimiter::new(self.rate_limit, self.rate_window)
+    }
+}
+
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
@@ -261,7 +268,7 @@ pub struct Failure {
 
 impl D1Client {
     pub fn new(endpoint: Endpoint, policy: RetryPolicy) -> D1Client {
-        let limiter = Arc::new(RateLimiter::from_policy(&policy));
+        let limiter = Arc::new(policy.limiter());
         D1Client::with_limiter(endpoint, policy, limiter)
     }
 

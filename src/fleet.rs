@@ -308,7 +308,7 @@ pub fn run_fleet(base: &Config, manifest: &Path) -> FleetOutcome {
         Ok(l) => l,
         Err(e) => return fail(report, e),
     };
-    let limiter = Arc::new(RateLimiter::from_policy(&base.retry));
+    let limiter = Arc::new(base.retry.limiter());
     let account =
         D1Client::with_limiter(base.endpoint.clone(), base.retry.clone(), limiter.clone());
 

@@ -45,11 +45,6 @@ impl RateLimiter {
         }
     }
 
-    /// The limiter `policy` asks for: `rate_limit` requests per `rate_window`.
-    pub fn from_policy(policy: &crate::d1::RetryPolicy) -> RateLimiter {
-        RateLimiter::new(policy.rate_limit, policy.rate_window)
-    }
-
     /// Waits until the run's pause is over and one more request keeps the count in the last
     /// window under the limit, and counts that request. Returns the time waited.
     pub fn acquire(&self) -> Duration {

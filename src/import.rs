@@ -11,9 +11,9 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::error::Error;
-use crate::load::{send_job, Job, Loader, Sent};
 use crate::log;
 use crate::pack::Statement;
+use crate::send::{send_job, Job, Outlet, Sent};
 
 /// How long the importer waits for another request before loading a file that is not full:
 /// tables wait for their requests' answers before their children start.
@@ -67,7 +67,7 @@ impl SqlFile {
 
 /// The import method's single sender (an import blocks the database, so one at a time): fills
 /// files from `jobs` and answers each job once its file is loaded.
-pub(crate) fn importer(ctx: &Loader<'_>, jobs: Receiver<Job>) {
+pub(crate) fn importer(out: &Outlet<'_>, jobs: Receiver<Job>) {
     let mut file = SqlFile::new();
     let mut waiting: Vec<Job> = Vec::new();
     loop {
@@ -75,7 +75,7 @@ pub(crate) fn importer(ctx: &Loader<'_>, jobs: Receiver<Job>) {
         let idle = matches!(next, Err(RecvTimeoutError::Timeout));
         let closed = matches!(next, Err(RecvTimeoutError::Disconnected));
         if let Ok(job) = next {
-            // Rows with placeholders (see `load::send_statements`) between the CHECK pragmas.
+            // Rows with placeholders (see `send::send_statements`) between the CHECK pragmas.
             let relax = job.request.relax_checks;
             if relax {
                 file.push(&[Statement::plain(
@@ -90,8 +90,8 @@ pub(crate) fn importer(ctx: &Loader<'_>, jobs: Receiver<Job>) {
             }
             waiting.push(job);
         }
-        if !file.is_empty() && (idle || closed || file.len() >= ctx.config.import_bytes) {
-            load_file(ctx, std::mem::take(&mut file), &mut waiting);
+        if !file.is_empty() && (idle || closed || file.len() >= out.config.import_bytes) {
+            load_file(out, std::mem::take(&mut file), &mut waiting);
         }
         if closed {
             break;
@@ -100,7 +100,7 @@ pub(crate) fn importer(ctx: &Loader<'_>, jobs: Receiver<Job>) {
 }
 
 /// Loads one file and answers its jobs.
-fn load_file(ctx: &Loader<'_>, file: SqlFile, waiting: &mut Vec<Job>) {
+fn load_file(out: &Outlet<'_>, file: SqlFile, waiting: &mut Vec<Job>) {
     let jobs = std::mem::take(waiting);
     log::debug(&format!(
         "importing {} statements ({} bytes) of {} requests",
@@ -108,7 +108,7 @@ fn load_file(ctx: &Loader<'_>, file: SqlFile, waiting: &mut Vec<Job>) {
         file.len(),
         jobs.len()
     ));
-    match ctx.client.import(file.text()) {
+    match out.client.import(file.text()) {
         Ok(_) => {
             for job in jobs {
                 let sqls: Vec<&str> = job
@@ -134,7 +134,7 @@ fn load_file(ctx: &Loader<'_>, file: SqlFile, waiting: &mut Vec<Job>) {
                 jobs.len()
             ));
             for job in jobs {
-                send_job(ctx, job);
+                send_job(out, job);
             }
         }
         Err(e) => {

@@ -34,6 +34,7 @@ pub mod remote;
 pub mod report;
 pub mod rollback;
 pub mod run;
+pub mod send;
 pub mod sides;
 pub mod source;
 pub mod state;

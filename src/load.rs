@@ -11,13 +11,14 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use crate::compat::MAX_ROW_BYTES;
 use crate::config::{BadRow, Config, Method};
-use crate::d1::{D1Client, Failure};
-use crate::error::{D1Error, Error, Result};
+use crate::d1::D1Client;
+use crate::error::{Error, Result};
 use crate::log;
-use crate::pack::{Request, Statement};
+use crate::pack::Request;
 use crate::produce::{group_phase, pass_filter, produce, Pass, Produced, Work};
 use crate::progress::{Progress, Stage};
 use crate::report::TableStats;
+use crate::send::{send_job, Job, Outlet, Rejects, Sent};
 use crate::source::open_read_only;
 use crate::state::State;
 use crate::value::Value;
@@ -33,49 +34,14 @@ pub struct Loader<'a> {
     pub rows: HashMap<String, u64>,
 }
 
-/// The reject file: one JSON line per row D1 refused, with a statement that re-inserts it.
-pub struct Rejects {
-    path: std::path::PathBuf,
-    file: std::sync::Mutex<Option<std::fs::File>>,
-    count: std::sync::atomic::AtomicU64,
-}
-
-impl Rejects {
-    pub fn new(path: std::path::PathBuf) -> Rejects {
-        Rejects {
-            path,
-            file: std::sync::Mutex::new(None),
-            count: std::sync::atomic::AtomicU64::new(0),
+impl<'a> Loader<'a> {
+    /// What the senders need of the load.
+    pub fn outlet(&self) -> Outlet<'a> {
+        Outlet {
+            config: self.config,
+            client: self.client,
+            rejects: self.rejects,
         }
-    }
-
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    fn write(&self, table: &str, key: &str, reason: &str, sql: &str) -> Result<()> {
-        use std::io::Write;
-        let io = |source| Error::Io {
-            path: self.path.clone(),
-            source,
-        };
-        let mut file = self.file.lock().expect("reject file lock");
-        if file.is_none() {
-            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(io)?;
-            }
-            *file = Some(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)
-                    .map_err(io)?,
-            );
-        }
-        let line = serde_json::json!({"table": table, "key": key, "reason": reason, "sql": sql});
-        writeln!(file.as_mut().expect("opened"), "{line}").map_err(io)?;
-        self.count.fetch_add(1, Ordering::Relaxed);
-        Ok(())
     }
 }
 
@@ -88,33 +54,6 @@ fn merge(into: &mut Vec<TableStats>, s: TableStats) {
             }
         }
         None => into.push(s),
-    }
-}
-
-/// A request on its way to a sender, with where to say how it went.
-pub(crate) struct Job {
-    pub table: String,
-    pub seq: u64,
-    pub request: Request,
-    pub ack: Sender<(u64, Result<Sent>)>,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct Sent {
-    pub rows: u64,
-    /// Rows too large for one statement, appended in pieces.
-    pub large_rows: u64,
-    pub failed: u64,
-    pub statements: u64,
-    pub bytes: u64,
-    pub requests: u64,
-}
-
-impl Sent {
-    /// Counts statements D1 has committed.
-    pub fn committed(&mut self, sqls: &[&str]) {
-        self.statements += sqls.len() as u64;
-        self.bytes += sqls.iter().map(|s| s.len() as u64).sum::<u64>();
     }
 }
 
@@ -141,7 +80,7 @@ pub fn run_work(
         // few rows go as queries.
         if config.method == Method::Import && work.iter().all(|w| w.pass != Pass::Sync) {
             let rx = job_rx.clone();
-            scope.spawn(move || crate::import::importer(ctx, rx));
+            scope.spawn(move || crate::import::importer(&ctx.outlet(), rx));
         } else {
             for _ in 0..config.concurrency {
                 let rx = job_rx.clone();
@@ -437,123 +376,9 @@ fn copy_rows(
 
 /// A sender thread: posts each job's request and reports back.
 fn sender(ctx: &Loader<'_>, jobs: Receiver<Job>) {
+    let out = ctx.outlet();
     for job in jobs {
-        send_job(ctx, job);
-    }
-}
-
-/// Sends one job's request through the query path and answers its table with what was sent.
-pub(crate) fn send_job(ctx: &Loader<'_>, job: Job) {
-    let mut sent = Sent::default();
-    let result = send_statements(
-        ctx,
-        &job.table,
-        &job.request.statements,
-        job.request.relax_checks,
-        &mut sent,
-    )
-    .map(|()| {
-        sent.rows = job.request.rows as u64;
-        sent.large_rows = job.request.large_rows as u64;
-        sent
-    });
-    let _ = job.ack.send((job.seq, result));
-}
-
-/// Sends statements as one request. When D1 says they are too large, or rejects them, sends
-/// halves instead, down to the single row at fault, which is then rejected (to the reject file,
-/// when the configuration says so) or named in the error.
-/// `relax_checks`: CHECK constraints are not enforced within the request (its rows carry
-/// placeholders the update pass replaces).
-pub(crate) fn send_statements(
-    ctx: &Loader<'_>,
-    table: &str,
-    statements: &[Statement],
-    relax_checks: bool,
-    sent: &mut Sent,
-) -> Result<()> {
-    let sqls: Vec<&str> = statements.iter().map(|s| s.sql.as_str()).collect();
-    sent.requests += 1;
-    match ctx.client.execute(&relaxed(&sqls, relax_checks)) {
-        Ok(_) => {
-            sent.committed(&sqls);
-            Ok(())
-        }
-        Err(Failure { error, shrink }) => {
-            let splittable = shrink || matches!(error, D1Error::Sql { .. });
-            if !splittable {
-                return Err(error.into());
-            }
-            if statements.len() > 1 {
-                let (a, b) = statements.split_at(statements.len() / 2);
-                send_statements(ctx, table, a, relax_checks, sent)?;
-                return send_statements(ctx, table, b, relax_checks, sent);
-            }
-            if let Some((a, b)) = statements[0].split() {
-                send_statements(ctx, table, &[a], relax_checks, sent)?;
-                return send_statements(ctx, table, &[b], relax_checks, sent);
-            }
-            let statement = &statements[0];
-            // Before a row is blamed, it is sent once more alone: a request that breaks a
-            // constraint makes D1 fail the requests in flight beside it with its own message.
-            sent.requests += 1;
-            let alone = [statement.sql.as_str()];
-            let error = match ctx.client.execute_alone(&relaxed(&alone, relax_checks)) {
-                Ok(_) => {
-                    sent.committed(&alone);
-                    return Ok(());
-                }
-                Err(Failure { error, .. }) => error,
-            };
-            let key = statement
-                .single_key()
-                .map(str::to_string)
-                .unwrap_or_else(|| row_text(&statement.sql));
-            let reason = match &error {
-                D1Error::Sql { message } => message.clone(),
-                other => other.to_string(),
-            };
-            if ctx.config.on_bad_row == BadRow::Skip && statement.row_count() == 1 {
-                log::warn(&format!(
-                    "table {table}, row {key}: rejected by D1: {reason}"
-                ));
-                sent.failed += 1;
-                return ctx.rejects.write(table, &key, &reason, &statement.sql);
-            }
-            Err(Error::Row {
-                table: table.to_string(),
-                key,
-                message: format!("D1 rejected the row: {reason}"),
-            })
-        }
-    }
-}
-
-/// The statements, between `PRAGMA ignore_check_constraints` on and off when `relax`. The
-/// setting belongs to D1's connection, not to the request, so every such request ends it.
-fn relaxed<'a>(sqls: &[&'a str], relax: bool) -> Vec<&'a str> {
-    if !relax {
-        return sqls.to_vec();
-    }
-    let mut out = Vec::with_capacity(sqls.len() + 2);
-    out.push("PRAGMA ignore_check_constraints = on");
-    out.extend_from_slice(sqls);
-    out.push("PRAGMA ignore_check_constraints = off");
-    out
-}
-
-/// The row tuple of a one-row insert (or the statement), cut short, to name a row in an error.
-fn row_text(sql: &str) -> String {
-    let text = sql.find(" VALUES ").map(|at| &sql[at + 8..]).unwrap_or(sql);
-    let text = text.trim_end_matches(" ON CONFLICT DO NOTHING");
-    if text.len() > 200 {
-        let mut end = 200;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{}…", &text[..end])
-    } else {
-        text.to_string()
+        send_job(&out, job);
     }
 }
 
@@ -574,13 +399,5 @@ mod tests {
         assert_eq!(w.committed(1, 1), None);
         assert_eq!(w.committed(0, 9), Some((vec![Value::Integer(30)], 20)));
         assert_eq!(w.committed(3, 10), Some((vec![Value::Integer(40)], 10)));
-    }
-
-    #[test]
-    fn a_row_is_named_by_its_tuple() {
-        assert_eq!(
-            row_text("INSERT INTO \"t\" (rowid,\"a\") VALUES (5,'x') ON CONFLICT DO NOTHING"),
-            "(5,'x')"
-        );
     }
 }

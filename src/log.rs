@@ -1,9 +1,29 @@
 //! Log lines to stderr at the level `MIGRATION_LOG` sets (error, warn, info, debug).
 //!
-//! Stages call these functions and never print themselves; the `progress` module routes the lines
-//! around its bars when bars are shown.
+//! Stages call these functions and never print themselves; once the `progress` module draws bars
+//! (on the one `MultiProgress` kept here), lines are printed above them.
 
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
+
+use indicatif::{MultiProgress, ProgressDrawTarget};
+
+static BARS: OnceLock<MultiProgress> = OnceLock::new();
+
+/// The run's progress bars on stderr, made the first time they are asked for.
+pub fn bars() -> &'static MultiProgress {
+    BARS.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()))
+}
+
+/// Prints a line without tearing the bars.
+pub fn println(line: &str) {
+    match BARS.get() {
+        Some(bars) => {
+            let _ = bars.println(line);
+        }
+        None => eprintln!("{line}"),
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
@@ -25,7 +45,7 @@ pub fn enabled(level: Level) -> bool {
 
 fn emit(level: Level, tag: &str, message: &str) {
     if enabled(level) {
-        crate::progress::println(&format!("{tag}{message}"));
+        println(&format!("{tag}{message}"));
     }
 }
 

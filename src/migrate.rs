@@ -12,12 +12,13 @@ use crate::d1::D1Client;
 use crate::discover::{Schema, Table};
 use crate::error::{Error, Result};
 use crate::fit::{fit, Fit, MIGRATIONS_TABLE};
-use crate::load::{run_work, Loader, Rejects};
+use crate::load::{run_work, Loader};
 use crate::log;
 use crate::plan::plan;
 use crate::produce::{group_phase, passes, read_anchors, Pass};
 use crate::progress::Progress;
 use crate::report::Report;
+use crate::send::Rejects;
 use crate::source::{count_from, open_read_only};
 use crate::state::{Fingerprint, State};
 use crate::target::{

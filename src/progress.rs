@@ -5,22 +5,10 @@
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use indicatif::{HumanCount, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-
-static BARS: OnceLock<MultiProgress> = OnceLock::new();
-
-/// Prints a line without tearing the bars.
-pub fn println(line: &str) {
-    match BARS.get() {
-        Some(bars) => {
-            let _ = bars.println(line);
-        }
-        None => eprintln!("{line}"),
-    }
-}
+use indicatif::{HumanCount, ProgressBar, ProgressStyle};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Mode {
@@ -135,9 +123,7 @@ impl Progress {
     pub fn new(mode: Mode, total_rows: u64) -> Progress {
         let bytes = Arc::new(AtomicU64::new(0));
         let overall = (mode == Mode::Bars).then(|| {
-            let bars =
-                BARS.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
-            let bar = bars.add(ProgressBar::new(total_rows));
+            let bar = crate::log::bars().add(ProgressBar::new(total_rows));
             bar.set_style(style(bytes.clone()));
             bar.set_prefix("all tables");
             bar
@@ -180,7 +166,7 @@ impl Progress {
                     Stage::VirtualRefill => "refill",
                     Stage::Differences => "sync",
                 });
-            BARS.get().expect("bars").insert_from_back(1, bar)
+            crate::log::bars().insert_from_back(1, bar)
         });
         TableProgress {
             progress: self,

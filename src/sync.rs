@@ -25,7 +25,7 @@ use crate::d1::D1Client;
 use crate::diff::{diff_table, TableChanges, TableDiff};
 use crate::discover::{Schema, SchemaObject, Table, TableKind};
 use crate::error::{Error, Result};
-use crate::load::{run_work, Loader, Rejects};
+use crate::load::{run_work, Loader};
 use crate::log;
 use crate::pack::{
     deferred_update, delete_units, update_unit, update_units, InsertPacker, Limits, Request,
@@ -35,6 +35,7 @@ use crate::plan::plan;
 use crate::produce::{Pass, Work};
 use crate::progress::Progress;
 use crate::report::{Report, SyncReport, TableStats};
+use crate::send::Rejects;
 use crate::sides::{options, Sides};
 use crate::source::to_sql;
 use crate::state::{Fingerprint, State};
