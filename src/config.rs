@@ -203,6 +203,17 @@ impl Config {
         }
     }
 
+    /// The run as a person names it in a headline: dry run, sync, validation, rollback, migration.
+    pub fn run_name(&self) -> &'static str {
+        match self.mode {
+            _ if self.dry_run => "dry run",
+            RunMode::Sync => "sync",
+            RunMode::Validate => "validation",
+            RunMode::Migrate if self.direction == Direction::D1ToSqlite => "rollback",
+            RunMode::Migrate => "migration",
+        }
+    }
+
     /// What the source goes through on its way to D1: transform, FTS conversion, selection.
     pub fn reshape(&self) -> Reshape<'_> {
         Reshape {

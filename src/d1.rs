@@ -525,28 +525,12 @@ impl D1Client {
         let mut response = match response {
             Ok(r) => r,
             Err(e) => {
-                let message = transport_message(&e);
-                let error = D1Error::Unreachable {
-                    url: self.endpoint.api_url.clone(),
-                    message: message.clone(),
-                };
-                return Answer::failed(
-                    Verdict::Retry {
-                        reason: message,
-                        after: None,
-                    },
-                    error,
-                    matches!(e, ureq::Error::Timeout(_)),
-                );
+                let (verdict, error) = unreachable(&self.endpoint.api_url, &e);
+                return Answer::failed(verdict, error, matches!(e, ureq::Error::Timeout(_)));
             }
         };
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = retry_after(&response);
         let text = match response
             .body_mut()
             .with_config()
@@ -670,6 +654,30 @@ impl Answer {
             congested,
         }
     }
+}
+
+/// A request that got no answer: retried, and named by the API's address if it stays so.
+fn unreachable(api_url: &str, e: &ureq::Error) -> (Verdict, D1Error) {
+    let message = transport_message(e);
+    let error = D1Error::Unreachable {
+        url: api_url.to_string(),
+        message: message.clone(),
+    };
+    let verdict = Verdict::Retry {
+        reason: message,
+        after: None,
+    };
+    (verdict, error)
+}
+
+/// The `Retry-After` header, in seconds.
+fn retry_after(response: &ureq::http::Response<ureq::Body>) -> Option<Duration> {
+    response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
 }
 
 fn transport_message(e: &ureq::Error) -> String {

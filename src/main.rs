@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use d1_migrator::config::{Config, Direction, RunMode, VARIABLES};
+use d1_migrator::config::{Config, VARIABLES};
 use d1_migrator::{fixture, fleet, run, set_log_level};
 
 #[derive(Parser)]
@@ -82,31 +82,13 @@ fn main() -> ExitCode {
         return run_manifest(&config, manifest);
     }
     let outcome = run(&config);
-    let what = if config.dry_run {
-        "dry run"
-    } else if config.mode == RunMode::Sync {
-        "sync"
-    } else if config.mode == RunMode::Validate {
-        "validation"
-    } else if config.direction == Direction::D1ToSqlite {
-        "rollback"
-    } else {
-        "migration"
-    };
-    if !config.quiet {
-        eprint!("{}", outcome.report.summary());
-        if let Some(path) = &config.report {
-            eprintln!("report: {}", path.display());
-        }
-    }
+    let what = config.run_name();
     let headline = match &outcome.error {
-        None => paint(&format!("d1-migrator: {what} succeeded"), true),
-        Some(e) => paint(&format!("d1-migrator: {what} FAILED: {e}"), false),
+        None => Ok(format!("{what} succeeded")),
+        Some(e) => Err(format!("{what} FAILED: {e}")),
     };
-    if outcome.error.is_some() || !config.quiet {
-        eprintln!("{headline}");
-    }
-    ExitCode::from(outcome.exit_code())
+    let summary = outcome.report.summary();
+    finish(&config, Some(summary), headline, outcome.exit_code())
 }
 
 /// Many migrations, one per manifest line: a table of the databases, then the headline.
@@ -115,30 +97,38 @@ fn run_manifest(config: &Config, manifest: &std::path::Path) -> ExitCode {
     let outcome = fleet::run_fleet(config, manifest);
     // When lines could not start, the error lists them; the table is for lines that ran.
     let ran = outcome.report.databases.iter().any(|d| d.report.is_some());
-    if !config.quiet && ran {
-        eprint!("{}", outcome.report.summary());
+    let t = &outcome.report.totals;
+    let headline = match (&outcome.error, outcome.exit_code) {
+        (Some(e), _) => Err(format!("manifest FAILED: {e}")),
+        (None, 0) => Ok(format!("manifest succeeded: {} databases", t.databases)),
+        (None, _) => Err(format!(
+            "manifest FAILED: {} of {} databases did not succeed",
+            t.databases - t.ok,
+            t.databases
+        )),
+    };
+    let summary = ran.then(|| outcome.report.summary());
+    finish(config, summary, headline, outcome.exit_code)
+}
+
+/// Prints the summary (unless quiet), then the headline: green on success, red on failure, and
+/// always when the run failed.
+fn finish(
+    config: &Config,
+    summary: Option<String>,
+    headline: Result<String, String>,
+    exit_code: u8,
+) -> ExitCode {
+    if let (false, Some(summary)) = (config.quiet, summary) {
+        eprint!("{summary}");
         if let Some(path) = &config.report {
             eprintln!("report: {}", path.display());
         }
     }
-    let t = &outcome.report.totals;
-    let headline = match (&outcome.error, outcome.exit_code) {
-        (Some(e), _) => paint(&format!("d1-migrator: manifest FAILED: {e}"), false),
-        (None, 0) => paint(
-            &format!("d1-migrator: manifest succeeded: {} databases", t.databases),
-            true,
-        ),
-        (None, _) => paint(
-            &format!(
-                "d1-migrator: manifest FAILED: {} of {} databases did not succeed",
-                t.databases - t.ok,
-                t.databases
-            ),
-            false,
-        ),
-    };
-    if outcome.exit_code != 0 || !config.quiet {
-        eprintln!("{headline}");
+    match headline {
+        Ok(text) if !config.quiet => eprintln!("{}", paint(&format!("d1-migrator: {text}"), true)),
+        Ok(_) => {}
+        Err(text) => eprintln!("{}", paint(&format!("d1-migrator: {text}"), false)),
     }
-    ExitCode::from(outcome.exit_code)
+    ExitCode::from(exit_code)
 }

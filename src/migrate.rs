@@ -377,21 +377,5 @@ fn fingerprint(config: &Config, schema: &Schema) -> Fingerprint {
     for t in &schema.tables {
         ddl.update(t.sql.as_bytes());
     }
-    Fingerprint {
-        source: std::fs::canonicalize(&config.sqlite_path)
-            .unwrap_or_else(|_| config.sqlite_path.clone())
-            .display()
-            .to_string(),
-        source_schema: ddl.finalize().to_hex().to_string(),
-        api_url: config.endpoint.api_url.clone(),
-        account_id: config.endpoint.account_id.clone(),
-        database_id: config.endpoint.database_id.clone(),
-        tables: config.tables.clone(),
-        exclude_tables: config.exclude_tables.clone(),
-        transform: config
-            .transform
-            .as_ref()
-            .map(|t| t.digest().to_string())
-            .unwrap_or_default(),
-    }
+    Fingerprint::of(config, ddl.finalize().to_hex().to_string())
 }

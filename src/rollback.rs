@@ -153,19 +153,25 @@ fn write_all(
     Ok(())
 }
 
+/// Whether the file has a `sqlite_sequence` (SQLite makes it with the first AUTOINCREMENT table).
+fn has_sequence(tx: &rusqlite::Transaction<'_>) -> Result<bool> {
+    let n: i64 = tx.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE name = 'sqlite_sequence'",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(n > 0)
+}
+
 fn write_sequence(
     tx: &rusqlite::Transaction<'_>,
     schema: &Schema,
     only_missing: bool,
 ) -> Result<()> {
-    if schema.sequence.is_empty() {
-        return Ok(());
-    }
-    if !only_missing {
-        // Loading rows made counters of their own; the source's replace them, rowids included.
-        for s in &schema.sequence {
-            tx.execute("DELETE FROM sqlite_sequence WHERE name = ?1", [&s.name])?;
-        }
+    if !only_missing && has_sequence(tx)? {
+        // A new file: loading rows made counters of their own; D1's replace them all, rowids
+        // included (a table D1 keeps no counter for keeps none here either).
+        tx.execute("DELETE FROM sqlite_sequence", [])?;
     }
     for s in &schema.sequence {
         let seq = crate::source::to_sql(&s.seq);

@@ -42,6 +42,27 @@ pub struct Fingerprint {
 }
 
 impl Fingerprint {
+    /// The fingerprint of `config`'s migration, its source's schema summed up as `source_schema`.
+    pub fn of(config: &crate::config::Config, source_schema: String) -> Fingerprint {
+        Fingerprint {
+            source: std::fs::canonicalize(&config.sqlite_path)
+                .unwrap_or_else(|_| config.sqlite_path.clone())
+                .display()
+                .to_string(),
+            source_schema,
+            api_url: config.endpoint.api_url.clone(),
+            account_id: config.endpoint.account_id.clone(),
+            database_id: config.endpoint.database_id.clone(),
+            tables: config.tables.clone(),
+            exclude_tables: config.exclude_tables.clone(),
+            transform: config
+                .transform
+                .as_ref()
+                .map(|t| t.digest().to_string())
+                .unwrap_or_default(),
+        }
+    }
+
     /// Which migration this is: the source file and the API, account and database it goes to.
     /// Names its checkpoint file; the rest of the fingerprint must then match.
     pub fn migration_id(&self) -> String {

@@ -95,9 +95,11 @@ pub fn sync(
     let writes = diffs.iter().any(|d| {
         !d.inserts.is_empty() || !d.updates.is_empty() || (delete && !d.deletes.is_empty())
     });
+    // The migration's lock, in both directions: no copy or other sync of the same source and
+    // database writes while this one does.
+    let state = State::open_kind(&config.state_dir, "sync", fingerprint(config))?;
     match config.direction {
         Direction::SqliteToD1 => {
-            let state = State::open_kind(&config.state_dir, "sync", fingerprint(config))?;
             if writes || sequence_differs {
                 report.take_bookmark(client);
             }
@@ -303,23 +305,7 @@ fn triggers_on<'s>(target: &'s Schema, items: &[Item]) -> Vec<&'s SchemaObject> 
 /// What a sync's state belongs to; only the migration's identity (source, API, account,
 /// database) must match on a rerun, so the triggers it recorded survive another selection.
 fn fingerprint(config: &Config) -> Fingerprint {
-    Fingerprint {
-        source: std::fs::canonicalize(&config.sqlite_path)
-            .unwrap_or_else(|_| config.sqlite_path.clone())
-            .display()
-            .to_string(),
-        source_schema: "sync".into(),
-        api_url: config.endpoint.api_url.clone(),
-        account_id: config.endpoint.account_id.clone(),
-        database_id: config.endpoint.database_id.clone(),
-        tables: config.tables.clone(),
-        exclude_tables: config.exclude_tables.clone(),
-        transform: config
-            .transform
-            .as_ref()
-            .map(|t| t.digest().to_string())
-            .unwrap_or_default(),
-    }
+    Fingerprint::of(config, "sync".into())
 }
 
 /// Drops the target's triggers before D1 writes (when there are writes), recording them first;

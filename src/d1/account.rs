@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde::Deserialize;
 use serde_json::Value as Json;
 
-use super::{classify, transport_message, ApiMessage, D1Client, Verdict};
+use super::{classify, retry_after, transport_message, unreachable, ApiMessage, D1Client, Verdict};
 use crate::error::D1Error;
 use crate::log;
 
@@ -350,25 +350,12 @@ impl D1Client {
         let mut response = match response {
             Ok(r) => r,
             Err(e) => {
-                let message = transport_message(&e);
-                let error = D1Error::Unreachable {
-                    url: self.endpoint.api_url.clone(),
-                    message: message.clone(),
-                };
-                let verdict = Verdict::Retry {
-                    reason: message,
-                    after: None,
-                };
+                let (verdict, error) = unreachable(&self.endpoint.api_url, &e);
                 return (verdict, Err(error));
             }
         };
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(std::time::Duration::from_secs);
+        let retry_after = retry_after(&response);
         let text = match response.body_mut().read_to_string() {
             Ok(t) => t,
             Err(e) => {

@@ -190,3 +190,46 @@ fn replace_mode_keeps_a_backup_and_rebuilds_the_file() {
     assert_eq!(backups.len(), 1);
     assert_eq!(std::fs::read(&backups[0]).unwrap(), b"old contents");
 }
+
+/// Regression: the rolled-back file's `sqlite_sequence` is D1's, row for row. Loading the rows
+/// makes counters of its own; one for a table D1 keeps no counter for stayed behind, and could
+/// hold the rowid D1's counter of another table has (`UNIQUE constraint failed:
+/// sqlite_sequence.rowid`).
+#[test]
+fn the_rolled_back_sequence_is_d1s_even_where_d1_keeps_no_counter_for_a_table() {
+    let d1 = LocalD1::shared();
+    let db = d1.fresh_database();
+    d1.sql(
+        &db,
+        &[
+            "CREATE TABLE a (id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT)",
+            "CREATE TABLE b (id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT)",
+            "INSERT INTO b (v) VALUES ('b1'), ('b2')",
+            "INSERT INTO a (v) VALUES ('a1')",
+            "DELETE FROM sqlite_sequence WHERE name = 'b'",
+        ],
+    );
+    let on_d1 = d1.sql(
+        &db,
+        &["SELECT rowid, name, seq FROM sqlite_sequence ORDER BY rowid"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let back = dir.path().join("back.sqlite");
+    Run::new(d1, &db, &back)
+        .env("MIGRATION_DIRECTION", "d1-to-sqlite")
+        .ok();
+    let conn = rusqlite::Connection::open(&back).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT rowid, name, seq FROM sqlite_sequence ORDER BY rowid")
+        .unwrap();
+    let rows: Vec<(i64, String, i64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows, vec![(2, "a".to_string(), 1)], "D1 holds {on_d1:?}");
+    let b: i64 = conn
+        .query_row("SELECT count(*) FROM b", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(b, 2);
+}
