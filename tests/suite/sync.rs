@@ -483,7 +483,7 @@ fn triggers_a_killed_sync_dropped_are_created_again_by_a_rerun_of_another_select
 }
 
 #[test]
-fn a_sync_is_refused_while_a_copy_of_the_same_migration_holds_its_lock() {
+fn a_sync_either_way_is_refused_while_a_copy_of_the_same_migration_holds_its_lock() {
     let (d1, db, dir) = fresh();
     let source = generated(dir.path(), "sample");
     Run::new(d1, &db, &source).ok();
@@ -498,15 +498,19 @@ fn a_sync_is_refused_while_a_copy_of_the_same_migration_holds_its_lock() {
     // Held as a running copy holds it.
     let held = std::fs::OpenOptions::new().write(true).open(&lock).unwrap();
     held.try_lock().unwrap();
-    let out = Run::new(d1, &db, &source)
-        .env("MIGRATION_MODE", "sync")
-        .output();
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("another run of this migration"),
-        "{}",
-        stderr(&out)
-    );
+    // Both directions: a backward sync writes the file the copy reads.
+    for direction in ["sqlite-to-d1", "d1-to-sqlite"] {
+        let out = Run::new(d1, &db, &source)
+            .env("MIGRATION_MODE", "sync")
+            .env("MIGRATION_DIRECTION", direction)
+            .output();
+        assert_eq!(out.status.code(), Some(2), "{direction}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("another run of this migration"),
+            "{direction}: {}",
+            stderr(&out)
+        );
+    }
     drop(held);
     Run::new(d1, &db, &source)
         .env("MIGRATION_MODE", "sync")
