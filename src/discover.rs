@@ -320,7 +320,7 @@ pub fn discover(db: &dyn Catalog) -> Result<Schema> {
                 TableKind::WithoutRowid
             } else {
                 TableKind::Rowid {
-                    rowid_alias: rowid_alias(&columns),
+                    rowid_alias: rowid_alias(&columns, &uniques),
                 }
             };
         let foreign_keys = if matches!(kind, TableKind::Virtual { .. }) {
@@ -407,7 +407,7 @@ fn foreign_keys(rows: Vec<Vec<Value>>) -> Vec<ForeignKey> {
 /// The column sets of a table's UNIQUE indexes (constraints included).
 fn unique_sets_sql(table: &str) -> String {
     format!(
-        "SELECT il.name, ii.name FROM pragma_index_list({t}) AS il \
+        "SELECT il.name, ii.name, il.origin FROM pragma_index_list({t}) AS il \
          JOIN pragma_index_info(il.name) AS ii WHERE il.\"unique\" ORDER BY il.seq, ii.seqno",
         t = crate::value::quote_text(table)
     )
@@ -457,8 +457,16 @@ fn unquote(text: &str) -> String {
     }
 }
 
-/// The INTEGER PRIMARY KEY column that is the rowid, if any.
-fn rowid_alias(columns: &[Column]) -> Option<String> {
+/// The INTEGER PRIMARY KEY column that is the rowid, if any. `INTEGER PRIMARY KEY DESC` is not
+/// one (SQLite's quirk): such a key has an index of its own (origin `pk` in `index_list`, read
+/// with the unique sets), and the table a rowid apart from it.
+fn rowid_alias(columns: &[Column], unique_indexes: &[Vec<Value>]) -> Option<String> {
+    if unique_indexes
+        .iter()
+        .any(|r| r.get(2).is_some_and(|o| text(o) == "pk"))
+    {
+        return None;
+    }
     let pk: Vec<&Column> = columns.iter().filter(|c| c.pk > 0).collect();
     match pk.as_slice() {
         [only] if only.decl_type.eq_ignore_ascii_case("INTEGER") => Some(only.name.clone()),
@@ -518,7 +526,37 @@ pub fn select_tables(schema: &mut Schema, include: &[String], exclude: &[String]
             .skipped
             .push((name, "excluded by configuration".into()));
     }
-    Ok(())
+    check_rowids(schema)
+}
+
+/// Refuses a selected rowid table whose rowid SQL cannot name: columns called `rowid`, `oid`
+/// and `_rowid_` all shadow it, so its rows can be neither read by key nor inserted under the
+/// same rowids (the copy would not be exact).
+fn check_rowids(schema: &Schema) -> Result<()> {
+    let unreachable: Vec<String> = schema
+        .tables
+        .iter()
+        .filter(|t| {
+            matches!(t.kind, TableKind::Rowid { rowid_alias: None }) && t.hidden_rowid().is_none()
+        })
+        .map(|t| {
+            format!(
+                "table {:?} has columns named rowid, oid and _rowid_, which hide its rowid from SQL: \
+                 its rows cannot be read by key or copied under the same rowids; rename one of them \
+                 (ALTER TABLE {} RENAME COLUMN ...) or leave the table out (MIGRATION_EXCLUDE_TABLES)",
+                t.name,
+                quote_ident(&t.name)
+            )
+        })
+        .collect();
+    if unreachable.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Refused(format!(
+            "nothing was written:\n  {}",
+            unreachable.join("\n  ")
+        )))
+    }
 }
 
 #[cfg(test)]

@@ -45,6 +45,13 @@ pub fn forward(
         log::info(&f.finding().message);
     }
     report.set_skipped(&schema.skipped);
+    for (_, reason) in schema
+        .skipped
+        .iter()
+        .filter(|(n, _)| n.starts_with("PRAGMA "))
+    {
+        log::warn(reason);
+    }
     // The checkpoint's fingerprint is of the whole selection, whatever D1 already holds.
     let fingerprint = fingerprint(config, &schema);
     let refused: Vec<String> = check_schema(&schema)

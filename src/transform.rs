@@ -691,6 +691,7 @@ pub fn source_schema(conn: &Connection, reshape: &Reshape<'_>) -> Result<Transfo
     };
     let (include, exclude) = (rename(include), rename(exclude));
     select_tables(&mut out.schema, &include, &exclude)?;
+    out.schema.skipped.extend(header_values_left_behind(conn)?);
     let kept = |name: &str| out.schema.table(name).is_some();
     let references: Vec<Reference> = out
         .references
@@ -708,6 +709,27 @@ pub fn source_schema(conn: &Connection, reshape: &Reshape<'_>) -> Result<Transfo
     out.mappings = mappings;
     let fts: Vec<FtsConversion> = out.fts.iter().filter(|f| kept(&f.table)).cloned().collect();
     out.fts = fts;
+    Ok(out)
+}
+
+/// The source's `user_version` and `application_id` when set: D1 refuses both pragmas, so they
+/// cannot travel; each is told (the dry run's findings, the report's `skipped`) with the
+/// statement that sets it again on a file rolled back.
+fn header_values_left_behind(conn: &Connection) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for pragma in ["user_version", "application_id"] {
+        let value: i64 = conn.query_row(&format!("PRAGMA {pragma}"), [], |r| r.get(0))?;
+        if value != 0 {
+            out.push((
+                format!("PRAGMA {pragma}"),
+                format!(
+                    "the source's {pragma} is {value}; D1 refuses PRAGMA {pragma}, so it is not \
+                     carried over (a file rolled back from D1 has 0): set it again there with \
+                     PRAGMA {pragma} = {value}"
+                ),
+            ));
+        }
+    }
     Ok(out)
 }
 

@@ -32,6 +32,9 @@
 //!   full and roll back exactly.
 //! - `random_schemas`: random legal databases (proptest) migrate, validate in full and roll back
 //!   `sqldiff`-identical, with the same `sqlite_master`.
+//! - `sources`: sources a new user brings that the rest lacked (INTEGER PRIMARY KEY DESC, columns
+//!   named like the rowid, UTF-16, odd page sizes, R*Tree, user_version, an application writing
+//!   during the copy): exact copies, or refusals naming the object before any write.
 //! - `network`: over a slow network, writes keep more in flight, reads keep pages of several
 //!   tables in flight, a 429 holds back the whole run, a request too large is split.
 
@@ -84,6 +87,8 @@ mod interface;
 mod network;
 #[path = "suite/shapes.rs"]
 mod shapes;
+#[path = "suite/sources.rs"]
+mod sources;
 #[path = "suite/transform.rs"]
 mod transform;
 
