@@ -104,7 +104,7 @@ pub fn read_anchors(
 }
 
 /// The shape a planned table is loaded in: deferred keys NULL, anchored keys at their anchors.
-fn load_shape(schema: &Schema, tp: &TablePlan, anchors: &Anchors) -> Shape {
+pub fn load_shape(schema: &Schema, tp: &TablePlan, anchors: &Anchors) -> Shape {
     let mut shape = Shape::new(&schema.tables[tp.table], &tp.deferred).with_anchored(&tp.anchored);
     for key in &tp.anchored {
         let parent = Shape::new(&schema.tables[key.parent], &[]);
@@ -233,6 +233,31 @@ pub fn passes(
     [rows, deferred, virtual_tables]
 }
 
+/// The one request that inserts a group's anchor rows, each pointing at the others' (see
+/// `plan`); rows already there are left as they are. `None` when the group has no anchor rows.
+pub fn anchor_request(group: &[GroupMember], limits: Limits) -> Option<Request> {
+    let mut units = Vec::new();
+    for (shape, row) in group {
+        if let Some(row) = row {
+            let mut packer = InsertPacker::new(shape.clone(), limits);
+            packer.push(row, &mut units);
+            packer.flush(&mut units);
+        }
+    }
+    (!units.is_empty()).then(|| Request::of(units, 0, true))
+}
+
+/// Why a group whose rows must load in one request cannot: it is larger than one may be.
+pub fn whole_group_too_large(tables: &[&str]) -> Error {
+    let names: Vec<String> = tables.iter().map(|t| format!("{t:?}")).collect();
+    Error::Refused(format!(
+        "tables {} refer to each other through NOT NULL foreign keys whose rows cannot point \
+         at a shared anchor for a while, so all their rows must load in one request, and \
+         they hold more than {WHOLE_GROUP_BYTES} bytes of SQL",
+        names.join(", ")
+    ))
+}
+
 /// The filter of a pass: the deferred pass reads only rows with a deferred key set (every row
 /// when keys are anchored: which differ from their anchor is decided on the client).
 pub fn pass_filter(work: &Work) -> String {
@@ -274,16 +299,8 @@ pub fn produce(
 ) -> Result<()> {
     match work.pass {
         Pass::Anchors => {
-            let mut units = Vec::new();
-            for (shape, row) in &work.group {
-                if let Some(row) = row {
-                    let mut packer = InsertPacker::new(shape.clone(), config.limits);
-                    packer.push(row, &mut units);
-                    packer.flush(&mut units);
-                }
-            }
-            if !units.is_empty() {
-                sink(Produced::Request(Request::of(units, 0, true)))?;
+            if let Some(request) = anchor_request(&work.group, config.limits) {
+                sink(Produced::Request(request))?;
             }
             return Ok(());
         }
@@ -365,19 +382,8 @@ fn produce_whole(
 ) -> Result<()> {
     let mut units: Vec<Unit> = Vec::new();
     let mut bytes = 0usize;
-    let names: Vec<String> = work
-        .group
-        .iter()
-        .map(|(s, _)| format!("{:?}", s.table))
-        .collect();
-    let too_large = || {
-        Error::Refused(format!(
-            "tables {} refer to each other through NOT NULL foreign keys whose rows cannot point \
-             at a shared anchor for a while, so all their rows must load in one request, and \
-             they hold more than {WHOLE_GROUP_BYTES} bytes of SQL",
-            names.join(", ")
-        ))
-    };
+    let names: Vec<&str> = work.group.iter().map(|(s, _)| s.table.as_str()).collect();
+    let too_large = || whole_group_too_large(&names);
     for (shape, _) in &work.group {
         let mut packer = InsertPacker::new(shape.clone(), config.limits);
         read_batches(conn, shape, "", config.batch_size, None, |rows| {

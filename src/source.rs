@@ -238,7 +238,8 @@ impl SqliteSide {
         self
     }
 
-    fn from(&self, table: &str) -> String {
+    /// The FROM clause that reads `table` on this side (a transform's subquery, or the table).
+    pub fn read_from(&self, table: &str) -> String {
         self.reads
             .get(&table.to_lowercase())
             .cloned()
@@ -263,7 +264,7 @@ impl crate::validate::RowSide for SqliteSide {
     }
 
     fn count(&self, table: &str) -> Result<u64> {
-        self.with(|c| count_from(c, &self.from(table)))
+        self.with(|c| count_from(c, &self.read_from(table)))
     }
 
     fn surveys(&self, shapes: &[&Shape]) -> Result<Vec<crate::validate::Survey>> {
@@ -272,7 +273,7 @@ impl crate::validate::RowSide for SqliteSide {
                 .iter()
                 .map(|shape| {
                     let (count, width) = c.query_row(
-                        &crate::validate::survey_sql(shape, &self.from(&shape.table)),
+                        &crate::validate::survey_sql(shape, &self.read_from(&shape.table)),
                         [],
                         |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<f64>>(1)?)),
                     )?;
@@ -290,7 +291,7 @@ impl crate::validate::RowSide for SqliteSide {
                     let sql = format!(
                         "SELECT {} FROM {} {tail}",
                         shape.select_list(),
-                        self.from(&shape.table)
+                        self.read_from(&shape.table)
                     );
                     let mut stmt = c.prepare_cached(&sql)?;
                     let (rows, _) = collect(&mut stmt, &[], usize::MAX)?;

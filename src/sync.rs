@@ -8,8 +8,10 @@
 //! transaction. A dry run stops after the differences and lists them.
 //!
 //! Order keeps D1's foreign keys true at the end of every request: inserts and updates go
-//! parents first (keys in a cycle set by a later pass, as the copy does), deletes children
-//! first, after them. Triggers on the target do not fire for these writes: on D1 they are
+//! parents first, deletes children first, after them. Keys in a cycle are written as the copy
+//! loads them (`plan`, `produce`): nullable ones NULL, NOT NULL ones at their group's anchor
+//! rows (sent first in one request), each set by a later pass; a group that cannot share
+//! anchors writes in one request, and a group's deletes go in one request. Triggers on the target do not fire for these writes: on D1 they are
 //! dropped before and created again after (what was dropped is recorded in
 //! `MIGRATION_STATE_DIR/sync-<migration>.json` first, so a run killed in between creates them on its rerun);
 //! on SQLite they are dropped and created again inside the one transaction that writes. Every
@@ -31,13 +33,16 @@ use crate::pack::{
     deferred_update, delete_units, update_unit, update_units, InsertPacker, Limits, Request,
     RequestBuilder, Shape, Unit,
 };
-use crate::plan::plan;
-use crate::produce::{Pass, Work};
+use crate::plan::{plan, GroupMode, Plan};
+use crate::produce::{
+    anchor_request, load_shape, read_anchors, whole_group_too_large, Anchors, GroupMember, Pass,
+    Work, WHOLE_GROUP_BYTES,
+};
 use crate::progress::Progress;
 use crate::report::{Report, SyncReport, TableStats};
 use crate::send::Rejects;
 use crate::sides::{options, Sides};
-use crate::source::to_sql;
+use crate::source::{open_read_only, to_sql};
 use crate::state::{Fingerprint, State};
 use crate::target::{copy_sequence, if_not_exists};
 use crate::validate::{validate_rechecked, Options, Recheck};
@@ -46,11 +51,16 @@ use crate::value::{quote_ident, Value};
 /// One table of the sync, in write order.
 struct Item<'s> {
     table: &'s Table,
-    /// The write shape (cyclic keys deferred, as the copy loads them).
+    /// Index into `Schema::tables`.
+    index: usize,
+    /// The write shape, as the copy loads it: nullable cyclic keys NULL, NOT NULL ones at their
+    /// group's anchor rows (forward), each set by the keys pass.
     shape: Shape,
     /// Positions in the item list of the tables it references.
     parents: Vec<usize>,
     sequential: bool,
+    /// Index into `Plan::groups` of its group bound by NOT NULL cycles, if any.
+    group: Option<usize>,
 }
 
 /// Runs a sync, filling `report`.
@@ -64,7 +74,18 @@ pub fn sync(
     report.set_skipped(&sides.source_schema.skipped);
     let schema = &sides.source_schema;
     check_targets(schema, &sides.target_schema, sides.target().label())?;
-    let items = order(schema);
+    let plan = plan(schema);
+    // Forward, NOT NULL keys in a cycle are written pointing at anchor rows, as the copy
+    // writes them (see `plan`); backward, one transaction with foreign keys off needs none.
+    let anchors = match config.direction {
+        Direction::SqliteToD1 => {
+            read_anchors(&open_read_only(&config.sqlite_path)?, schema, &plan, |s| {
+                s.read_from = sides.sqlite.read_from(&s.table)
+            })?
+        }
+        Direction::D1ToSqlite => Anchors::new(),
+    };
+    let items = order(schema, &plan, &anchors);
     let options = options(config, true);
     let diffs = diff_all(&sides, &items, options, config.parallel_tables)?;
 
@@ -107,7 +128,10 @@ pub fn sync(
             // The triggers are created again whatever the writes did: a failed write must not
             // leave the live database without them until a rerun.
             let written = if writes {
-                write_d1(config, client, progress, &state, &items, &diffs, report)
+                let plan = (&plan, &anchors);
+                write_d1(
+                    config, client, progress, &state, plan, &items, &diffs, report,
+                )
             } else {
                 Ok(())
             };
@@ -202,8 +226,7 @@ fn check_targets(schema: &Schema, target: &Schema, label: &str) -> Result<()> {
 }
 
 /// Ordinary tables in load order (parents first), then virtual tables.
-fn order(schema: &Schema) -> Vec<Item<'_>> {
-    let plan = plan(schema);
+fn order<'s>(schema: &'s Schema, plan: &Plan, anchors: &Anchors) -> Vec<Item<'s>> {
     let position: HashMap<usize, usize> = plan
         .tables
         .iter()
@@ -215,16 +238,20 @@ fn order(schema: &Schema) -> Vec<Item<'_>> {
         .iter()
         .map(|tp| Item {
             table: &schema.tables[tp.table],
-            shape: Shape::new(&schema.tables[tp.table], &tp.deferred),
+            index: tp.table,
+            shape: load_shape(schema, tp, anchors),
             parents: tp.parents.iter().map(|p| position[p]).collect(),
             sequential: tp.sequential,
+            group: tp.group,
         })
         .collect();
     items.extend(plan.virtual_tables.iter().map(|&i| Item {
         table: &schema.tables[i],
+        index: i,
         shape: Shape::new(&schema.tables[i], &[]),
         parents: Vec::new(),
         sequential: false,
+        group: None,
     }));
     items
 }
@@ -396,8 +423,15 @@ fn requests(units: Vec<Unit>, limits: Limits) -> Vec<Request> {
     out
 }
 
-/// Inserts (cyclic keys left NULL) and updates (all but cyclic keys) of one table.
+/// Positions of a shape that the keys pass sets: deferred and anchored foreign keys.
+fn set_later(shape: &Shape) -> impl Fn(&usize) -> bool + '_ {
+    |c| shape.deferred.contains(c) || shape.anchored.iter().any(|(p, _)| p == c)
+}
+
+/// Inserts (cyclic keys NULL or at their anchors) and updates (all but cyclic keys) of one
+/// table.
 fn upsert_requests(shape: &Shape, diff: &TableDiff, limits: Limits) -> Vec<Request> {
+    let later = set_later(shape);
     let mut units = Vec::new();
     let mut packer = InsertPacker::new(shape.clone(), limits);
     for row in &diff.inserts {
@@ -408,36 +442,32 @@ fn upsert_requests(shape: &Shape, diff: &TableDiff, limits: Limits) -> Vec<Reque
         .updates
         .iter()
         .map(|u| {
-            let columns = u
-                .columns
-                .iter()
-                .copied()
-                .filter(|c| !shape.deferred.contains(c))
-                .collect();
+            let columns = u.columns.iter().copied().filter(|c| !later(c)).collect();
             (u.row.as_slice(), columns)
         })
         .collect();
     units.extend(update_units(shape, &updates, limits));
-    requests(units, limits)
+    let mut out = requests(units, limits);
+    // A placeholder may break a CHECK until the keys pass, as in the copy.
+    for r in &mut out {
+        r.relax_checks = shape.loads_placeholders();
+    }
+    out
 }
 
 /// The cyclic keys of inserted and updated rows, set once every table's rows are there.
 fn deferred_requests(shape: &Shape, diff: &TableDiff, limits: Limits) -> Vec<Request> {
-    if shape.deferred.is_empty() {
+    if !shape.loads_placeholders() {
         return Vec::new();
     }
+    let later = set_later(shape);
     let mut units: Vec<Unit> = diff
         .inserts
         .iter()
         .filter_map(|r| deferred_update(shape, r))
         .collect();
     for u in &diff.updates {
-        let columns: Vec<usize> = u
-            .columns
-            .iter()
-            .copied()
-            .filter(|c| shape.deferred.contains(c))
-            .collect();
+        let columns: Vec<usize> = u.columns.iter().copied().filter(|c| later(c)).collect();
         units.extend(update_unit(shape, &u.row, &columns, limits.statement_bytes));
     }
     for u in &mut units {
@@ -446,13 +476,16 @@ fn deferred_requests(shape: &Shape, diff: &TableDiff, limits: Limits) -> Vec<Req
     requests(units, limits)
 }
 
-/// Writes the differences to D1 through the copy's sink: inserts and updates parents first,
-/// cyclic keys, then deletes children first.
+/// Writes the differences to D1 through the copy's sink: inserts and updates parents first
+/// (a group bound by NOT NULL cycles after its anchor rows, or all in one request), cyclic
+/// keys, then deletes children first.
+#[allow(clippy::too_many_arguments)]
 fn write_d1(
     config: &Config,
     client: &D1Client,
     progress: &Progress,
     state: &State,
+    (plan, anchors): (&Plan, &Anchors),
     items: &[Item],
     diffs: &[TableDiff],
     report: &mut Report,
@@ -479,7 +512,7 @@ fn write_d1(
             .filter(|&c| c != i && items[c].parents.contains(&i))
             .collect()
     };
-    let upserts = work(
+    let mut upserts = work(
         items
             .iter()
             .zip(diffs)
@@ -487,6 +520,7 @@ fn write_d1(
             .collect(),
         &parents,
     );
+    group_upserts(plan, anchors, items, limits, &mut upserts)?;
     let deferred = work(
         items
             .iter()
@@ -495,7 +529,7 @@ fn write_d1(
             .collect(),
         &|_| Vec::new(),
     );
-    let deletes = work(
+    let mut deletes = work(
         items
             .iter()
             .zip(diffs)
@@ -509,6 +543,7 @@ fn write_d1(
             .collect(),
         &children,
     );
+    group_deletes(plan, items, &mut deletes)?;
     let rejects = Rejects::new(config.reject_file.clone());
     let ctx = Loader {
         config,
@@ -533,6 +568,117 @@ fn write_d1(
     }
     if !failed.is_empty() {
         return Err(Error::TablesFailed(failed));
+    }
+    Ok(())
+}
+
+/// Orders the upserts of each group bound by NOT NULL cycles as the copy loads it: an anchored
+/// group's anchor rows first, in one request (rows already on D1 are left as they are), after
+/// the group's other parents and before any of its tables; a group that cannot share anchors
+/// writes all its tables' upserts in one request.
+fn group_upserts(
+    plan: &Plan,
+    anchors: &Anchors,
+    items: &[Item],
+    limits: Limits,
+    upserts: &mut Vec<Work>,
+) -> Result<()> {
+    for (g, group) in plan.groups.iter().enumerate() {
+        let members: Vec<usize> = (0..items.len())
+            .filter(|&i| items[i].group == Some(g))
+            .collect();
+        debug_assert_eq!(members.len(), group.tables.len());
+        if members.iter().all(|&m| upserts[m].prepared.is_empty()) {
+            continue;
+        }
+        let outer = outside(&members, upserts);
+        match group.mode {
+            GroupMode::Anchored => {
+                let rows: Vec<GroupMember> = members
+                    .iter()
+                    .map(|&m| {
+                        (
+                            items[m].shape.clone(),
+                            anchors.get(&items[m].index).cloned(),
+                        )
+                    })
+                    .collect();
+                let Some(request) = anchor_request(&rows, limits) else {
+                    continue;
+                };
+                let at = upserts.len();
+                upserts.push(Work {
+                    shape: items[members[0]].shape.clone(),
+                    pass: Pass::Sync,
+                    sequential: false,
+                    parents: outer,
+                    done: false,
+                    prepared: vec![request],
+                    group: Vec::new(),
+                });
+                for &m in &members {
+                    upserts[m].parents.push(at);
+                }
+            }
+            GroupMode::Whole => one_request(&members, items, upserts)?,
+        }
+    }
+    Ok(())
+}
+
+/// What the works of a group's `members` wait for outside the group.
+fn outside(members: &[usize], works: &[Work]) -> Vec<usize> {
+    let mut outer: Vec<usize> = members
+        .iter()
+        .flat_map(|&m| works[m].parents.iter().copied())
+        .filter(|p| !members.contains(p))
+        .collect();
+    outer.sort_unstable();
+    outer.dedup();
+    outer
+}
+
+/// The tables of each group bound by NOT NULL cycles delete their rows in one request: rows
+/// that refer to each other go together, whichever table holds them.
+fn group_deletes(plan: &Plan, items: &[Item], deletes: &mut [Work]) -> Result<()> {
+    for g in 0..plan.groups.len() {
+        let members: Vec<usize> = (0..items.len())
+            .filter(|&i| items[i].group == Some(g))
+            .collect();
+        if members.iter().any(|&m| !deletes[m].prepared.is_empty()) {
+            one_request(&members, items, deletes)?;
+        }
+    }
+    Ok(())
+}
+
+/// Puts the requests of `members` (one group's tables) into one request, sent by the first
+/// after every table the members wait for; the others wait for it. Refused, naming the tables,
+/// when that request would be larger than a group's may be.
+fn one_request(members: &[usize], items: &[Item], works: &mut [Work]) -> Result<()> {
+    let outer = outside(members, works);
+    let mut whole = Request::default();
+    for &m in members {
+        for r in std::mem::take(&mut works[m].prepared) {
+            whole.statements.extend(r.statements);
+            whole.rows += r.rows;
+            whole.large_rows += r.large_rows;
+            whole.bytes += r.bytes;
+        }
+        works[m].done = false;
+    }
+    if whole.bytes > WHOLE_GROUP_BYTES {
+        let names: Vec<&str> = members
+            .iter()
+            .map(|&m| items[m].table.name.as_str())
+            .collect();
+        return Err(whole_group_too_large(&names));
+    }
+    let first = members[0];
+    works[first].prepared = vec![whole];
+    works[first].parents = outer;
+    for &m in &members[1..] {
+        works[m].parents = vec![first];
     }
     Ok(())
 }

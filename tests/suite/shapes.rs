@@ -177,7 +177,7 @@ fn create(dir: &Path, name: &str, sql: &str) -> std::path::PathBuf {
 
 /// Sakila's shape: every store has a required manager, every staff member a required store.
 /// The CHECK ties a key to a copy of it, so a row pointing at an anchor breaks it for a while.
-fn store_and_staff(dir: &Path) -> std::path::PathBuf {
+pub fn store_and_staff(dir: &Path) -> std::path::PathBuf {
     let mut sql = String::from(
         "PRAGMA foreign_keys = OFF;
          CREATE TABLE store (store_id INTEGER PRIMARY KEY, name TEXT NOT NULL,
@@ -218,7 +218,7 @@ fn a_not_null_two_table_cycle_migrates_validates_and_rolls_back() {
 
 /// Three tables in a ring of NOT NULL keys (one composite, WITHOUT ROWID), with CHECKs that a
 /// placeholder key breaks.
-fn ring_source(dir: &Path) -> std::path::PathBuf {
+pub fn ring_source(dir: &Path) -> std::path::PathBuf {
     let mut sql = String::from(
         "PRAGMA foreign_keys = OFF;
          CREATE TABLE \"ring a\" (id INTEGER PRIMARY KEY, \"to b\" INTEGER NOT NULL REFERENCES \"ring b\", note TEXT);
@@ -280,7 +280,7 @@ fn a_not_null_ring_loads_through_the_import_method_too() {
 
 /// Row i points at row i+1 and the last at the first, with enough payload that the cycle runs
 /// over many requests: in one table (NOT NULL self-reference) and across two tables.
-fn row_level_cycles(dir: &Path, rows: usize) -> std::path::PathBuf {
+pub fn row_level_cycles(dir: &Path, rows: usize) -> std::path::PathBuf {
     let mut sql = String::from(
         "PRAGMA foreign_keys = OFF;
          CREATE TABLE chain (id INTEGER PRIMARY KEY, next INTEGER NOT NULL REFERENCES chain (id), payload BLOB);
@@ -307,9 +307,9 @@ fn a_row_level_cycle_many_requests_long_migrates_validates_and_rolls_back() {
     round_trip(&source, &[("MIGRATION_REQUEST_BYTES", "100000")]);
 }
 
-#[test]
-fn unique_cyclic_keys_load_their_group_in_one_request() {
-    let dir = tempfile::tempdir().unwrap();
+/// Cycles of NOT NULL keys that are UNIQUE, so no anchor can be shared: two tables and a ring
+/// of rows in one table.
+pub fn unique_cycles(dir: &Path) -> std::path::PathBuf {
     let mut sql = String::from(
         "PRAGMA foreign_keys = OFF;
          CREATE TABLE store (id INTEGER PRIMARY KEY, manager INTEGER NOT NULL UNIQUE REFERENCES staff);
@@ -328,7 +328,13 @@ fn unique_cyclic_keys_load_their_group_in_one_request() {
         ));
     }
     sql.push_str("COMMIT;");
-    let source = create(dir.path(), "unique-cycle.sqlite", &sql);
+    create(dir, "unique-cycle.sqlite", &sql)
+}
+
+#[test]
+fn unique_cyclic_keys_load_their_group_in_one_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = unique_cycles(dir.path());
     round_trip(&source, &[("MIGRATION_REQUEST_BYTES", "100000")]);
 }
 
