@@ -47,6 +47,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ("MIGRATION_SAMPLE_SEED", "seed choosing the sampled rows", "0"),
     ("MIGRATION_REPORT", "path of a JSON report of the run", "none"),
     ("MIGRATION_STATE_DIR", "folder of the checkpoints (one per migration) that let a stopped run resume", "d1-migrator-state"),
+    ("MIGRATION_SNAPSHOT", "a forward copy or sync first copies the source in one read transaction (SQLite's backup API, into the state folder) and reads only that copy, so an application writing the file meanwhile cannot tear it; false reads the file itself (no extra disk, but it must not change during the run)", "true"),
     ("MIGRATION_ON_BAD_ROW", "a row D1 rejects: fail (stop, naming it) or skip (to the reject file)", "fail"),
     ("MIGRATION_CONTINUE_ON_ERROR", "skip bad rows and go on with other tables when one fails", "false"),
     ("MIGRATION_REJECT_FILE", "JSON lines of rejected rows: table, key, reason, re-insertable SQL", "<state dir>/rejected-rows.jsonl"),
@@ -60,6 +61,35 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ("MIGRATION_LOG", "error, warn, info or debug, to stderr", "info"),
     ("MIGRATION_QUIET", "print nothing but errors", "false"),
 ];
+
+/// `MIGRATION_D1_API_URL` as the API's base: a trailing `/` is dropped, and a URL of a host
+/// alone gets Cloudflare's `/client/v4` (`https://api.cloudflare.com` means the API). A URL
+/// that goes on into `/accounts/...` is refused, naming the variable.
+fn api_base(url: &str) -> Result<String> {
+    let Some(rest) = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+    else {
+        return Err(Error::Config(format!(
+            "MIGRATION_D1_API_URL must start with http:// or https://, got {url:?}"
+        )));
+    };
+    let trimmed = url.trim_end_matches('/');
+    let path = rest
+        .find('/')
+        .map_or("", |at| &rest[at..])
+        .trim_end_matches('/');
+    if path.is_empty() {
+        return Ok(format!("{trimmed}/client/v4"));
+    }
+    if path.to_ascii_lowercase().contains("/accounts") {
+        return Err(Error::Config(format!(
+            "MIGRATION_D1_API_URL is the API's base, as {DEFAULT_API_URL}, without /accounts/... \
+             (the account is CLOUDFLARE_ACCOUNT_ID, the database MIGRATION_D1_DATABASE_ID); got {url:?}"
+        )));
+    }
+    Ok(trimmed.to_string())
+}
 
 /// The variables as read, unvalidated.
 #[derive(Debug, Default, Deserialize)]
@@ -103,6 +133,7 @@ pub struct RawConfig {
     create_databases: Option<String>,
     d1_location: Option<String>,
     fail_fast: Option<String>,
+    snapshot: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -182,9 +213,27 @@ pub struct Config {
     pub create_databases: bool,
     pub d1_location: Option<String>,
     pub fail_fast: bool,
+    /// Copy the source into one consistent snapshot before reading it (`MIGRATION_SNAPSHOT`).
+    pub snapshot: bool,
+    /// The file a forward run reads when it is not `sqlite_path` itself: the snapshot taken
+    /// for the run (`run`). `sqlite_path` still names the migration (its checkpoint).
+    pub read_path: Option<PathBuf>,
 }
 
 impl Config {
+    /// This configuration, reading `file` in place of the source (its snapshot).
+    pub fn reading(&self, file: &Path) -> Config {
+        Config {
+            read_path: Some(file.to_path_buf()),
+            ..self.clone()
+        }
+    }
+
+    /// The SQLite file a forward run reads: the run's snapshot of the source, or the source.
+    pub fn source_file(&self) -> &Path {
+        self.read_path.as_deref().unwrap_or(&self.sqlite_path)
+    }
+
     /// The direction as reports name it.
     pub fn direction_name(&self) -> &'static str {
         match self.direction {
@@ -309,11 +358,7 @@ impl Config {
         let api_url = raw
             .d1_api_url
             .unwrap_or_else(|| DEFAULT_API_URL.to_string());
-        if !(api_url.starts_with("http://") || api_url.starts_with("https://")) {
-            return Err(Error::Config(format!(
-                "MIGRATION_D1_API_URL must start with http:// or https://, got {api_url:?}"
-            )));
-        }
+        let api_url = api_base(&api_url)?;
         let direction = choice(
             raw.direction,
             "MIGRATION_DIRECTION",
@@ -450,6 +495,8 @@ impl Config {
             create_databases: boolean(raw.create_databases, "MIGRATION_CREATE_DATABASES", false)?,
             d1_location,
             fail_fast: boolean(raw.fail_fast, "MIGRATION_FAIL_FAST", false)?,
+            snapshot: boolean(raw.snapshot, "MIGRATION_SNAPSHOT", true)?,
+            read_path: None,
         })
     }
 }
@@ -590,6 +637,35 @@ mod tests {
             let set = format!("{:?}", Config::from_vars(vars(&[(name, default)])).unwrap());
             assert_eq!(set, defaults, "{name}={default}");
         }
+    }
+
+    #[test]
+    fn the_api_url_is_read_as_the_apis_base() {
+        let url = |u: &str| {
+            Config::from_vars(vars(&[("MIGRATION_D1_API_URL", u)]))
+                .map(|c| c.endpoint.api_url)
+                .map_err(|e| e.to_string())
+        };
+        let v4 = "https://api.cloudflare.com/client/v4";
+        assert_eq!(url("https://api.cloudflare.com").unwrap(), v4);
+        assert_eq!(url("https://api.cloudflare.com/").unwrap(), v4);
+        assert_eq!(url("https://api.cloudflare.com/client/v4/").unwrap(), v4);
+        assert_eq!(
+            url("http://127.0.0.1:8787/client/v4").unwrap(),
+            "http://127.0.0.1:8787/client/v4"
+        );
+        assert_eq!(
+            url("http://proxy.local/d1-api/").unwrap(),
+            "http://proxy.local/d1-api"
+        );
+        let e = url("https://api.cloudflare.com/client/v4/accounts/abc/d1/database").unwrap_err();
+        assert!(
+            e.contains("MIGRATION_D1_API_URL") && e.contains("/accounts"),
+            "{e}"
+        );
+        assert!(url("api.cloudflare.com")
+            .unwrap_err()
+            .contains("MIGRATION_D1_API_URL"));
     }
 
     #[test]

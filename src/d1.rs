@@ -592,12 +592,7 @@ impl D1Client {
             parse_results(envelope.result, defer_keys, &self.counters)
         } else {
             let message = messages.join("; ");
-            Err(match status {
-                401 | 403 => D1Error::Auth { status, message },
-                404 => D1Error::NotFound { message },
-                400 => D1Error::Sql { message },
-                _ => D1Error::Http { status, message },
-            })
+            Err(D1Error::refused(status, message, true))
         };
         Answer {
             verdict,

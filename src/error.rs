@@ -14,6 +14,8 @@ pub enum D1Error {
     Auth { status: u16, message: String },
     #[error("D1 database not found (HTTP 404): {message}; check MIGRATION_D1_DATABASE_ID and CLOUDFLARE_ACCOUNT_ID")]
     NotFound { message: String },
+    #[error("the API has no route for this request ({message}): check MIGRATION_D1_API_URL (the API's base, as https://api.cloudflare.com/client/v4), CLOUDFLARE_ACCOUNT_ID and MIGRATION_D1_DATABASE_ID")]
+    NoRoute { message: String },
     #[error("D1 rejected the SQL: {message}")]
     Sql { message: String },
     #[error("D1 answered HTTP {status}: {message}")]
@@ -27,10 +29,25 @@ pub enum D1Error {
 }
 
 impl D1Error {
+    /// The error of an answer that refused a request: by D1's codes first (7000 "No route for
+    /// that URI" and 7003 "Could not route to ...": a wrong base URL or a malformed id, whatever
+    /// the HTTP status), then by status. `statement`: the request carried SQL.
+    pub fn refused(status: u16, message: String, statement: bool) -> D1Error {
+        if message.contains("[code 7000]") || message.contains("[code 7003]") {
+            return D1Error::NoRoute { message };
+        }
+        match status {
+            401 | 403 => D1Error::Auth { status, message },
+            404 => D1Error::NotFound { message },
+            400 if statement => D1Error::Sql { message },
+            _ => D1Error::Http { status, message },
+        }
+    }
+
     /// True when the error says the input (token, database id, URL) is wrong, not the run.
     pub fn is_bad_input(&self) -> bool {
         match self {
-            D1Error::Auth { .. } | D1Error::NotFound { .. } => true,
+            D1Error::Auth { .. } | D1Error::NotFound { .. } | D1Error::NoRoute { .. } => true,
             D1Error::RetriesExhausted { last, .. } => last.starts_with("cannot connect"),
             _ => false,
         }

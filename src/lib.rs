@@ -36,6 +36,7 @@ pub mod rollback;
 pub mod run;
 pub mod send;
 pub mod sides;
+pub mod snapshot;
 pub mod source;
 pub mod state;
 pub mod sync;

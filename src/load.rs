@@ -217,7 +217,7 @@ fn copy_rows(
     let started = Instant::now();
     let shape = &work.shape;
     let table = shape.table.clone();
-    let conn = open_read_only(&config.sqlite_path)?;
+    let conn = open_read_only(config.source_file())?;
     let filter = pass_filter(work);
     let after = match work.pass {
         Pass::Insert => ctx.state.resume_after(&table),

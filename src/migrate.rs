@@ -35,7 +35,7 @@ pub fn forward(
     progress: &Progress,
     report: &mut Report,
 ) -> Result<()> {
-    let source = open_read_only(&config.sqlite_path)?;
+    let source = open_read_only(config.source_file())?;
     let transformed = source_schema(&source, &config.reshape())?;
     let mut schema = transformed.schema.clone();
     for m in &transformed.mappings {

@@ -112,6 +112,9 @@ pub struct Report {
     pub bookmark_before: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restore_command: Option<String>,
+    /// The consistent copy of the source the run read (`MIGRATION_SNAPSHOT`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_snapshot: Option<crate::snapshot::SnapshotReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -8,6 +8,7 @@ use crate::d1::D1Client;
 use crate::error::Error;
 use crate::progress::{Mode, Progress};
 use crate::report::Report;
+use crate::snapshot::Snapshot;
 use crate::{dryrun, log, migrate, rollback, sides, sync, validate};
 
 /// How a run ended: its report, and the error that stopped it, if any.
@@ -62,11 +63,49 @@ pub fn run_with(config: &Config, client: &D1Client, progress: &Progress) -> Outc
     if config.direction == Direction::D1ToSqlite && config.transform.is_some() {
         log::warn("MIGRATION_TRANSFORM is ignored by a rollback: it writes what D1 holds");
     }
-    let mut report = Report::new(config.direction_name(), config.mode_name());
+    let report = Report::new(config.direction_name(), config.mode_name());
+    // A forward copy or sync reads one consistent copy of the source (the application may
+    // still be writing it).
+    let mut snapshot = None;
+    let reading;
+    let config = if config.direction == Direction::SqliteToD1
+        && config.snapshot
+        && !config.dry_run
+        && config.mode != RunMode::Validate
+    {
+        match Snapshot::take(&config.sqlite_path, &config.state_dir) {
+            Ok(s) => {
+                reading = config.reading(s.path());
+                snapshot = Some(s);
+                &reading
+            }
+            Err(e) => return finish(config, report, Err(e), client, started),
+        }
+    } else {
+        config
+    };
+    let outcome = run_on(config, client, progress, report, started, || {
+        snapshot.as_mut().map(Snapshot::finish)
+    });
+    drop(snapshot);
+    outcome
+}
+
+/// [`run_with`] once the file to read is settled; `snapshot` completes the report's account of
+/// the source's copy at the end.
+fn run_on(
+    config: &Config,
+    client: &D1Client,
+    progress: &Progress,
+    mut report: Report,
+    started: Instant,
+    mut snapshot: impl FnMut() -> Option<crate::snapshot::SnapshotReport>,
+) -> Outcome {
     if config.mode == RunMode::Sync {
         // A sync validates every row itself at its end; its dry run stops before writing.
         let result = sync::sync(config, client, progress, &mut report);
         progress.finish();
+        report.source_snapshot = snapshot();
         return finish(config, report, result, client, started);
     }
     if config.dry_run {
@@ -106,6 +145,7 @@ pub fn run_with(config: &Config, client: &D1Client, progress: &Progress) -> Outc
         Ok(())
     });
     progress.finish();
+    report.source_snapshot = snapshot();
     finish(config, report, result, client, started)
 }
 

@@ -29,11 +29,11 @@ impl<'a> Sides<'a> {
         } else {
             "target (SQLite)"
         };
-        let conn = open_read_only(&config.sqlite_path)?;
+        let conn = open_read_only(config.source_file())?;
         // Forward, the source is seen as the transform (if any) presents it, tables selected.
         let (sqlite, sqlite_schema) = if forward {
             let transformed = source_schema(&conn, &config.reshape())?;
-            let side = SqliteSide::new(&config.sqlite_path, sqlite_label)?
+            let side = SqliteSide::new(config.source_file(), sqlite_label)?
                 .reading(transformed.reads())
                 .computing(transformed.computed_tables());
             (side, transformed.schema)

@@ -394,11 +394,7 @@ impl D1Client {
             v => v,
         };
         let message = messages.join("; ");
-        let error = match status {
-            401 | 403 => D1Error::Auth { status, message },
-            404 => D1Error::NotFound { message },
-            _ => D1Error::Http { status, message },
-        };
+        let error = D1Error::refused(status, message, false);
         (verdict, Err(error))
     }
 }

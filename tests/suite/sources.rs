@@ -284,3 +284,146 @@ fn utf16_and_unusual_page_size_sources_copy_exactly_both_ways() {
         );
     }
 }
+
+/// An application that keeps writing its file while the copy runs (users keep it running through
+/// the cutover): each commit adds an account and its first transfer. The copy read each table
+/// at its own moment, so transfers of accounts created after the accounts were read reached D1
+/// without their parent (WAL: `FOREIGN KEY constraint failed`), or a reader met the writer's
+/// lock (rollback journal: `database is locked`). The run now reads one snapshot of the source:
+/// D1 holds it as of one moment (every new account with exactly its transfer), validation passes
+/// against that moment, and the report says the source changed after it.
+#[test]
+fn an_application_writing_during_the_copy_cannot_tear_it() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    for journal in ["wal", "delete"] {
+        let (d1, db, dir) = fresh();
+        let source = dir.path().join(format!("live-{journal}.sqlite"));
+        {
+            let conn = rusqlite::Connection::open(&source).unwrap();
+            conn.execute_batch(&format!(
+                "PRAGMA journal_mode = {journal};
+                 CREATE TABLE accounts(id INTEGER PRIMARY KEY, name TEXT, balance INTEGER NOT NULL);
+                 CREATE TABLE transfers(id INTEGER PRIMARY KEY,
+                   account_id INTEGER NOT NULL REFERENCES accounts(id), amount INTEGER);
+                 WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 20000)
+                 INSERT INTO accounts SELECT i, 'account ' || i, 1000 FROM c;
+                 WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 150000)
+                 INSERT INTO transfers SELECT i, i % 20000 + 1, 5 FROM c;"
+            ))
+            .unwrap();
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (source, stop) = (source.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let conn = rusqlite::Connection::open(&source).unwrap();
+                conn.busy_timeout(std::time::Duration::from_secs(30))
+                    .unwrap();
+                let mut commits = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = 1_000_000 + commits as i64;
+                    conn.execute_batch(&format!(
+                        "BEGIN IMMEDIATE;
+                         INSERT INTO accounts VALUES ({id}, 'new', 0);
+                         INSERT INTO transfers(account_id, amount) VALUES ({id}, 7);
+                         UPDATE accounts SET balance = balance - 1 WHERE id = {};
+                         COMMIT;",
+                        commits % 20000 + 1
+                    ))
+                    .unwrap();
+                    commits += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                commits
+            })
+        };
+        // The application has been writing for a moment when the run starts.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let report = dir.path().join("report.json");
+        let out = Run::new(d1, &db, &source)
+            .env("MIGRATION_VALIDATE_ALL_ROWS", "true")
+            .env("MIGRATION_BATCH_SIZE", "2000")
+            .env("MIGRATION_REPORT", &report)
+            .output();
+        stop.store(true, Ordering::Relaxed);
+        let commits = writer.join().unwrap();
+        assert!(
+            out.status.success(),
+            "{journal}: {} ({commits} commits)",
+            stderr(&out)
+        );
+        let rows = d1.sql(
+            &db,
+            &[
+                "SELECT count(*) FROM accounts WHERE id >= 1000000",
+                "SELECT count(*) FROM transfers WHERE account_id >= 1000000",
+                "SELECT max(id) - 1000000 + 1 FROM accounts WHERE id >= 1000000",
+            ],
+        );
+        // One moment of the source: every new account arrived with its transfer, and the new
+        // accounts are the first ones the application created, without a gap.
+        assert_eq!(rows[0], rows[1], "{journal}: {rows:?}");
+        assert!(
+            rows[0][0][0] == rows[2][0][0] || rows[0][0][0] == 0,
+            "{journal}: {rows:?}"
+        );
+        let snapshot = read_json(&report)["source_snapshot"].clone();
+        assert_eq!(snapshot["source_changed"], true, "{journal}: {snapshot}");
+        assert!(
+            stderr(&out).contains("the source changed while it was copied"),
+            "{journal}: {}",
+            stderr(&out)
+        );
+        assert!(
+            !walk_names(&d1.state_dir(&db))
+                .iter()
+                .any(|n| n.starts_with("snapshot-")),
+            "{journal}: the snapshot is removed at the end"
+        );
+    }
+}
+
+fn walk_names(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The API's base as users write it: `https://api.cloudflare.com` (no `/client/v4`) or with a
+/// trailing slash. Without `/client/v4` every request met "No route for that URI" (code 7000),
+/// reported as "D1 rejected the SQL" with exit 1. The host alone now means the API's base; a
+/// route the API lacks is an error naming MIGRATION_D1_API_URL (and the ids), exit 2.
+#[test]
+fn the_api_url_as_users_write_it_reaches_the_api_or_is_named() {
+    let (d1, db, dir) = fresh();
+    let source = create(
+        dir.path(),
+        "small.sqlite",
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'x');",
+    );
+    let host = d1.api_url.trim_end_matches("/client/v4");
+    for wrong in [format!("{host}/v4"), format!("{}/v9/", d1.api_url)] {
+        let out = Run::new(d1, &db, &source)
+            .env("MIGRATION_D1_API_URL", &wrong)
+            .output();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{wrong}: {err}");
+        assert!(err.contains("MIGRATION_D1_API_URL"), "{wrong}: {err}");
+        assert!(!err.contains("rejected the SQL"), "{wrong}: {err}");
+        assert!(!err.contains(crate::harness::TOKEN), "{wrong}: {err}");
+        d1.assert_untouched(&db);
+    }
+    Run::new(d1, &db, &source)
+        .env("MIGRATION_D1_API_URL", format!("{host}/"))
+        .ok();
+    Run::new(d1, &db, &source)
+        .env("MIGRATION_D1_API_URL", format!("{}/", d1.api_url))
+        .env("MIGRATION_MODE", "validate")
+        .ok();
+}
