@@ -91,6 +91,24 @@ fn api_base(url: &str) -> Result<String> {
     Ok(trimmed.to_string())
 }
 
+/// `MIGRATION_REPORT`, refused before the run when its folder does not exist (the report is
+/// written at the end: the run would otherwise do all its work and then fail).
+fn report_path(value: Option<String>) -> Result<Option<PathBuf>> {
+    let Some(path) = value.filter(|r| !r.is_empty()).map(PathBuf::from) else {
+        return Ok(None);
+    };
+    match path.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() && !folder.is_dir() => {
+            Err(Error::Config(format!(
+                "MIGRATION_REPORT {}: its folder {} does not exist",
+                path.display(),
+                folder.display()
+            )))
+        }
+        _ => Ok(Some(path)),
+    }
+}
+
 /// The variables as read, unvalidated.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -460,7 +478,7 @@ impl Config {
             )?,
             sample_size: number(raw.sample_size, "MIGRATION_SAMPLE_SIZE", 100, 0, 10_000_000)?,
             sample_seed: number(raw.sample_seed, "MIGRATION_SAMPLE_SEED", 0, 0, usize::MAX)? as u64,
-            report: raw.report.filter(|r| !r.is_empty()).map(PathBuf::from),
+            report: report_path(raw.report)?,
             reject_file: raw
                 .reject_file
                 .map(PathBuf::from)
@@ -666,6 +684,17 @@ mod tests {
         assert!(url("api.cloudflare.com")
             .unwrap_err()
             .contains("MIGRATION_D1_API_URL"));
+    }
+
+    #[test]
+    fn a_report_in_a_folder_that_does_not_exist_is_refused_before_the_run() {
+        let e = error(&[("MIGRATION_REPORT", "/nonexistent-folder/report.json")]);
+        assert!(
+            e.contains("MIGRATION_REPORT") && e.contains("does not exist"),
+            "{e}"
+        );
+        let c = Config::from_vars(vars(&[("MIGRATION_REPORT", "report.json")])).unwrap();
+        assert_eq!(c.report, Some(PathBuf::from("report.json")));
     }
 
     #[test]

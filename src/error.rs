@@ -10,7 +10,7 @@ use thiserror::Error;
 /// What went wrong talking to D1's HTTP API.
 #[derive(Debug, Error)]
 pub enum D1Error {
-    #[error("D1 refused the API token (HTTP {status}): {message}; check CLOUDFLARE_API_TOKEN and its D1 permissions")]
+    #[error("D1 refused the API token (HTTP {status}): {message}; check CLOUDFLARE_API_TOKEN, its D1 permissions, and that CLOUDFLARE_ACCOUNT_ID is the account it belongs to")]
     Auth { status: u16, message: String },
     #[error("D1 database not found (HTTP 404): {message}; check MIGRATION_D1_DATABASE_ID and CLOUDFLARE_ACCOUNT_ID")]
     NotFound { message: String },

@@ -33,8 +33,9 @@ pub struct Snapshot {
     path: PathBuf,
     /// Held while the run lasts: a folder whose lock is free belongs to a run that is gone.
     _lock: File,
-    /// The source, kept open (no transaction) to tell whether it changed since the copy.
-    watch: Connection,
+    /// The source, kept open (no transaction) to tell whether it changed since the copy; none
+    /// when its files were copied as they are (see [`Snapshot::take`]).
+    watch: Option<Connection>,
     version: i64,
     pub report: SnapshotReport,
 }
@@ -56,7 +57,18 @@ impl Snapshot {
     /// runs that are gone (killed before they removed theirs) are removed first.
     pub fn take(source: &Path, state_dir: &Path) -> Result<Snapshot> {
         let started = Instant::now();
-        let watch = open_read_only(source)?;
+        // A WAL file SQLite cannot read in place (a read-only folder: no -shm can be made) is
+        // copied with its -wal instead: nothing can be writing it, as a writer needs the -shm.
+        let in_place =
+            Connection::open_with_flags(source, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map_or(true, |c| {
+                    !crate::source::wal_unreadable_in_place(source, &c)
+                });
+        let watch = if in_place {
+            Some(open_read_only(source)?)
+        } else {
+            None
+        };
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| Error::Io {
@@ -64,7 +76,7 @@ impl Snapshot {
                 source,
             }
         };
-        std::fs::create_dir_all(state_dir).map_err(io(state_dir))?;
+        crate::state::create_state_dir(state_dir)?;
         remove_abandoned(state_dir);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -84,16 +96,20 @@ impl Snapshot {
             version: 0,
             report: SnapshotReport::default(),
         };
-        snapshot.copy(source)?;
-        snapshot.version = data_version(&snapshot.watch)?;
+        match &snapshot.watch {
+            Some(watch) => {
+                snapshot.copy(watch, source)?;
+                snapshot.version = data_version(watch)?;
+            }
+            None => snapshot.copy_files(source)?,
+        }
         snapshot.report.taken_at_unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         snapshot.report.bytes = std::fs::metadata(&snapshot.path).map_or(0, |m| m.len());
         snapshot.report.duration_ms = started.elapsed().as_millis() as u64;
         log::info(&format!(
-            "source copied as of now into {} ({:.1} MB in {:.2} s): the run reads this one consistent copy",
-            snapshot.path.display(),
+            "source copied as of now into the state folder ({:.1} MB in {:.2} s): the run reads this one consistent copy",
             snapshot.report.bytes as f64 / 1e6,
             started.elapsed().as_secs_f64()
         ));
@@ -101,7 +117,7 @@ impl Snapshot {
     }
 
     /// Every page in one step: one read transaction on the source, so the copy is of one moment.
-    fn copy(&self, source: &Path) -> Result<()> {
+    fn copy(&self, watch: &Connection, source: &Path) -> Result<()> {
         let failed = |message: String| Error::Source {
             path: source.to_path_buf(),
             message,
@@ -112,7 +128,7 @@ impl Snapshot {
                 self.path.display()
             ))
         })?;
-        let backup = Backup::new(&self.watch, &mut dst).map_err(|e| failed(e.to_string()))?;
+        let backup = Backup::new(watch, &mut dst).map_err(|e| failed(e.to_string()))?;
         let deadline = Instant::now() + LOCK_WAIT;
         loop {
             match backup.step(-1) {
@@ -138,6 +154,27 @@ impl Snapshot {
         }
     }
 
+    /// The source file and its `-wal` copied as they are, for SQLite to read them here.
+    fn copy_files(&self, source: &Path) -> Result<()> {
+        let mut wal = source.as_os_str().to_owned();
+        wal.push("-wal");
+        let mut to_wal = self.path.as_os_str().to_owned();
+        to_wal.push("-wal");
+        for (from, to) in [
+            (source.to_path_buf(), self.path.clone()),
+            (PathBuf::from(wal), PathBuf::from(to_wal)),
+        ] {
+            std::fs::copy(&from, &to).map_err(|e| Error::Source {
+                path: source.to_path_buf(),
+                message: format!(
+                    "copying {} into MIGRATION_STATE_DIR failed: {e}",
+                    from.display()
+                ),
+            })?;
+        }
+        open_read_only(&self.path).map(drop)
+    }
+
     /// The copy every stage reads.
     pub fn path(&self) -> &Path {
         &self.path
@@ -146,7 +183,10 @@ impl Snapshot {
     /// Whether another connection committed to the source since the copy; the report is
     /// completed with it.
     pub fn finish(&mut self) -> SnapshotReport {
-        self.report.source_changed = data_version(&self.watch).is_ok_and(|now| now != self.version);
+        self.report.source_changed = self
+            .watch
+            .as_ref()
+            .is_some_and(|w| data_version(w).is_ok_and(|now| now != self.version));
         if self.report.source_changed {
             log::warn(
                 "the source changed while it was copied (another connection committed): D1 holds it \

@@ -30,6 +30,12 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
             | OpenFlags::SQLITE_OPEN_URI,
     )
     .map_err(|e| bad(e.to_string()))?;
+    if wal_unreadable_in_place(path, &conn) {
+        return Err(bad(format!(
+            "{WAL_IN_PLACE}; MIGRATION_SNAPSHOT=true (the default for a copy or a sync) copies \
+             it with its -wal first, or checkpoint it where it can be written"
+        )));
+    }
     conn.busy_timeout(Duration::from_secs(2))
         .map_err(|e| bad(e.to_string()))?;
     // Literals of extreme REALs are written `m*pow(2,e)`, as for D1; this SQLite build lacks pow.
@@ -51,6 +57,26 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
         other => bad(format!("not a readable SQLite database: {other}")),
     })?;
     Ok(conn)
+}
+
+const WAL_IN_PLACE: &str = "it is in WAL mode with a -wal file but no -shm, in a folder this \
+     user cannot write: SQLite cannot read it in place";
+
+/// True when `conn` cannot read the file at `path` because it is in WAL mode with a `-wal` file
+/// and no `-shm`, which SQLite cannot create there (a read-only folder or another user's).
+pub fn wal_unreadable_in_place(path: &Path, conn: &Connection) -> bool {
+    let beside = |suffix: &str| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        std::path::PathBuf::from(p)
+    };
+    beside("-wal").is_file()
+        && !beside("-shm").exists()
+        && conn
+            .query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .is_err_and(|e| e.sqlite_error_code() == Some(rusqlite::ErrorCode::CannotOpen))
 }
 
 pub fn value(v: ValueRef<'_>) -> Value {

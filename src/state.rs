@@ -184,7 +184,7 @@ impl State {
             let path = path.to_path_buf();
             move |source| Error::Io { path, source }
         };
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        create_state_dir(dir)?;
         let lock = lock(&lock_path, &fingerprint)?;
         if kind == "checkpoint" {
             adopt_legacy(dir, &path, &fingerprint)?;
@@ -347,6 +347,17 @@ impl State {
 }
 
 /// Takes the lock of a migration, or says which process holds it.
+/// Creates `MIGRATION_STATE_DIR` if it is missing; a folder that cannot be made is bad
+/// configuration, named by its variable.
+pub fn create_state_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        Error::Config(format!(
+            "MIGRATION_STATE_DIR {}: cannot create it: {e}",
+            dir.display()
+        ))
+    })
+}
+
 fn lock(path: &Path, fingerprint: &Fingerprint) -> Result<File> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),

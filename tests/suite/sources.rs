@@ -427,3 +427,144 @@ fn the_api_url_as_users_write_it_reaches_the_api_or_is_named() {
         .env("MIGRATION_MODE", "validate")
         .ok();
 }
+
+/// Setups that are wrong before any row moves: an account id the token does not belong to (told
+/// only "check CLOUDFLARE_API_TOKEN"), a report in a folder that does not exist (the whole copy
+/// ran, then the run failed writing the report, exit 1), a state folder that cannot be made
+/// (an I/O error naming no variable, exit 1). Each is refused now with exit 2, naming its
+/// variable, nothing written, and the token in no output.
+#[test]
+fn wrong_setups_are_refused_naming_their_variable_before_any_write() {
+    let (d1, db, dir) = fresh();
+    let source = create(
+        dir.path(),
+        "small.sqlite",
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'x');",
+    );
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, "not a folder").unwrap();
+    for (variable, value) in [
+        ("CLOUDFLARE_ACCOUNT_ID", "another-account".to_string()),
+        (
+            "MIGRATION_REPORT",
+            dir.path().join("missing/report.json").display().to_string(),
+        ),
+        (
+            "MIGRATION_STATE_DIR",
+            blocker.join("state").display().to_string(),
+        ),
+    ] {
+        let out = Run::new(d1, &db, &source).env(variable, &value).output();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{variable}: {err}");
+        assert!(err.contains(variable), "{variable}: {err}");
+        assert!(!err.contains(crate::harness::TOKEN), "{variable}: {err}");
+        d1.assert_untouched(&db);
+    }
+}
+
+/// A WAL-mode source with its `-wal` (commits not yet checkpointed) and no `-shm`, in a folder
+/// the user running the tool cannot write (a read-only volume, another user's files): SQLite
+/// cannot open it read-only there ("unable to open database file"), and the run refused it as
+/// "not a readable SQLite database". The snapshot now copies the file with its `-wal` into the
+/// state folder and reads it there: every committed row arrives, the source is left as it was.
+/// Root ignores folder permissions, so the run is made as user `nobody` through `setpriv`.
+#[test]
+fn a_wal_source_in_a_folder_the_user_cannot_write_is_read_with_its_wal() {
+    use std::os::unix::fs::PermissionsExt;
+    let (d1, db, dir) = fresh();
+    let root = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+    let as_root = root.is_ok_and(|uid| uid == 0);
+    if as_root
+        && std::process::Command::new("setpriv")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
+        eprintln!("skipped: running as root without setpriv to drop to another user");
+        return;
+    }
+    let folder = dir.path().join("read-only");
+    std::fs::create_dir(&folder).unwrap();
+    let source = folder.join("app.sqlite");
+    let writer = rusqlite::Connection::open(&source).unwrap();
+    writer
+        .execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;
+             CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+             WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 500)
+             INSERT INTO t SELECT i, 'v' || i FROM c;",
+        )
+        .unwrap();
+    // The -wal holds every row; the application is gone and took its -shm with it.
+    std::fs::copy(&source, dir.path().join("db")).unwrap();
+    let mut wal = source.as_os_str().to_owned();
+    wal.push("-wal");
+    std::fs::copy(&wal, dir.path().join("wal")).unwrap();
+    drop(writer);
+    for f in std::fs::read_dir(&folder).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    std::fs::copy(dir.path().join("db"), &source).unwrap();
+    std::fs::copy(dir.path().join("wal"), &wal).unwrap();
+    let before = (
+        std::fs::read(&source).unwrap(),
+        std::fs::read(&wal).unwrap(),
+    );
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o555)).unwrap();
+    for f in [&source, &std::path::PathBuf::from(&wal)] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o444)).unwrap();
+    }
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = |snapshot: &str| {
+        let inner = Run::new(d1, &db, &source)
+            .env("MIGRATION_STATE_DIR", &state)
+            .env("MIGRATION_SNAPSHOT", snapshot)
+            .env("MIGRATION_VALIDATE_ALL_ROWS", "true")
+            .command();
+        let mut cmd = if as_root {
+            let mut c = std::process::Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+                .arg(inner.get_program());
+            c
+        } else {
+            std::process::Command::new(inner.get_program())
+        };
+        cmd.env_clear();
+        for (k, v) in inner.get_envs() {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
+        cmd.output().unwrap()
+    };
+    // Read in place, it cannot be: the error says why and what to do.
+    let out = run("false");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("WAL mode") && stderr(&out).contains("MIGRATION_SNAPSHOT"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run("true");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        d1.sql(&db, &["SELECT count(*) FROM t"])[0],
+        serde_json::json!([[500]])
+    );
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(
+        (
+            std::fs::read(&source).unwrap(),
+            std::fs::read(&wal).unwrap()
+        ),
+        before,
+        "the source and its -wal are left as they were"
+    );
+    let mut shm = source.as_os_str().to_owned();
+    shm.push("-shm");
+    assert!(!std::path::Path::new(&shm).exists());
+}
