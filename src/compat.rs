@@ -80,6 +80,9 @@ impl Finding {
 pub fn check_schema(schema: &Schema) -> Vec<Finding> {
     let mut findings = Vec::new();
     for (name, reason) in &schema.skipped {
+        if name.starts_with("sqlite_stat") {
+            findings.push(Finding::warning("planner_statistics", name, reason.clone()));
+        }
         if name.starts_with("PRAGMA ") {
             findings.push(Finding::warning("pragma_not_carried", name, reason.clone()));
         }

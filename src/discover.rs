@@ -278,6 +278,15 @@ pub fn discover(db: &dyn Catalog) -> Result<Schema> {
         if name == "sqlite_sequence" {
             continue;
         }
+        if name.starts_with("sqlite_stat") {
+            schema.skipped.push((
+                name,
+                "SQLite's query-planner statistics (ANALYZE), not copied: run ANALYZE on D1 (it \
+                 allows it) once the data is in, for plans like the source's"
+                    .into(),
+            ));
+            continue;
+        }
         if name.starts_with("sqlite_") {
             schema.skipped.push((name, "SQLite internal table".into()));
             continue;

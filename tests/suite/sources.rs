@@ -155,8 +155,8 @@ fn rtree_tables_are_refused_before_any_write() {
     d1.assert_untouched(&db);
 }
 
-/// D1 refuses `PRAGMA user_version` and `application_id`, and the run dropped them without a
-/// word: an application that reads its schema version from `user_version` would migrate again
+/// D1 refuses `PRAGMA user_version` and `application_id`, and the run dropped them (and the
+/// planner's statistics, `sqlite_stat1`) without a word: an application that reads its schema version from `user_version` would migrate again
 /// on a rolled-back file. Each is told now: a warning of the run, a dry-run finding, an entry of
 /// the report's `skipped` with the statement that sets it again.
 #[test]
@@ -166,7 +166,8 @@ fn user_version_and_application_id_are_told_not_dropped_silently() {
         dir.path(),
         "versioned.sqlite",
         "PRAGMA user_version = 42; PRAGMA application_id = 1234567;
-         CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'x');",
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'x');
+         CREATE INDEX t_v ON t(v); ANALYZE;",
     );
     let report = dir.path().join("dry.json");
     let out = Run::new(d1, &db, &source)
@@ -179,6 +180,17 @@ fn user_version_and_application_id_are_told_not_dropped_silently() {
         stderr(&out)
     );
     let findings = read_json(&report)["dry_run"]["findings"].clone();
+    // The planner's statistics (ANALYZE) are not copied either: the dry run says how to make them.
+    assert!(
+        findings
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["kind"] == "planner_statistics"
+                && f["object"] == "sqlite_stat1"
+                && f["message"].as_str().unwrap().contains("run ANALYZE on D1")),
+        "{findings}"
+    );
     for pragma in ["PRAGMA user_version", "PRAGMA application_id"] {
         assert!(
             findings
