@@ -2,7 +2,8 @@
 //! databases, each migrated to the local D1 with full validation and rolled back with full
 //! validation; the D1 copy and the rolled-back file must be `sqldiff`-identical to the source,
 //! with the same `sqlite_master` (D1's `_cf_` objects aside); FTS5 index segments, which D1
-//! cannot be made to hold byte-for-byte (README, "FTS5 indexes"), are compared by content.
+//! cannot be made to hold byte-for-byte (README, "FTS5 indexes"), are compared by content, and
+//! the rolled-back file must be `sqldiff`-identical to D1, segments included.
 //!
 //! A case is `Knobs`: a seed and a few sizes and switches. The seed drives a deterministic
 //! generator (random foreign-key graphs: chains, diamonds, self-references, cycles of nullable
@@ -1182,6 +1183,12 @@ fn run_case(knobs: &Knobs, pool: &Mutex<Pool>) -> Result<(), String> {
     }
     if let Err(e) = same_fts5_indexes(&source, &back, |check| integrity_check(&back, check)) {
         return fail("the rolled-back FTS5 index differs from the source's", e);
+    }
+    // The tool's own indexes, built the same way on D1 and in the file, are byte-identical:
+    // the rolled-back file is D1's copy, segments included.
+    let diff = sqldiff(d1.file(&db), &back);
+    if !diff.is_empty() {
+        return fail("the rolled-back file differs from D1", diff.join("\n"));
     }
     let c = schema_of(&back);
     if a != c {
