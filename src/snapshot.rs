@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::log;
-use crate::source::open_read_only;
+use crate::source::{open_read_only, LeftBeside};
 
 /// How long the copy waits for an application's write lock on the source before giving up.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
@@ -57,17 +57,14 @@ impl Snapshot {
     /// runs that are gone (killed before they removed theirs) are removed first.
     pub fn take(source: &Path, state_dir: &Path) -> Result<Snapshot> {
         let started = Instant::now();
-        // A WAL file SQLite cannot read in place (a read-only folder: no -shm can be made) is
-        // copied with its -wal instead: nothing can be writing it, as a writer needs the -shm.
-        let in_place =
-            Connection::open_with_flags(source, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-                .map_or(true, |c| {
-                    !crate::source::wal_unreadable_in_place(source, &c)
-                });
-        let watch = if in_place {
-            Some(open_read_only(source)?)
-        } else {
-            None
+        // A file SQLite cannot read in place (a WAL file in a read-only folder, a hot journal)
+        // is copied with the file beside it, and read (or rolled back) there.
+        let left = Connection::open_with_flags(source, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .ok()
+            .and_then(|c| crate::source::unreadable_in_place(source, &c));
+        let watch = match left {
+            None => Some(open_read_only(source)?),
+            Some(_) => None,
         };
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -101,7 +98,7 @@ impl Snapshot {
                 snapshot.copy(watch, source)?;
                 snapshot.version = data_version(watch)?;
             }
-            None => snapshot.copy_files(source)?,
+            None => snapshot.copy_files(source, left.expect("a file left beside"))?,
         }
         snapshot.report.taken_at_unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -154,23 +151,44 @@ impl Snapshot {
         }
     }
 
-    /// The source file and its `-wal` copied as they are, for SQLite to read them here.
-    fn copy_files(&self, source: &Path) -> Result<()> {
-        let mut wal = source.as_os_str().to_owned();
-        wal.push("-wal");
-        let mut to_wal = self.path.as_os_str().to_owned();
-        to_wal.push("-wal");
+    /// The source file and the file `left` beside it copied as they are, for SQLite to read
+    /// them here: a hot journal is rolled back on the copy, as SQLite does on opening it.
+    fn copy_files(&self, source: &Path, left: LeftBeside) -> Result<()> {
+        let failed = |message: String| Error::Source {
+            path: source.to_path_buf(),
+            message,
+        };
+        let beside = |path: &Path| {
+            let mut p = path.as_os_str().to_owned();
+            p.push(left.suffix());
+            PathBuf::from(p)
+        };
         for (from, to) in [
             (source.to_path_buf(), self.path.clone()),
-            (PathBuf::from(wal), PathBuf::from(to_wal)),
+            (beside(source), beside(&self.path)),
         ] {
-            std::fs::copy(&from, &to).map_err(|e| Error::Source {
-                path: source.to_path_buf(),
-                message: format!(
+            std::fs::copy(&from, &to).map_err(|e| {
+                failed(format!(
                     "copying {} into MIGRATION_STATE_DIR failed: {e}",
                     from.display()
-                ),
+                ))
             })?;
+        }
+        if left == LeftBeside::HotJournal {
+            Connection::open(&self.path)
+                .and_then(|c| {
+                    c.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                })
+                .map_err(|e| {
+                    failed(format!("rolling back its -journal on the copy failed: {e}"))
+                })?;
+            log::warn(&format!(
+                "{}-journal held a transaction an application left unfinished: it was rolled back \
+                 on the run's copy, as SQLite does on opening the file (the source is left as it is)",
+                source.display()
+            ));
         }
         open_read_only(&self.path).map(drop)
     }

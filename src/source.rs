@@ -30,10 +30,12 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
             | OpenFlags::SQLITE_OPEN_URI,
     )
     .map_err(|e| bad(e.to_string()))?;
-    if wal_unreadable_in_place(path, &conn) {
+    if let Some(left) = unreadable_in_place(path, &conn) {
         return Err(bad(format!(
-            "{WAL_IN_PLACE}; MIGRATION_SNAPSHOT=true (the default for a copy or a sync) copies \
-             it with its -wal first, or checkpoint it where it can be written"
+            "{}; MIGRATION_SNAPSHOT=true (the default for a copy or a sync) reads a copy of it \
+             with its {} instead",
+            left.why(),
+            left.suffix()
         )));
     }
     conn.busy_timeout(Duration::from_secs(2))
@@ -59,24 +61,70 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-const WAL_IN_PLACE: &str = "it is in WAL mode with a -wal file but no -shm, in a folder this \
-     user cannot write: SQLite cannot read it in place";
+/// Why SQLite cannot read a source in place through a read-only connection: a file beside it
+/// that only a writer could resolve.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LeftBeside {
+    /// WAL mode, a `-wal` file and no `-shm`, in a folder this user cannot write (no `-shm` can
+    /// be made): a read-only volume, another user's files.
+    WalWithoutShm,
+    /// A hot `-journal`: a transaction an application left unfinished (it crashed or was
+    /// killed), which must be rolled back before the file can be read.
+    HotJournal,
+}
 
-/// True when `conn` cannot read the file at `path` because it is in WAL mode with a `-wal` file
-/// and no `-shm`, which SQLite cannot create there (a read-only folder or another user's).
-pub fn wal_unreadable_in_place(path: &Path, conn: &Connection) -> bool {
+impl LeftBeside {
+    /// The file beside the source that holds what is missing.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            LeftBeside::WalWithoutShm => "-wal",
+            LeftBeside::HotJournal => "-journal",
+        }
+    }
+
+    fn why(self) -> &'static str {
+        match self {
+            LeftBeside::WalWithoutShm => {
+                "it is in WAL mode with a -wal file but no -shm, in a folder this user cannot \
+                 write: SQLite cannot read it in place"
+            }
+            LeftBeside::HotJournal => {
+                "its -journal holds a transaction an application left unfinished (it crashed or \
+                 was killed): SQLite must roll it back before the file can be read, and sources \
+                 are opened read-only, never changed"
+            }
+        }
+    }
+}
+
+/// What keeps `conn` from reading the file at `path` in place, if anything (see [`LeftBeside`]).
+/// Nothing can be writing such a file: a writer would hold the `-shm`, or its journal would
+/// not be hot.
+pub fn unreadable_in_place(path: &Path, conn: &Connection) -> Option<LeftBeside> {
     let beside = |suffix: &str| {
         let mut p = path.as_os_str().to_owned();
         p.push(suffix);
         std::path::PathBuf::from(p)
     };
-    beside("-wal").is_file()
+    let failure = conn
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .err()?;
+    let rusqlite::Error::SqliteFailure(f, _) = failure else {
+        return None;
+    };
+    if f.code == rusqlite::ErrorCode::CannotOpen
+        && beside("-wal").is_file()
         && !beside("-shm").exists()
-        && conn
-            .query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .is_err_and(|e| e.sqlite_error_code() == Some(rusqlite::ErrorCode::CannotOpen))
+    {
+        return Some(LeftBeside::WalWithoutShm);
+    }
+    // SQLITE_READONLY_ROLLBACK
+    if f.extended_code == 776 && beside("-journal").is_file() {
+        return Some(LeftBeside::HotJournal);
+    }
+    None
 }
 
 pub fn value(v: ValueRef<'_>) -> Value {

@@ -580,3 +580,63 @@ fn a_wal_source_in_a_folder_the_user_cannot_write_is_read_with_its_wal() {
     shm.push("-shm");
     assert!(!std::path::Path::new(&shm).exists());
 }
+
+/// A source an application left mid-transaction (killed while writing): a hot `-journal` beside
+/// it. SQLite must roll it back before the file can be read, a read-only connection cannot, and
+/// the run refused it as "not a readable SQLite database: attempt to write a readonly
+/// database". The snapshot now copies the file with its journal and rolls it back on the copy,
+/// as SQLite does on opening the file: D1 gets the rows as they were before the unfinished
+/// transaction; the source and its journal are left as they were.
+#[test]
+fn a_source_left_with_a_hot_journal_is_copied_as_before_the_unfinished_transaction() {
+    let (d1, db, dir) = fresh();
+    let writing = dir.path().join("writing.sqlite");
+    let source = dir.path().join("crashed.sqlite");
+    let journal = dir.path().join("crashed.sqlite-journal");
+    {
+        let conn = rusqlite::Connection::open(&writing).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+             WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 2000)
+             INSERT INTO t SELECT i, 'before' || printf('%500s', '') FROM c;
+             PRAGMA cache_size = 1;
+             BEGIN;
+             UPDATE t SET v = 'unfinished' || printf('%500s', '');",
+        )
+        .unwrap();
+        // The application dies here: its file and hot journal are what it leaves.
+        std::fs::copy(&writing, &source).unwrap();
+        std::fs::copy(dir.path().join("writing.sqlite-journal"), &journal).unwrap();
+        conn.execute_batch("ROLLBACK").unwrap();
+    }
+    let before = (
+        std::fs::read(&source).unwrap(),
+        std::fs::read(&journal).unwrap(),
+    );
+    let out = Run::new(d1, &db, &source)
+        .env("MIGRATION_SNAPSHOT", "false")
+        .output();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("-journal") && stderr(&out).contains("MIGRATION_SNAPSHOT"),
+        "{}",
+        stderr(&out)
+    );
+    d1.assert_untouched(&db);
+    let out = Run::new(d1, &db, &source)
+        .env("MIGRATION_VALIDATE_ALL_ROWS", "true")
+        .ok();
+    assert!(stderr(&out).contains("rolled back"), "{}", stderr(&out));
+    assert_eq!(
+        d1.sql(&db, &["SELECT count(*), sum(v LIKE 'before%') FROM t"])[0],
+        serde_json::json!([[2000, 2000]])
+    );
+    assert_eq!(
+        (
+            std::fs::read(&source).unwrap(),
+            std::fs::read(&journal).unwrap()
+        ),
+        before,
+        "the source and its journal are left as they were"
+    );
+}
