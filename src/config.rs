@@ -47,7 +47,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ("MIGRATION_SAMPLE_SEED", "seed choosing the sampled rows", "0"),
     ("MIGRATION_REPORT", "path of a JSON report of the run", "none"),
     ("MIGRATION_STATE_DIR", "folder of the checkpoints (one per migration) that let a stopped run resume", "d1-migrator-state"),
-    ("MIGRATION_SNAPSHOT", "a forward copy or sync first copies the source in one read transaction (SQLite's backup API, into the state folder) and reads only that copy, so an application writing the file meanwhile cannot tear it; false reads the file itself (no extra disk, but it must not change during the run)", "true"),
+    ("MIGRATION_SNAPSHOT", "a run from SQLite (copy, sync, validation, dry run) first copies the source in one read transaction (SQLite's backup API, into the state folder) and reads only that copy, so an application writing the file meanwhile cannot tear it or lock the run out; false reads the file itself (no extra disk, but it must not change during the run)", "true"),
     ("MIGRATION_ON_BAD_ROW", "a row D1 rejects: fail (stop, naming it) or skip (to the reject file)", "fail"),
     ("MIGRATION_CONTINUE_ON_ERROR", "skip bad rows and go on with other tables when one fails", "false"),
     ("MIGRATION_REJECT_FILE", "JSON lines of rejected rows: table, key, reason, re-insertable SQL", "<state dir>/rejected-rows.jsonl"),

@@ -79,7 +79,7 @@ pub struct DryRun {
 
 /// Runs the dry run against the source and, read-only, the target.
 pub fn dry_run(config: &Config, client: &D1Client) -> Result<DryRun> {
-    let source = open_read_only(&config.sqlite_path)?;
+    let source = open_read_only(config.source_file())?;
     let mut transformed = source_schema(&source, &config.reshape())?;
     transformed.count_filtered(&source)?;
     let schema = &transformed.schema;

@@ -64,15 +64,11 @@ pub fn run_with(config: &Config, client: &D1Client, progress: &Progress) -> Outc
         log::warn("MIGRATION_TRANSFORM is ignored by a rollback: it writes what D1 holds");
     }
     let report = Report::new(config.direction_name(), config.mode_name());
-    // A forward copy or sync reads one consistent copy of the source (the application may
-    // still be writing it).
+    // Every run from SQLite (a copy, a sync, a validation, a dry run) reads one consistent copy
+    // of the source (the application may still be writing it).
     let mut snapshot = None;
     let reading;
-    let config = if config.direction == Direction::SqliteToD1
-        && config.snapshot
-        && !config.dry_run
-        && config.mode != RunMode::Validate
-    {
+    let config = if config.direction == Direction::SqliteToD1 && config.snapshot {
         match Snapshot::take(&config.sqlite_path, &config.state_dir) {
             Ok(s) => {
                 reading = config.reading(s.path());
@@ -121,6 +117,7 @@ fn run_on(
                 ))
             }
         });
+        report.source_snapshot = snapshot();
         return finish(config, report, result, client, started);
     }
     let copied = match (config.direction, config.mode) {

@@ -1,4 +1,5 @@
-//! The source as one consistent copy: before a forward copy or sync reads anything, the source
+//! The source as one consistent copy: before a run from SQLite (a copy, a sync, a validation, a
+//! dry run) reads anything, the source
 //! file is copied page by page in one read transaction (SQLite's backup API) into the state
 //! folder, and every reader of the run (discovery, the table readers, validation) opens that
 //! copy. An application writing the file meanwhile cannot tear the copy: every table is read as

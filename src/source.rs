@@ -32,7 +32,7 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
     .map_err(|e| bad(e.to_string()))?;
     if let Some(left) = unreadable_in_place(path, &conn) {
         return Err(bad(format!(
-            "{}; MIGRATION_SNAPSHOT=true (the default for a copy or a sync) reads a copy of it \
+            "{}; MIGRATION_SNAPSHOT=true (the default) reads a copy of it \
              with its {} instead",
             left.why(),
             left.suffix()
