@@ -3,13 +3,16 @@
 
 Generates BENCH_TENANTS tenant files (default 200) of a shop schema (customers, products,
 orders, order lines), sized log-uniformly between tens of KB and BENCH_TENANT_MAX_KB (default
-2048), and one file holding every tenant's rows. Then, against one local D1 started for the
-purpose (with a request log):
-  1. the fleet: a manifest of the tenants by name, databases created by the run;
-  2. the same rows as one database;
-and prints wall time, rows/s, requests and peak RSS of each, their ratio, and the largest
-number of requests the fleet sent in any window of five minutes against
-MIGRATION_RATE_LIMIT's 5 minutes (BENCH_RATE_LIMIT sets it; default 0, no limit)."""
+2048), and one file holding every tenant's rows. Then:
+  1. against a local D1 as Cloudflare's edge would serve it (workerd alone, no request log in
+     between): the same rows as one database, then the fleet (a manifest of the tenants by name,
+     databases created by the run, MIGRATION_PARALLEL_DATABASES at once, default 16 here), then
+     the fleet again (a rerun writes nothing); wall time, rows/s, requests, peak RSS, the ratio;
+     and the engine's own floor: creating as many databases and sending each one trivial query;
+  2. against a second local D1 with a request log, the fleet again into new databases with the
+     rate limit binding (BENCH_RATE_LIMIT requests per BENCH_RATE_WINDOW seconds, default 150
+     per 10: MIGRATION_RATE_WINDOW scales Cloudflare's 5 minutes down so the bench is short), and
+     the most requests any window of the log holds, against that limit."""
 import csv, json, math, os, random, shutil, sqlite3, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,8 +20,9 @@ BIN = os.path.join(ROOT, "target/release/d1-migrator")
 TOKEN = "bench-token"
 TENANTS = int(os.environ.get("BENCH_TENANTS", "200"))
 MAX_KB = int(os.environ.get("BENCH_TENANT_MAX_KB", "2048"))
-RATE_LIMIT = os.environ.get("BENCH_RATE_LIMIT", "0")
-RATE_WINDOW = 300  # seconds: Cloudflare's window, which MIGRATION_RATE_LIMIT counts in
+RATE_LIMIT = int(os.environ.get("BENCH_RATE_LIMIT", "150"))
+RATE_WINDOW = int(os.environ.get("BENCH_RATE_WINDOW", "10"))
+PARALLEL = os.environ.get("MIGRATION_PARALLEL_DATABASES", "16")
 work = tempfile.mkdtemp(prefix="d1-bench-fleet-")
 
 SCHEMA = """
@@ -54,15 +58,39 @@ def fill(conn, tenant, kb, ids, rng):
     return customers + products + orders + len(lines)
 
 
-def start_d1(log):
-    env = dict(os.environ, LOCAL_D1_PORT="0", LOCAL_D1_PERSIST=os.path.join(work, "d1"), LOCAL_D1_DATABASES="single",
-               LOCAL_D1_TOKEN=TOKEN, LOCAL_D1_LOG=log, LOCAL_D1_SPARE=str(TENANTS + 8))
+def start_d1(name, log=None):
+    env = dict(os.environ, LOCAL_D1_PORT="0", LOCAL_D1_PERSIST=os.path.join(work, name), LOCAL_D1_DATABASES="single",
+               LOCAL_D1_TOKEN=TOKEN, LOCAL_D1_SPARE=str(TENANTS + 8))
     env.pop("LOCAL_D1_FAULTS", None)
+    env.pop("LOCAL_D1_LOG", None)
+    if log:
+        env["LOCAL_D1_LOG"] = log
     proc = subprocess.Popen([os.path.join(ROOT, "scripts/local-d1")], env=env, stdout=subprocess.PIPE, text=True)
     for line in proc.stdout:
         if " ready at " in line:
             return proc, line.split(" ready at ")[1].split()[0]
     raise SystemExit("the local D1 did not start")
+
+
+def floor(url):
+    """Creates TENANTS databases and sends each one trivial query, PARALLEL at once: what the
+    engine itself costs per database, whatever the client."""
+    from concurrent.futures import ThreadPoolExecutor
+    import urllib.request
+
+    def call(path, body):
+        req = urllib.request.Request(f"{url}/accounts/bench/d1/database{path}", data=json.dumps(body).encode(),
+                                     headers={"Authorization": f"Bearer {TOKEN}", "content-type": "application/json"})
+        return json.load(urllib.request.urlopen(req))
+
+    def one(i):
+        uuid = call("", {"name": f"floor-{i}"})["result"]["uuid"]
+        call(f"/{uuid}/raw", {"sql": "SELECT 1"})
+
+    start = time.time()
+    with ThreadPoolExecutor(int(PARALLEL)) as pool:
+        list(pool.map(one, range(TENANTS)))
+    return time.time() - start
 
 
 def timed(env):
@@ -77,10 +105,11 @@ def timed(env):
 
 
 def base_env(url, **extra):
-    return dict(os.environ, CLOUDFLARE_ACCOUNT_ID="bench", CLOUDFLARE_API_TOKEN=TOKEN, MIGRATION_D1_API_URL=url,
-                MIGRATION_QUIET="true", MIGRATION_STATE_DIR=os.path.join(work, "state"),
-                MIGRATION_RATE_LIMIT=RATE_LIMIT,
-                **{k: str(v) for k, v in extra.items()})
+    env = dict(os.environ, CLOUDFLARE_ACCOUNT_ID="bench", CLOUDFLARE_API_TOKEN=TOKEN, MIGRATION_D1_API_URL=url,
+               MIGRATION_QUIET="true", MIGRATION_STATE_DIR=os.path.join(work, "state"), MIGRATION_RATE_LIMIT="0",
+               MIGRATION_PARALLEL_DATABASES=PARALLEL)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
 
 
 def main():
@@ -111,8 +140,7 @@ def main():
     one.commit()
     one.close()
     total_mb = sum(os.path.getsize(os.path.join(work, f"tenant-{t}.sqlite")) for t in range(TENANTS)) / 1e6
-    log = os.path.join(work, "requests.jsonl")
-    d1, url = start_d1(log)
+    d1, url = start_d1("d1")
     results = []
     try:
         report = os.path.join(work, "single.json")
@@ -120,38 +148,56 @@ def main():
                                    MIGRATION_REPORT=report))
         r = json.load(open(report))
         results.append(("one database, same rows", wall, rss, r["http_requests"]))
-        with open(log) as f:
-            skip = sum(1 for _ in f)
         report = os.path.join(work, "fleet.json")
         wall, rss = timed(base_env(url, MIGRATION_MANIFEST=manifest, MIGRATION_CREATE_DATABASES="true",
                                    MIGRATION_REPORT=report))
         r = json.load(open(report))
         assert r["totals"]["ok"] == TENANTS, r["totals"]
         results.append((f"fleet, {TENANTS} databases", wall, rss, r["totals"]["http_requests"]))
-        with open(log) as f:
-            times = sorted(json.loads(line)["t"] for i, line in enumerate(f) if i >= skip)
+        per_line = {}
+        for d in r["databases"]:
+            for p in d["report"]["phases"]:
+                per_line[p["phase"]] = per_line.get(p["phase"], 0) + p["requests"]
         report = os.path.join(work, "fleet-again.json")
         again, _ = timed(base_env(url, MIGRATION_MANIFEST=manifest, MIGRATION_REPORT=report))
         r2 = json.load(open(report))
+        engine = floor(url)
     finally:
         d1.terminate()
         d1.wait()
+    # The rate limit binding, measured from a request log, into databases of a second D1.
+    log = os.path.join(work, "requests.jsonl")
+    d1, url = start_d1("d1-logged", log)
+    try:
+        limited, _ = timed(base_env(url, MIGRATION_MANIFEST=manifest, MIGRATION_CREATE_DATABASES="true",
+                                    MIGRATION_STATE_DIR=os.path.join(work, "state-limited"),
+                                    MIGRATION_RATE_LIMIT=RATE_LIMIT, MIGRATION_RATE_WINDOW=RATE_WINDOW))
+    finally:
+        d1.terminate()
+        d1.wait()
+    with open(log) as f:
+        times = sorted(json.loads(line)["t"] for line in f)
     window_ms = RATE_WINDOW * 1000
     peak, j = 0, 0
     for i, t in enumerate(times):
         while times[j] <= t - window_ms:
             j += 1
         peak = max(peak, i - j + 1)
-    print(f"machine: {os.cpu_count()} cores; {TENANTS} tenants, {total_rows:,} rows, {total_mb:.1f} MB in all")
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; {TENANTS} tenants, "
+          f"{total_rows:,} rows, {total_mb:.1f} MB in all; {PARALLEL} databases at once")
     print(f"{'run':<32} {'wall s':>8} {'rows/s':>10} {'requests':>9} {'peak RSS MB':>12}")
     for name, wall, rss, requests in results:
         print(f"{name:<32} {wall:>8.2f} {round(total_rows / wall):>10} {requests:>9} {round(rss):>12}")
     print(f"fleet / one database: {results[1][1] / results[0][1]:.2f}x (target <= 1.5x); peak RSS {round(results[1][2])} MB "
           f"(target < 200 MB)")
+    print(f"requests per manifest line: {', '.join(f'{k} {v / TENANTS:.2f}' for k, v in per_line.items())} "
+          f"(and creating its database: 1)")
+    print(f"the engine alone: creating {TENANTS} databases and one trivial query to each: {engine:.2f} s "
+          f"(one database + that = {(results[0][1] + engine) / results[0][1]:.2f}x one database)")
     print(f"rerun of the finished fleet: {again:.2f} s, D1 rows written {r2['totals']['d1_rows_written']}")
-    limit = int(RATE_LIMIT)
-    print(f"most requests in any {RATE_WINDOW} s window: {peak}" +
-          (f" (limit {limit}: {'kept' if peak <= limit else 'EXCEEDED'})" if limit else " (no limit set)"))
+    print(f"rate limit {RATE_LIMIT} per {RATE_WINDOW} s (MIGRATION_RATE_WINDOW): the fleet took {limited:.1f} s for "
+          f"{len(times)} requests; most in any {RATE_WINDOW} s of the request log: {peak} "
+          f"({'kept' if peak <= RATE_LIMIT else 'EXCEEDED'})")
     shutil.rmtree(work, ignore_errors=True)
 
 

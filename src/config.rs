@@ -37,7 +37,8 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ("MIGRATION_REQUEST_BYTES", "target bytes of SQL per HTTP request", "1048576"),
     ("MIGRATION_TIMEOUT", "per-request timeout, milliseconds", "60000"),
     ("MIGRATION_MAX_RETRIES", "retries of one request before the run stops", "8"),
-    ("MIGRATION_RATE_LIMIT", "requests allowed per 5 minutes (Cloudflare allows 1200 per token); 0 for no limit", "1100"),
+    ("MIGRATION_RATE_LIMIT", "requests allowed per rate window (Cloudflare allows 1200 per 5 minutes per token); 0 for no limit", "1100"),
+    ("MIGRATION_RATE_WINDOW", "seconds of the window MIGRATION_RATE_LIMIT counts in (Cloudflare's is 300; shorter only to test the limit)", "300"),
     ("MIGRATION_TABLES", "comma-separated tables to copy", "all"),
     ("MIGRATION_EXCLUDE_TABLES", "comma-separated tables to leave out", "none"),
     ("MIGRATION_DRY_RUN", "do everything short of writing; print the plan and D1-compatibility findings", "false"),
@@ -130,6 +131,7 @@ pub struct RawConfig {
     timeout: Option<String>,
     max_retries: Option<String>,
     rate_limit: Option<String>,
+    rate_window: Option<String>,
     tables: Option<String>,
     exclude_tables: Option<String>,
     validate: Option<String>,
@@ -236,6 +238,9 @@ pub struct Config {
     /// The file a forward run reads when it is not `sqlite_path` itself: the snapshot taken
     /// for the run (`run`). `sqlite_path` still names the migration (its checkpoint).
     pub read_path: Option<PathBuf>,
+    /// Set by a manifest run for a database it has just created: known empty, so the forward run
+    /// reads no catalog and takes no Time Travel bookmark. Never read from the environment.
+    pub created_database: bool,
 }
 
 impl Config {
@@ -464,6 +469,13 @@ impl Config {
                     3_600_000,
                 )? as u64),
                 rate_limit: number(raw.rate_limit, "MIGRATION_RATE_LIMIT", 1100, 0, 1_000_000)?,
+                rate_window: Duration::from_secs(number(
+                    raw.rate_window,
+                    "MIGRATION_RATE_WINDOW",
+                    300,
+                    1,
+                    3600,
+                )? as u64),
                 max_in_flight: concurrency,
                 ..RetryPolicy::default()
             },
@@ -515,6 +527,7 @@ impl Config {
             fail_fast: boolean(raw.fail_fast, "MIGRATION_FAIL_FAST", false)?,
             snapshot: boolean(raw.snapshot, "MIGRATION_SNAPSHOT", true)?,
             read_path: None,
+            created_database: false,
         })
     }
 }

@@ -267,24 +267,34 @@ pub struct Failure {
 }
 
 impl D1Client {
+    /// A client with a rate limiter of its own (see [`D1Client::for_database`] for clients that
+    /// share one).
     pub fn new(endpoint: Endpoint, policy: RetryPolicy) -> D1Client {
         let limiter = Arc::new(policy.limiter());
-        D1Client::with_limiter(endpoint, policy, limiter)
-    }
-
-    /// A client whose requests count toward `limiter`, shared with other clients of the same
-    /// token (a fleet's databases).
-    pub fn with_limiter(
-        endpoint: Endpoint,
-        policy: RetryPolicy,
-        limiter: Arc<RateLimiter>,
-    ) -> D1Client {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(policy.timeout))
             .http_status_as_error(false)
-            .max_idle_connections_per_host(16)
+            // A fleet's lines share the pool: room for every line's requests in flight.
+            .max_idle_connections(64)
+            .max_idle_connections_per_host(64)
             .build()
             .into();
+        D1Client::build(endpoint, policy, limiter, agent)
+    }
+
+    /// A client of another database behind the same API and token: it shares this client's
+    /// connections (no new connection, nor TLS handshake, per database) and rate limiter, and
+    /// counts its own requests. A fleet's lines are clients of the fleet's account client.
+    pub fn for_database(&self, endpoint: Endpoint, policy: RetryPolicy) -> D1Client {
+        D1Client::build(endpoint, policy, self.rate.clone(), self.agent.clone())
+    }
+
+    fn build(
+        endpoint: Endpoint,
+        policy: RetryPolicy,
+        limiter: Arc<RateLimiter>,
+        agent: ureq::Agent,
+    ) -> D1Client {
         let url = format!(
             "{}/accounts/{}/d1/database/{}/raw",
             endpoint.api_url.trim_end_matches('/'),
@@ -401,7 +411,7 @@ impl D1Client {
                     .in_flight_cap(self.writes.round_trip().unwrap_or(Duration::ZERO));
                 self.writes.acquire(cap)
             });
-            let waited = self.rate.acquire();
+            let (waited, counted) = self.rate.send();
             self.counters.requests.fetch_add(1, Ordering::Relaxed);
             self.counters
                 .bytes_sent
@@ -424,6 +434,7 @@ impl D1Client {
                 self.attempt(&body, defer_keys)
             };
             let round_trip = sent_at.elapsed();
+            drop(counted);
             self.counters
                 .bytes_received
                 .fetch_add(received as u64, Ordering::Relaxed);

@@ -4,6 +4,8 @@
 //! It works over any [`Catalog`], so the same code discovers a SQLite file (forward run) and a D1
 //! database through its API (rollback run). The `plan` stage turns a `Schema` into a load order.
 
+use std::collections::HashMap;
+
 use crate::error::{Error, Result};
 use crate::value::{quote_ident, Value};
 
@@ -241,18 +243,46 @@ pub fn is_d1_internal(name: &str) -> bool {
 /// every table's columns, keys and unique sets (a catalog across a network answers each round
 /// in one request, see [`Catalog::query_many`]).
 pub fn discover(db: &dyn Catalog) -> Result<Schema> {
+    discover_expecting(db, &[], false)
+}
+
+/// [`discover`], asking for the columns, keys and unique sets of the `expected` tables in the
+/// first round already (a table that does not exist answers no rows), and for `sqlite_sequence`
+/// when `sequence` expects it: when the catalog holds just those (a target validated against
+/// its source), one round trip reads it all. A `sqlite_sequence` expected and absent fails that
+/// round, which is then asked again without it.
+pub fn discover_expecting(db: &dyn Catalog, expected: &[String], sequence: bool) -> Result<Schema> {
+    match discover_rounds(db, expected, sequence) {
+        Err(_) if sequence => discover_rounds(db, expected, false),
+        done => done,
+    }
+}
+
+fn discover_rounds(db: &dyn Catalog, expected: &[String], sequence: bool) -> Result<Schema> {
     let mut schema = Schema::default();
+    // D1 refuses the pragmas on its own tables.
+    let expected: Vec<&String> = expected.iter().filter(|n| !is_d1_internal(n)).collect();
     // PRAGMA table_list tells shadow tables and virtual tables apart (SQLite 3.37+, allowed on D1).
-    let mut first = db
-        .query_many(&[
-            "SELECT name, type, wr FROM pragma_table_list WHERE schema = 'main'".to_string(),
-            "SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY rowid".to_string(),
-        ])?
-        .into_iter();
+    let mut queries = vec![
+        "SELECT name, type, wr FROM pragma_table_list WHERE schema = 'main'".to_string(),
+        "SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY rowid".to_string(),
+    ];
+    for name in &expected {
+        queries.extend(table_queries(name));
+    }
+    if sequence {
+        queries.push(SEQUENCE_SQL.to_string());
+    }
+    let mut first = db.query_many(&queries)?.into_iter();
     let (list, rows) = (
         first.next().unwrap_or_default(),
         first.next().unwrap_or_default(),
     );
+    let mut early: HashMap<&str, [Vec<Vec<Value>>; 3]> = HashMap::new();
+    for name in &expected {
+        let mut next = || first.next().unwrap_or_default();
+        early.insert(name.as_str(), [next(), next(), next()]);
+    }
     let kind_of = |name: &str| {
         list.iter()
             .find(|r| text(&r[0]) == name)
@@ -305,21 +335,29 @@ pub fn discover(db: &dyn Catalog) -> Result<Schema> {
         found.push((name, sql, list_type, without_rowid));
     }
 
+    let early_sequence = sequence.then(|| first.next().unwrap_or_default());
     let has_sequence = list.iter().any(|r| text(&r[0]) == "sqlite_sequence");
     let mut second = Vec::new();
-    for (name, ..) in &found {
-        second.push(columns_sql(name));
-        second.push(foreign_keys_sql(name));
-        second.push(unique_sets_sql(name));
+    for (name, ..) in found.iter().filter(|f| !early.contains_key(f.0.as_str())) {
+        second.extend(table_queries(name));
     }
-    if has_sequence {
-        second.push("SELECT rowid, name, seq FROM sqlite_sequence ORDER BY rowid".to_string());
+    if has_sequence && early_sequence.is_none() {
+        second.push(SEQUENCE_SQL.to_string());
     }
-    let mut answers = db.query_many(&second)?.into_iter();
+    let mut answers = if second.is_empty() {
+        Vec::new().into_iter()
+    } else {
+        db.query_many(&second)?.into_iter()
+    };
     for (name, sql, list_type, without_rowid) in found {
-        let columns = columns(answers.next().unwrap_or_default());
-        let keys = answers.next().unwrap_or_default();
-        let uniques = answers.next().unwrap_or_default();
+        let [column_rows, keys, uniques] = match early.remove(name.as_str()) {
+            Some(answered) => answered,
+            None => {
+                let mut next = || answers.next().unwrap_or_default();
+                [next(), next(), next()]
+            }
+        };
+        let columns = columns(column_rows);
         let kind =
             if list_type == "virtual" || sql.to_ascii_uppercase().starts_with("CREATE VIRTUAL") {
                 TableKind::Virtual {
@@ -353,7 +391,11 @@ pub fn discover(db: &dyn Catalog) -> Result<Schema> {
     }
 
     if has_sequence {
-        for row in answers.next().unwrap_or_default() {
+        let rows = match early_sequence {
+            Some(rows) => rows,
+            None => answers.next().unwrap_or_default(),
+        };
+        for row in rows {
             schema.sequence.push(SequenceRow {
                 rowid: int(&row[0]),
                 name: text(&row[1]),
@@ -362,6 +404,17 @@ pub fn discover(db: &dyn Catalog) -> Result<Schema> {
         }
     }
     Ok(schema)
+}
+
+const SEQUENCE_SQL: &str = "SELECT rowid, name, seq FROM sqlite_sequence ORDER BY rowid";
+
+/// A table's columns, foreign keys and unique sets, in that order.
+fn table_queries(table: &str) -> [String; 3] {
+    [
+        columns_sql(table),
+        foreign_keys_sql(table),
+        unique_sets_sql(table),
+    ]
 }
 
 fn columns_sql(table: &str) -> String {

@@ -1,7 +1,9 @@
 //! Many databases in one run (`MIGRATION_MANIFEST`): one migration per manifest line, each the
 //! whole single-database pipeline (`crate::run_with`) with its own source file, D1 database and
-//! checkpoint, `MIGRATION_PARALLEL_DATABASES` at a time. Every line's client shares one rate
-//! limiter, so the run as a whole stays under the token's limit.
+//! checkpoint, `MIGRATION_PARALLEL_DATABASES` at a time. Every line's client is one of the
+//! fleet's account client's (`D1Client::for_database`): one rate limiter, so the run as a whole
+//! stays under the token's limit, and one pool of connections. A line whose database does not
+//! exist creates it when it starts, and runs knowing it empty (`Config::created_database`).
 //!
 //! Everything that can be known before writing is checked for every line first (files, names,
 //! transform files); a line that fails later does not stop the others unless
@@ -19,7 +21,6 @@ use crate::config::{Config, Direction, RunMode};
 use crate::d1::D1Client;
 
 use crate::error::{Error, Result};
-use crate::flow::RateLimiter;
 use crate::log;
 use crate::progress::{self, Progress};
 use crate::report::{Report, SCHEMA_VERSION};
@@ -308,9 +309,8 @@ pub fn run_fleet(base: &Config, manifest: &Path) -> FleetOutcome {
         Ok(l) => l,
         Err(e) => return fail(report, e),
     };
-    let limiter = Arc::new(base.retry.limiter());
-    let account =
-        D1Client::with_limiter(base.endpoint.clone(), base.retry.clone(), limiter.clone());
+    // Every line's client is one of this client's: one rate limiter, one pool of connections.
+    let account = D1Client::new(base.endpoint.clone(), base.retry.clone());
 
     // Everything that can be checked before writing, for every line.
     let mut prepared = match prepare(base, &lines, &account) {
@@ -356,33 +356,16 @@ pub fn run_fleet(base: &Config, manifest: &Path) -> FleetOutcome {
         );
     }
 
-    // Databases to create, now that every line is known to be runnable. A dry run or a
-    // validation writes nothing: its lines without a database are reported, not run.
-    let mut created = 0;
+    // A dry run or a validation writes nothing: its lines without a database are reported, not
+    // run. Otherwise each line creates its database when it starts (in parallel with the other
+    // lines, and none for lines a fail-fast fleet never starts).
+    let created = AtomicUsize::new(0);
     let writes = !base.dry_run && base.mode != RunMode::Validate;
     for p in prepared.iter_mut().filter(|p| p.database_id.is_none()) {
         if !writes {
             p.config = None;
             p.skip =
                 Some("not run: the database does not exist yet (a run would create it)".into());
-            continue;
-        }
-        match account.create_database(&p.line.database, base.d1_location.as_deref()) {
-            Ok(info) => {
-                log::info(&format!(
-                    "created D1 database {:?} ({}) for manifest line {}",
-                    p.line.database, info.uuid, p.line.number
-                ));
-                created += 1;
-                p.database_id = Some(info.uuid.clone());
-                if let Some(c) = &mut p.config {
-                    c.endpoint.database_id = info.uuid;
-                }
-            }
-            Err(e) => {
-                p.problem = Some(format!("creating the database: {e}"));
-                p.config = None;
-            }
         }
     }
 
@@ -404,7 +387,7 @@ pub fn run_fleet(base: &Config, manifest: &Path) -> FleetOutcome {
                 let run = if stop.load(Ordering::SeqCst) {
                     not_run(p, "not run: MIGRATION_FAIL_FAST stopped the fleet")
                 } else {
-                    run_line(p, &limiter, &rows)
+                    run_line(p, &account, &created, base.d1_location.as_deref(), &rows)
                 };
                 if base.fail_fast && run.exit_code != 0 {
                     stop.store(true, Ordering::SeqCst);
@@ -424,7 +407,7 @@ pub fn run_fleet(base: &Config, manifest: &Path) -> FleetOutcome {
     let mut exit = 0u8;
     let t = &mut report.totals;
     t.databases = total;
-    t.databases_created = created;
+    t.databases_created = created.into_inner();
     for d in &report.databases {
         exit = worse(exit, d.exit_code);
         match d.result.as_str() {
@@ -473,31 +456,57 @@ fn not_run(p: &Prepared, why: &str) -> DatabaseRun {
     }
 }
 
-/// Runs one line through the single-database pipeline.
-fn run_line(p: &Prepared, limiter: &Arc<RateLimiter>, rows: &Arc<AtomicU64>) -> DatabaseRun {
+/// Runs one line through the single-database pipeline, creating its database first when the
+/// manifest names one D1 lacks. The line's client shares the fleet's connections and rate limit.
+fn run_line(
+    p: &Prepared,
+    account: &D1Client,
+    created: &AtomicUsize,
+    location: Option<&str>,
+    rows: &Arc<AtomicU64>,
+) -> DatabaseRun {
     let started = Instant::now();
     if let Some(why) = &p.skip {
         return not_run(p, why);
     }
-    let Some(config) = &p.config else {
+    let failed = |error: String| {
         let mut run = not_run(p, "failed");
         run.exit_code = 1;
-        run.error = p.problem.clone();
-        return run;
+        run.error = Some(error);
+        run.seconds = started.elapsed().as_secs_f64();
+        run
     };
-    let client = D1Client::with_limiter(
-        config.endpoint.clone(),
-        config.retry.clone(),
-        limiter.clone(),
-    );
+    let Some(config) = &p.config else {
+        return failed(p.problem.clone().unwrap_or_default());
+    };
+    let mut config = config.clone();
+    let mut database_id = p.database_id.clone();
+    if database_id.is_none() {
+        match account.create_database(&p.line.database, location) {
+            Ok(info) => {
+                log::info(&format!(
+                    "created D1 database {:?} ({}) for manifest line {}",
+                    p.line.database, info.uuid, p.line.number
+                ));
+                created.fetch_add(1, Ordering::SeqCst);
+                config.endpoint.database_id = info.uuid.clone();
+                // Known empty: no catalog to read, no bookmark to take (deleting the database
+                // undoes the run).
+                config.created_database = true;
+                database_id = Some(info.uuid);
+            }
+            Err(e) => return failed(format!("creating the database: {e}")),
+        }
+    }
+    let client = account.for_database(config.endpoint.clone(), config.retry.clone());
     let progress = Progress::counting(rows.clone());
-    let outcome = crate::run::run_with(config, &client, &progress);
+    let outcome = crate::run::run_with(&config, &client, &progress);
     let exit_code = outcome.exit_code();
     DatabaseRun {
         line: p.line.number,
         sqlite_path: p.line.sqlite_path.display().to_string(),
         database: p.line.database.clone(),
-        database_id: p.database_id.clone(),
+        database_id,
         result: match exit_code {
             0 => "ok",
             3 => "differences",

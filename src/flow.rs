@@ -24,14 +24,40 @@ use serde::Serialize;
 use crate::log;
 
 /// Requests per `window` for the whole run, and the pause after a 429.
+///
+/// A request counts from when it is sent until a window after its answer arrived (or its
+/// attempt failed): the API sees it arrive somewhere in between, so however long requests take
+/// on the way, no window of the API's holds more than `limit` of them. Counting from the send
+/// alone, a request slow on the way would land in the next window beside that window's first
+/// requests.
 #[derive(Debug)]
 pub struct RateLimiter {
     /// Requests allowed per `window` (0: no limit).
     limit: usize,
     window: Duration,
-    sent: Mutex<VecDeque<Instant>>,
+    /// Requests counted: an id, and when the answer arrived (none while in flight).
+    sent: Mutex<VecDeque<(u64, Option<Instant>)>>,
+    next_id: AtomicU64,
     paused_until: Mutex<Option<Instant>>,
     waited_us: AtomicU64,
+}
+
+/// A request the limiter counts; dropped when its answer has arrived.
+#[must_use]
+pub struct Ticket<'a> {
+    limiter: &'a RateLimiter,
+    id: Option<u64>,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            let mut sent = self.limiter.sent.lock().expect("rate-limit lock");
+            if let Some(entry) = sent.iter_mut().rev().find(|e| e.0 == id) {
+                entry.1 = Some(Instant::now());
+            }
+        }
+    }
 }
 
 impl RateLimiter {
@@ -40,15 +66,23 @@ impl RateLimiter {
             limit,
             window,
             sent: Mutex::new(VecDeque::new()),
+            next_id: AtomicU64::new(0),
             paused_until: Mutex::new(None),
             waited_us: AtomicU64::new(0),
         }
     }
 
-    /// Waits until the run's pause is over and one more request keeps the count in the last
-    /// window under the limit, and counts that request. Returns the time waited.
+    /// [`RateLimiter::send`] of a request whose answer is counted as arrived at once.
     pub fn acquire(&self) -> Duration {
+        self.send().0
+    }
+
+    /// Waits until the run's pause is over and one more request keeps the count in the last
+    /// window under the limit, and counts that request until the ticket is dropped (its answer
+    /// arrived) and a window more. Returns the time waited.
+    pub fn send(&self) -> (Duration, Ticket<'_>) {
         let started = Instant::now();
+        let mut id = None;
         loop {
             let now = Instant::now();
             let paused = self
@@ -65,17 +99,24 @@ impl RateLimiter {
                 break;
             }
             let mut sent = self.sent.lock().expect("rate-limit lock");
-            while sent
-                .front()
-                .is_some_and(|t| now.duration_since(*t) >= self.window)
-            {
-                sent.pop_front();
-            }
+            sent.retain(|(_, answered)| {
+                answered.is_none_or(|t| now.duration_since(t) < self.window)
+            });
             if sent.len() < self.limit {
-                sent.push_back(now);
+                let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+                sent.push_back((n, None));
+                id = Some(n);
                 break;
             }
-            let wait = self.window - now.duration_since(sent[0]);
+            // The first answered request to leave the window; with every one in flight, a
+            // moment (answers arrive).
+            let wait = sent
+                .iter()
+                .filter_map(|(_, answered)| *answered)
+                .map(|t| self.window.saturating_sub(now.duration_since(t)))
+                .min()
+                .unwrap_or(Duration::from_millis(20))
+                .max(Duration::from_millis(1));
             drop(sent);
             log::info(&format!(
                 "rate limit of {} requests per {} s reached; waiting {} ms",
@@ -88,7 +129,7 @@ impl RateLimiter {
         let waited = started.elapsed();
         self.waited_us
             .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
-        waited
+        (waited, Ticket { limiter: self, id })
     }
 
     /// Holds back every thread's next request for `after` (a 429's `Retry-After`): the limit is
@@ -119,7 +160,7 @@ impl RateLimiter {
             .lock()
             .expect("rate-limit lock")
             .iter()
-            .filter(|t| now.duration_since(**t) < self.window)
+            .filter(|(_, answered)| answered.is_none_or(|t| now.duration_since(t) < self.window))
             .count();
         let sustained = (self.limit as f64 * round_trip.as_secs_f64() / self.window.as_secs_f64())
             .ceil()
@@ -571,5 +612,34 @@ mod tests {
         assert_eq!(r.in_flight_cap(MS(300)), 1);
         assert_eq!(r.in_flight_cap(MS(2500)), 3);
         assert_eq!(RateLimiter::new(0, MS(1)).in_flight_cap(MS(1)), usize::MAX);
+    }
+
+    #[test]
+    fn a_request_counts_until_a_window_after_its_answer() {
+        // One request per 200 ms. The first is answered 150 ms after it was sent: the API may
+        // have seen it arrive as late as that, so the next waits until 200 ms after the answer,
+        // not after the send.
+        let r = RateLimiter::new(1, MS(200));
+        let (waited, in_flight) = r.send();
+        assert!(waited < MS(50));
+        std::thread::sleep(MS(150));
+        drop(in_flight);
+        let started = Instant::now();
+        let (_, _second) = r.send();
+        assert!(
+            started.elapsed() >= MS(180),
+            "waited {:?}",
+            started.elapsed()
+        );
+        // A request in flight holds its place whatever its age.
+        let r = RateLimiter::new(1, MS(20));
+        let (_, held) = r.send();
+        let waiting = std::thread::scope(|s| {
+            let t = s.spawn(|| r.send().0);
+            std::thread::sleep(MS(100));
+            drop(held);
+            t.join().expect("the second request")
+        });
+        assert!(waiting >= MS(100), "waited {waiting:?}");
     }
 }

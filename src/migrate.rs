@@ -6,10 +6,11 @@
 
 use std::collections::HashMap;
 
+use crate::compact;
 use crate::compat::check_schema;
 use crate::config::Config;
 use crate::d1::D1Client;
-use crate::discover::{Schema, Table};
+use crate::discover::{is_d1_internal, Schema, Table};
 use crate::error::{Error, Result};
 use crate::fit::{fit, Fit, MIGRATIONS_TABLE};
 use crate::load::{run_work, Loader};
@@ -22,7 +23,8 @@ use crate::send::Rejects;
 use crate::source::{count_from, open_read_only};
 use crate::state::{Fingerprint, State};
 use crate::target::{
-    copy_sequence, create_missing, missing_parents, ordered_objects, target_objects,
+    copy_sequence, create_missing, if_not_exists, missing_parents, ordered_objects,
+    sequence_statements, target_objects,
 };
 use crate::transform::source_schema;
 use crate::value::quote_ident;
@@ -67,8 +69,16 @@ pub fn forward(
     }
     transformed.check_references(&source)?;
 
-    // Reading the target's catalog first also proves the token, account and database id.
-    let existing = target_objects(client)?;
+    // Reading the target's catalog first also proves the token, account and database id. A
+    // database the run has just created holds nothing.
+    let existing = if config.created_database {
+        HashMap::new()
+    } else {
+        target_objects(client)?
+    };
+    let empty_target = existing
+        .keys()
+        .all(|name| is_d1_internal(name) || name.starts_with("sqlite_"));
     let orphans = missing_parents(&schema, &existing);
     if !orphans.is_empty() {
         return Err(Error::Refused(format!(
@@ -117,7 +127,10 @@ pub fn forward(
         return Ok(());
     }
     let rejects = Rejects::new(config.reject_file.clone());
-    report.take_bookmark(client);
+    if !config.created_database {
+        // A database the run created is undone by deleting it.
+        report.take_bookmark(client);
+    }
     if merged {
         let added = merge_migrations(client, &source)?;
         if added > 0 {
@@ -132,13 +145,6 @@ pub fn forward(
         .iter()
         .map(|t| &schema.tables[t.table])
         .collect();
-    report.objects_created.extend(create_missing(
-        client,
-        ordinary
-            .iter()
-            .map(|t| ("table", t.name.as_str(), t.sql.as_str())),
-        &existing,
-    )?);
 
     let anchors = read_anchors(&source, &schema, &plan, |s| transformed.adapt(s))?;
     let [mut work, mut deferred, mut fill] = passes(&schema, &plan, &anchors, |table, pass| {
@@ -175,6 +181,42 @@ pub fn forward(
         );
     }
     progress.set_total(rows.values().sum());
+    // A small database into an empty one: tables, rows and objects in as few requests as fit.
+    let later_passes = !deferred.is_empty() || !fill.is_empty() || !external.is_empty();
+    if compact::eligible(config, empty_target, &state, &work, later_passes) {
+        let head: Vec<String> = ordinary.iter().map(|t| if_not_exists(&t.sql)).collect();
+        let mut tail = sequence_statements(&schema);
+        tail.extend(ordered_objects(&schema).map(|o| if_not_exists(&o.sql)));
+        match compact::load(config, client, progress, &state, &work, &rows, head, tail)? {
+            compact::Outcome::Loaded(stats) => {
+                report.tables = stats;
+                report.objects_created.extend(
+                    ordinary
+                        .iter()
+                        .map(|t| t.name.clone())
+                        .chain(ordered_objects(&schema).map(|o| o.name.clone())),
+                );
+                state.set_phase_done("sequence")?;
+                state.set_complete()?;
+                return Ok(());
+            }
+            compact::Outcome::Refused(why) => {
+                log::info(&format!(
+                    "D1 refused a request of the compact load ({why}); loading table by table"
+                ));
+                for w in &mut work {
+                    w.done = state.table(&w.shape.table).inserted;
+                }
+            }
+        }
+    }
+    report.objects_created.extend(create_missing(
+        client,
+        ordinary
+            .iter()
+            .map(|t| ("table", t.name.as_str(), t.sql.as_str())),
+        &existing,
+    )?);
     let ctx = Loader {
         config,
         client,

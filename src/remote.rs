@@ -29,10 +29,10 @@ impl Catalog for D1Catalog<'_> {
             .collect())
     }
 
-    /// Up to [`READS_PER_REQUEST`] queries per request.
+    /// Up to [`CATALOG_PER_REQUEST`] queries per request.
     fn query_many(&self, sqls: &[String]) -> Result<Vec<Vec<Vec<Value>>>> {
         let mut out = Vec::with_capacity(sqls.len());
-        for chunk in sqls.chunks(READS_PER_REQUEST) {
+        for chunk in sqls.chunks(CATALOG_PER_REQUEST) {
             for result in self.0.read(chunk)? {
                 out.push(
                     result
@@ -215,6 +215,9 @@ pub struct D1Side<'a> {
 /// Statements per request when reading.
 const READS_PER_REQUEST: usize = 50;
 
+/// Catalog queries per request: short statements with short answers (three per table).
+const CATALOG_PER_REQUEST: usize = 300;
+
 impl D1Side<'_> {
     /// Fills in a large TEXT or BLOB value piece by piece.
     fn read_large(
@@ -293,10 +296,91 @@ impl crate::validate::RowSide for D1Side<'_> {
     }
 
     fn select(&self, shape: &crate::pack::Shape, tails: &[String]) -> Result<Vec<Vec<Vec<Value>>>> {
+        let read = ExactRead::new(shape, tails);
+        let mut out = Vec::with_capacity(tails.len());
+        let per_request = (READS_PER_REQUEST / read.groups.len()).max(1);
+        for chunk in tails.chunks(per_request) {
+            let sqls = read.statements(chunk);
+            let results = self.client.read(&sqls)?;
+            out.extend(self.decode(&read, &results)?);
+        }
+        Ok(out)
+    }
+
+    fn surveys_and_reads(
+        &self,
+        shapes: &[&crate::pack::Shape],
+        reads: &[(&crate::pack::Shape, &[String])],
+    ) -> Result<(Vec<crate::validate::Survey>, Vec<crate::validate::Rows>)> {
+        // Every statement, the surveys first, in requests of at most READS_PER_REQUEST; a
+        // tail's column groups stay in one request.
+        let mut sqls: Vec<String> = shapes
+            .iter()
+            .map(|s| crate::validate::survey_sql(s, &crate::value::quote_ident(&s.table)))
+            .collect();
+        let plans: Vec<ExactRead> = reads.iter().map(|(s, t)| ExactRead::new(s, t)).collect();
+        for (plan, (_, tails)) in plans.iter().zip(reads) {
+            sqls.extend(plan.statements(tails));
+        }
+        // Units that stay in one request: a survey, a tail's column groups.
+        let units =
+            std::iter::repeat_n(1, shapes.len()).chain(plans.iter().zip(reads).flat_map(
+                |(plan, (_, tails))| std::iter::repeat_n(plan.groups.len(), tails.len()),
+            ));
+        let mut cuts = vec![0];
+        let mut at = 0;
+        for n in units {
+            if at > *cuts.last().expect("a cut")
+                && at - cuts.last().expect("a cut") + n > READS_PER_REQUEST
+            {
+                cuts.push(at);
+            }
+            at += n;
+        }
+        cuts.push(sqls.len());
+        let mut results = Vec::with_capacity(sqls.len());
+        for pair in cuts.windows(2).filter(|p| p[1] > p[0]) {
+            results.extend(self.client.read(&sqls[pair[0]..pair[1]])?);
+        }
+        let mut results = results.into_iter();
+        let surveys = results
+            .by_ref()
+            .take(shapes.len())
+            .map(|result| {
+                let row = result.rows.first();
+                let cell = |i: usize| row.and_then(|r| r.get(i));
+                crate::validate::survey_of(
+                    cell(0).and_then(|v| v.as_u64()),
+                    cell(1).and_then(|v| v.as_f64()),
+                )
+            })
+            .collect();
+        let rest: Vec<crate::d1::RawResult> = results.collect();
+        let mut out = Vec::with_capacity(reads.len());
+        let mut from = 0;
+        for (plan, (_, tails)) in plans.iter().zip(reads) {
+            let n = tails.len() * plan.groups.len();
+            out.push(self.decode(plan, &rest[from..from + n])?);
+            from += n;
+        }
+        Ok((surveys, out))
+    }
+}
+
+/// The statements of exact reads of one shape: a head per column group (one group unless the
+/// table is too wide for one statement), each followed by a tail.
+struct ExactRead<'s> {
+    shape: &'s crate::pack::Shape,
+    groups: Vec<Vec<usize>>,
+    heads: Vec<String>,
+}
+
+impl<'s> ExactRead<'s> {
+    fn new(shape: &'s crate::pack::Shape, tails: &[String]) -> ExactRead<'s> {
         let table = crate::value::quote_ident(&shape.table);
         let longest_tail = tails.iter().map(String::len).max().unwrap_or(0);
         let groups = column_groups(shape, READ_BYTES.saturating_sub(longest_tail + table.len()));
-        let heads: Vec<String> = groups
+        let heads = groups
             .iter()
             .map(|g| {
                 let list: Vec<String> = g
@@ -306,66 +390,83 @@ impl crate::validate::RowSide for D1Side<'_> {
                 format!("SELECT {} FROM {table}", list.join(", "))
             })
             .collect();
-        let mut out = Vec::with_capacity(tails.len());
-        let per_request = (READS_PER_REQUEST / groups.len()).max(1);
-        for chunk in tails.chunks(per_request) {
-            let sqls: Vec<String> = chunk
-                .iter()
-                .flat_map(|t| heads.iter().map(move |h| format!("{h} {t}")))
-                .collect();
-            let results = self.client.read(&sqls)?;
-            for parts in results.chunks(groups.len()) {
-                let mut rows: Vec<Vec<Value>> = Vec::new();
-                let mut large = Vec::new();
-                let mut at: HashMap<Vec<u8>, usize> = HashMap::new();
-                for (g, (result, columns)) in parts.iter().zip(&groups).enumerate() {
-                    for raw in &result.rows {
-                        let mut cells = Vec::with_capacity(columns.len());
-                        for (cell, &i) in raw.iter().zip(columns) {
-                            let context =
-                                || format!("table {}, column {}", shape.table, shape.columns[i]);
-                            cells.push((
-                                i,
-                                decode_cell(cell, shape.affinities[i], &context)?,
-                                is_placeholder(cell),
-                            ));
+        ExactRead {
+            shape,
+            groups,
+            heads,
+        }
+    }
+
+    /// Each tail's statements, one per column group.
+    fn statements(&self, tails: &[String]) -> Vec<String> {
+        tails
+            .iter()
+            .flat_map(|t| self.heads.iter().map(move |h| format!("{h} {t}")))
+            .collect()
+    }
+}
+
+impl D1Side<'_> {
+    /// The rows of each tail, from its statements' results (one per column group), joined by
+    /// key when the columns were read in groups; large values are read piece by piece.
+    fn decode(
+        &self,
+        read: &ExactRead<'_>,
+        results: &[crate::d1::RawResult],
+    ) -> Result<Vec<Vec<Vec<Value>>>> {
+        let (shape, groups) = (read.shape, &read.groups);
+        let mut out = Vec::new();
+        for parts in results.chunks(groups.len()) {
+            let mut rows: Vec<Vec<Value>> = Vec::new();
+            let mut large = Vec::new();
+            let mut at: HashMap<Vec<u8>, usize> = HashMap::new();
+            for (g, (result, columns)) in parts.iter().zip(groups).enumerate() {
+                for raw in &result.rows {
+                    let mut cells = Vec::with_capacity(columns.len());
+                    for (cell, &i) in raw.iter().zip(columns) {
+                        let context =
+                            || format!("table {}, column {}", shape.table, shape.columns[i]);
+                        cells.push((
+                            i,
+                            decode_cell(cell, shape.affinities[i], &context)?,
+                            is_placeholder(cell),
+                        ));
+                    }
+                    let r = if groups.len() == 1 {
+                        rows.push(vec![Value::Null; shape.columns.len()]);
+                        rows.len() - 1
+                    } else {
+                        let mut key = Vec::new();
+                        for &p in &shape.key_positions {
+                            if let Some((_, v, _)) = cells.iter().find(|c| c.0 == p) {
+                                v.write_canonical(&mut key);
+                            }
                         }
-                        let r = if groups.len() == 1 {
+                        if g == 0 {
                             rows.push(vec![Value::Null; shape.columns.len()]);
+                            at.insert(key, rows.len() - 1);
                             rows.len() - 1
                         } else {
-                            let mut key = Vec::new();
-                            for &p in &shape.key_positions {
-                                if let Some((_, v, _)) = cells.iter().find(|c| c.0 == p) {
-                                    v.write_canonical(&mut key);
-                                }
-                            }
-                            if g == 0 {
-                                rows.push(vec![Value::Null; shape.columns.len()]);
-                                at.insert(key, rows.len() - 1);
-                                rows.len() - 1
-                            } else {
-                                *at.get(&key).ok_or_else(|| {
-                                    Error::Refused(format!(
-                                        "table {}: a row changed on D1 while its columns were read in groups",
-                                        shape.table
-                                    ))
-                                })?
-                            }
-                        };
-                        for (i, v, placeholder) in cells {
-                            if placeholder {
-                                large.push((r, i));
-                            }
-                            rows[r][i] = v;
+                            *at.get(&key).ok_or_else(|| {
+                                Error::Refused(format!(
+                                    "table {}: a row changed on D1 while its columns were read in groups",
+                                    shape.table
+                                ))
+                            })?
                         }
+                    };
+                    for (i, v, placeholder) in cells {
+                        if placeholder {
+                            large.push((r, i));
+                        }
+                        rows[r][i] = v;
                     }
                 }
-                for (r, c) in large {
-                    self.read_large(shape, &mut rows[r], c)?;
-                }
-                out.push(rows);
             }
+            for (r, c) in large {
+                self.read_large(shape, &mut rows[r], c)?;
+            }
+            out.push(rows);
         }
         Ok(out)
     }

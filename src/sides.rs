@@ -3,7 +3,7 @@
 
 use crate::config::{Config, Direction};
 use crate::d1::D1Client;
-use crate::discover::{discover, select_tables, Schema};
+use crate::discover::{discover, discover_expecting, select_tables, Schema};
 use crate::error::Result;
 use crate::remote::{D1Catalog, D1Side};
 use crate::source::{open_read_only, SqliteCatalog, SqliteSide};
@@ -51,7 +51,19 @@ impl<'a> Sides<'a> {
                 "source (D1)"
             },
         };
-        let d1_schema = discover(&D1Catalog(client))?;
+        // Forward, D1 is expected to hold the source's tables: their columns are asked for with
+        // the catalog's lists, in one round trip.
+        let expected: Vec<String> = if forward {
+            sqlite_schema
+                .tables
+                .iter()
+                .map(|t| t.name.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let sequence = forward && !sqlite_schema.sequence.is_empty();
+        let d1_schema = discover_expecting(&D1Catalog(client), &expected, sequence)?;
         let (mut source_schema, target_schema) = if forward {
             (sqlite_schema, d1_schema)
         } else {

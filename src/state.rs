@@ -155,6 +155,16 @@ struct Checkpoint {
     dropped_triggers: Vec<(String, String)>,
 }
 
+/// What one request committed of one table: every row up to `key` (when it carried rows), `rows`
+/// of them, and whether they were the table's last (`inserted`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    pub table: String,
+    pub key: Option<Vec<Value>>,
+    pub rows: u64,
+    pub inserted: bool,
+}
+
 /// The checkpoint of one run, shared by its workers. Holds its migration's lock until dropped.
 pub struct State {
     path: PathBuf,
@@ -279,6 +289,24 @@ impl State {
             let t = c.tables.entry(name.to_string()).or_default();
             t.after = Some(key.iter().map(store).collect());
             t.rows += rows;
+        })
+    }
+
+    /// Records what one request committed of several tables (tables sharing a request), in one
+    /// write of the checkpoint.
+    pub fn committed(&self, parts: &[Committed]) -> Result<()> {
+        if parts.is_empty() {
+            return Ok(());
+        }
+        self.update(|c| {
+            for part in parts {
+                let t = c.tables.entry(part.table.clone()).or_default();
+                if let Some(key) = &part.key {
+                    t.after = Some(key.iter().map(store).collect());
+                }
+                t.rows += part.rows;
+                t.inserted |= part.inserted;
+            }
         })
     }
 

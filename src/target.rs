@@ -128,8 +128,21 @@ pub fn if_not_exists(sql: &str) -> String {
 /// Sets the target's `sqlite_sequence` rows of the copied tables to the source's, rowids
 /// included, so AUTOINCREMENT counters ahead of `max(id)` stay ahead.
 pub fn copy_sequence(client: &D1Client, schema: &Schema) -> Result<()> {
-    if schema.sequence.is_empty() {
+    let statements = sequence_statements(schema);
+    if statements.is_empty() {
         return Ok(());
+    }
+    client
+        .execute(&statements)
+        .map_err(|f| Error::Refused(format!("setting sqlite_sequence on D1: {}", f.error)))?;
+    Ok(())
+}
+
+/// The statements that set the target's `sqlite_sequence` rows of the copied tables (none when
+/// the source has none).
+pub fn sequence_statements(schema: &Schema) -> Vec<String> {
+    if schema.sequence.is_empty() {
+        return Vec::new();
     }
     let names: Vec<String> = schema
         .sequence
@@ -158,10 +171,7 @@ pub fn copy_sequence(client: &D1Client, schema: &Schema) -> Result<()> {
         "INSERT INTO sqlite_sequence (rowid, name, seq) VALUES {}",
         values.join(", ")
     );
-    client
-        .execute(&[delete, insert])
-        .map_err(|f| Error::Refused(format!("setting sqlite_sequence on D1: {}", f.error)))?;
-    Ok(())
+    vec![delete, insert]
 }
 
 #[cfg(test)]

@@ -20,6 +20,9 @@ use crate::flow::Permits;
 use crate::pack::Shape;
 use crate::value::Value;
 
+/// Rows of each tail of a read.
+pub type Rows = Vec<Vec<Vec<Value>>>;
+
 /// One side of a comparison: reads rows exactly, in key order.
 pub trait RowSide: Sync {
     fn label(&self) -> &'static str;
@@ -29,6 +32,20 @@ pub trait RowSide: Sync {
     fn surveys(&self, shapes: &[&Shape]) -> Result<Vec<Survey>>;
     /// For each tail (`WHERE ... ORDER BY ... LIMIT ...`), the rows of `shape` it selects.
     fn select(&self, shape: &Shape, tails: &[String]) -> Result<Vec<Vec<Vec<Value>>>>;
+    /// [`RowSide::surveys`] of `shapes` and [`RowSide::select`] of each read, together: a side
+    /// across a network answers them in as few round trips as fit (one, for a small database).
+    fn surveys_and_reads(
+        &self,
+        shapes: &[&Shape],
+        reads: &[(&Shape, &[String])],
+    ) -> Result<(Vec<Survey>, Vec<Rows>)> {
+        let surveys = self.surveys(shapes)?;
+        let rows = reads
+            .iter()
+            .map(|(shape, tails)| self.select(shape, tails))
+            .collect::<Result<_>>()?;
+        Ok((surveys, rows))
+    }
 }
 
 /// What validation is asked to do.
@@ -472,59 +489,77 @@ pub fn validate_rechecked(
         .filter_map(|t| target_schema.table(&t.name))
         .map(|t| Shape::new(t, &[]))
         .collect();
+    // Pages read and compared at once, across every table and key segment.
+    let permits = Permits::new(options.segments);
+    // The largest tables first, so that they do not start last.
+    let mut order: Vec<usize> = (0..tables.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(sources[i].rows));
+    // Tables mostly wait for D1's answers: as many at once as pages may be read.
+    let workers = parallel.max(options.segments).max(1);
+    let comparison = |i: usize| Comparison {
+        source,
+        target,
+        shape: &shapes[i],
+        table: tables[i],
+        options,
+        survey: sources[i],
+        permits: &permits,
+    };
+    // Sampled tables are planned on the source first (keys picked, the source's rows read); the
+    // target's rows of every plan are read with the target's counts, in one round trip where
+    // they fit, rather than a few per table.
+    let plans: Vec<Option<SamplePlan>> = parallel_map(&order, workers, |i| {
+        let c = comparison(i);
+        if !samples(tables[i], target_schema, options, rechecks) || !c.prefetchable(sources[i].rows)
+        {
+            return Ok(None);
+        }
+        c.sample_plan(sources[i].rows)
+            .map(Some)
+            .map_err(|e| e.in_table(&tables[i].name))
+    })
+    .into_iter()
+    .collect::<Result<_>>()?;
+    let reads: Vec<(&Shape, &[String])> = plans
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| p.as_ref().map(|p| (&shapes[i], p.tails.as_slice())))
+        .collect();
+    let (target_surveys, mut read) =
+        target.surveys_and_reads(&present.iter().collect::<Vec<_>>(), &reads)?;
     let targets: HashMap<String, u64> = present
         .iter()
         .map(|s| s.table.to_lowercase())
-        .zip(target.surveys(&present.iter().collect::<Vec<_>>())?)
+        .zip(target_surveys)
         .map(|(name, survey)| (name, survey.rows))
         .collect();
-    // Pages read and compared at once, across every table and key segment.
-    let permits = Permits::new(options.segments);
-    let results: Vec<Result<TableValidation>> = {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        // The largest tables first, so that they do not start last.
-        let mut order: Vec<usize> = (0..tables.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(sources[i].rows));
-        for i in order {
-            tx.send((i, tables[i])).expect("queue");
-        }
-        drop(tx);
-        let out = std::sync::Mutex::new(Vec::new());
-        let (sources, targets, permits) = (&sources, &targets, &permits);
-        std::thread::scope(|scope| {
-            // Tables mostly wait for D1's answers: as many at once as pages may be read.
-            for _ in 0..parallel.max(options.segments).max(1) {
-                let rx = rx.clone();
-                let out = &out;
-                scope.spawn(move || {
-                    for (i, table) in rx {
-                        let sizes = Sizes {
-                            source: sources[i],
-                            target_rows: targets
-                                .get(&table.name.to_lowercase())
-                                .copied()
-                                .unwrap_or(0),
-                        };
-                        let result = validate_table(
-                            source,
-                            target,
-                            table,
-                            target_schema,
-                            options,
-                            rechecks.get(&table.name),
-                            sizes,
-                            permits,
-                        )
-                        .map_err(|e| e.in_table(&table.name));
-                        out.lock().expect("results").push((i, result));
-                    }
-                });
-            }
-        });
-        let mut out = out.into_inner().expect("results");
-        out.sort_by_key(|(i, _)| *i);
-        out.into_iter().map(|(_, r)| r).collect()
-    };
+    let prefetched: Vec<std::sync::Mutex<Option<(SamplePlan, Rows)>>> = plans
+        .into_iter()
+        .rev()
+        .map(|p| std::sync::Mutex::new(p.map(|p| (p, read.pop().unwrap_or_default()))))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    let results: Vec<Result<TableValidation>> = parallel_map(&order, workers, |i| {
+        let table = tables[i];
+        let sizes = Sizes {
+            source: sources[i],
+            target_rows: targets
+                .get(&table.name.to_lowercase())
+                .copied()
+                .unwrap_or(0),
+        };
+        let prefetched = prefetched[i].lock().expect("prefetched").take();
+        validate_table(
+            &comparison(i),
+            target_schema,
+            rechecks.get(&table.name),
+            sizes,
+            prefetched,
+        )
+        .map_err(|e| e.in_table(&table.name))
+    });
     let mut tables = results.into_iter().collect::<Result<Vec<_>>>()?;
     let (index_problems, extra_indexes) = compare_indexes(source_schema, target_schema);
     // The target's own indexes (an application's schema) are told with their table, not failed.
@@ -552,18 +587,64 @@ struct Sizes {
     target_rows: u64,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn validate_table(
-    source: &dyn RowSide,
-    target: &dyn RowSide,
+/// Runs `f` on each of `items` (indexes), `workers` at once; results in index order.
+fn parallel_map<R: Send>(items: &[usize], workers: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    for &i in items {
+        tx.send(i).expect("queue");
+    }
+    drop(tx);
+    let out = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..workers.min(items.len()).max(1) {
+            let (rx, out, f) = (rx.clone(), &out, &f);
+            scope.spawn(move || {
+                for i in rx {
+                    let r = f(i);
+                    out.lock().expect("results").push((i, r));
+                }
+            });
+        }
+    });
+    let mut out = out.into_inner().expect("results");
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
+/// Whether a table is compared by a sample (not in full, not a sync's recheck, not merged by
+/// name), on a target that has it.
+fn samples(
     table: &Table,
     target_schema: &Schema,
     options: Options,
+    rechecks: &HashMap<String, Recheck>,
+) -> bool {
+    !options.all_rows
+        && !rechecks.contains_key(&table.name)
+        && target_schema.table(&table.name).is_some()
+        && !merged_by_name(table)
+}
+
+/// wrangler's history, merged by name: every source entry must be on the target, which may
+/// have entries (and numbers) of its own.
+fn merged_by_name(table: &Table) -> bool {
+    table.name.eq_ignore_ascii_case(MIGRATIONS_TABLE)
+        && table
+            .columns
+            .iter()
+            .any(|c| c.name.eq_ignore_ascii_case("name"))
+}
+
+fn validate_table(
+    comparison: &Comparison<'_>,
+    target_schema: &Schema,
     recheck: Option<&Recheck>,
     sizes: Sizes,
-    permits: &Permits,
+    prefetched: Option<(SamplePlan, Rows)>,
 ) -> Result<TableValidation> {
-    let shape = Shape::new(table, &[]);
+    let table = comparison.table;
+    let target = comparison.target;
+    let options = comparison.options;
     let mut v = TableValidation {
         table: table.name.clone(),
         ..TableValidation::default()
@@ -576,23 +657,7 @@ fn validate_table(
     v.schema_problems = compare_schema(table, target_table, target.label());
     v.source_rows = sizes.source.rows;
     v.target_rows = sizes.target_rows;
-    let comparison = Comparison {
-        source,
-        target,
-        shape: &shape,
-        table,
-        options,
-        survey: sizes.source,
-        permits,
-    };
-    if table.name.eq_ignore_ascii_case(MIGRATIONS_TABLE)
-        && table
-            .columns
-            .iter()
-            .any(|c| c.name.eq_ignore_ascii_case("name"))
-    {
-        // wrangler's history is merged by name: every source entry must be on the target, which
-        // may have entries (and numbers) of its own.
+    if merged_by_name(table) {
         comparison.by_name(&mut v)?;
         v.ok = v.schema_problems.is_empty() && v.missing == 0;
         return Ok(v);
@@ -602,6 +667,8 @@ fn validate_table(
         v.compared += recheck.equal_rows;
     } else if options.all_rows {
         comparison.full(&mut v)?;
+    } else if let Some((plan, rows)) = prefetched {
+        comparison.sample_finish(&mut v, plan, rows)?;
     } else {
         comparison.sample(&mut v)?;
     }
@@ -717,6 +784,17 @@ fn describe(v: &Value) -> String {
     }
 }
 
+/// A sample planned on the source's side: the target reads it needs and the source's rows of
+/// each.
+struct SamplePlan {
+    tails: Vec<String>,
+    source_rows: Rows,
+    /// The whole table (no larger than the sample): rows only the target holds count as extra.
+    whole: bool,
+    /// Keys picked (or, whole, the table's rows).
+    sampled: u64,
+}
+
 struct Comparison<'a> {
     source: &'a dyn RowSide,
     target: &'a dyn RowSide,
@@ -753,14 +831,44 @@ impl Comparison<'_> {
         if n == 0 || v.source_rows == 0 {
             return Ok(());
         }
-        if v.source_rows <= n as u64 {
+        if !self.prefetchable(v.source_rows) {
             self.full_ranges(v, &[(None, None)])?;
             v.sampled = v.compared;
             return Ok(());
         }
+        let plan = self.sample_plan(v.source_rows)?;
+        let target_rows = self.target.select(self.shape, &plan.tails)?;
+        self.sample_finish(v, plan, target_rows)
+    }
+
+    /// Whether the sample of a table of `rows` rows can be planned on the source alone and its
+    /// target rows read at once: any sampled table, and a table compared whole whose rows fit
+    /// one page.
+    fn prefetchable(&self, rows: u64) -> bool {
+        let n = self.options.sample_size as u64;
+        n > 0
+            && rows > 0
+            && (rows > n || rows <= self.survey.first_page_rows(self.options.page) as u64)
+    }
+
+    /// The source's side of a sample of a table of `rows` rows: the keys picked (or, for a table
+    /// no larger than the sample, all of them), the source's rows, and the target reads.
+    fn sample_plan(&self, rows: u64) -> Result<SamplePlan> {
+        let n = self.options.sample_size;
         let keys = self.keys_sql();
-        let picked = self.sample_keys(n, v.source_rows)?;
-        v.sampled = picked.len() as u64;
+        if rows <= n as u64 {
+            let source_rows = self
+                .source
+                .select(self.shape, &[format!("ORDER BY {keys}")])?;
+            // More than twice the source's rows on the target: read in pages (sample_finish).
+            return Ok(SamplePlan {
+                tails: vec![format!("ORDER BY {keys} LIMIT {}", 2 * rows + 1)],
+                source_rows,
+                whole: true,
+                sampled: rows,
+            });
+        }
+        let picked = self.sample_keys(n, rows)?;
         // At most 50 keys, and 20,000 bytes of them, per read (D1 takes 100,000 per statement,
         // and the exact read's select list takes its share).
         let mut chunks: Vec<&[Vec<Value>]> = Vec::new();
@@ -776,25 +884,37 @@ impl Comparison<'_> {
         if start < picked.len() {
             chunks.push(&picked[start..]);
         }
-        for chunk in chunks {
-            let tuples: Vec<String> = chunk.iter().map(|k| self.key_tuple_of(k)).collect();
-            let tail = format!(
-                "WHERE ({keys}) IN (VALUES {}) ORDER BY {keys}",
-                tuples.join(", ")
-            );
-            let source_rows = self
-                .source
-                .select(self.shape, std::slice::from_ref(&tail))?
-                .pop()
-                .unwrap_or_default();
-            let target_rows = self
-                .target
-                .select(self.shape, &[tail])?
-                .pop()
-                .unwrap_or_default();
-            self.check_json(&source_rows, v);
-            self.match_rows(&source_rows, &target_rows, false, v);
+        let tails: Vec<String> = chunks.iter().map(|chunk| self.keys_in(chunk)).collect();
+        let source_rows = self.source.select(self.shape, &tails)?;
+        Ok(SamplePlan {
+            tails,
+            source_rows,
+            whole: false,
+            sampled: picked.len() as u64,
+        })
+    }
+
+    /// Matches a sample's source rows with the target's rows of the same reads.
+    fn sample_finish(
+        &self,
+        v: &mut TableValidation,
+        plan: SamplePlan,
+        target_rows: Rows,
+    ) -> Result<()> {
+        if plan.whole {
+            let read = target_rows.iter().map(Vec::len).sum::<usize>() as u64;
+            if v.target_rows > read {
+                // The target holds more than was read: every extra row is counted by a walk.
+                self.full_ranges(v, &[(None, None)])?;
+                v.sampled = v.compared;
+                return Ok(());
+            }
         }
+        for (source_rows, target_rows) in plan.source_rows.iter().zip(&target_rows) {
+            self.check_json(source_rows, v);
+            self.match_rows(source_rows, target_rows, plan.whole, v);
+        }
+        v.sampled = if plan.whole { v.compared } else { plan.sampled };
         Ok(())
     }
 
@@ -934,6 +1054,16 @@ impl Comparison<'_> {
         }
     }
 
+    /// The tail selecting the rows of `keys`, in key order.
+    fn keys_in(&self, keys: &[Vec<Value>]) -> String {
+        let sql_keys = self.keys_sql();
+        let tuples: Vec<String> = keys.iter().map(|k| self.key_tuple_of(k)).collect();
+        format!(
+            "WHERE ({sql_keys}) IN (VALUES {}) ORDER BY {sql_keys}",
+            tuples.join(", ")
+        )
+    }
+
     fn key_tuple_of(&self, key: &[Value]) -> String {
         let parts: Vec<String> = key.iter().map(Value::literal).collect();
         format!("({})", parts.join(", "))
@@ -960,16 +1090,9 @@ impl Comparison<'_> {
     /// a column exactly is long: it is sent once for many keys); what the target holds beyond
     /// the source's rows of those keys is extra.
     fn keyed(&self, v: &mut TableValidation, keys: &[Vec<Value>]) -> Result<()> {
-        let sql_keys = self.keys_sql();
         let tails: Vec<String> = keys
             .chunks(KEYS_PER_READ)
-            .map(|chunk| {
-                let tuples: Vec<String> = chunk.iter().map(|k| self.key_tuple_of(k)).collect();
-                format!(
-                    "WHERE ({sql_keys}) IN (VALUES {}) ORDER BY {sql_keys}",
-                    tuples.join(", ")
-                )
-            })
+            .map(|chunk| self.keys_in(chunk))
             .collect();
         let sources = self.source.select(self.shape, &tails)?;
         let targets = self.target.select(self.shape, &tails)?;
@@ -1211,17 +1334,18 @@ mod tests {
             source: survey,
             target_rows: survey.rows,
         };
-        validate_table(
-            &side,
-            &side,
-            t,
-            &schema,
+        let shape = Shape::new(t, &[]);
+        let permits = Permits::new(1);
+        let comparison = Comparison {
+            source: &side,
+            target: &side,
+            shape: &shape,
+            table: t,
             options,
-            None,
-            sizes,
-            &Permits::new(1),
-        )
-        .unwrap()
+            survey,
+            permits: &permits,
+        };
+        validate_table(&comparison, &schema, None, sizes, None).unwrap()
     }
 
     #[test]

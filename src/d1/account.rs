@@ -232,7 +232,7 @@ impl D1Client {
     fn upload(&self, upload_url: &str, sql: &str, etag: &str) -> Result<(), D1Error> {
         let mut attempt = 0u32;
         loop {
-            let waited = self.rate.acquire();
+            let (waited, counted) = self.rate.send();
             self.counters
                 .requests
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -246,6 +246,7 @@ impl D1Client {
                 p.retries += u64::from(attempt > 0);
             });
             let outcome = self.agent.put(upload_url).send(sql.as_bytes());
+            drop(counted);
             let verdict = match outcome {
                 Ok(response) if response.status().as_u16() == 200 => {
                     let got = response
@@ -285,7 +286,7 @@ impl D1Client {
     ) -> Result<(Json, Option<ResultInfo>), D1Error> {
         let mut attempt = 0u32;
         loop {
-            let waited = self.rate.acquire();
+            let (waited, counted) = self.rate.send();
             self.counters
                 .requests
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -297,6 +298,7 @@ impl D1Client {
             });
             let sent_at = Instant::now();
             let (verdict, outcome) = self.api_attempt(method, url, body);
+            drop(counted);
             log::debug(&format!(
                 "{method} {url}: {verdict:?} in {} ms",
                 sent_at.elapsed().as_millis()

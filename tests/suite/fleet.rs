@@ -65,6 +65,19 @@ fn tenants(dir: &Path, names: &[&str]) -> (PathBuf, Vec<PathBuf>) {
     (manifest, sources)
 }
 
+/// The same manifest run again (creating what is missing, as the first run did); its report.
+fn rerun(d1: &LocalD1, manifest: &Path, state: &Path, dir: &Path) -> serde_json::Value {
+    let again = dir.join("again.json");
+    let out = output({
+        let mut c = fleet(d1, manifest, state);
+        c.env("MIGRATION_CREATE_DATABASES", "true")
+            .env("MIGRATION_REPORT", &again);
+        c
+    });
+    assert!(out.status.success(), "{}", stderr(&out));
+    read_json(&again)
+}
+
 #[test]
 fn a_manifest_of_tenants_is_created_by_name_copied_exactly_and_a_rerun_does_nothing() {
     let d1 = server();
@@ -111,15 +124,7 @@ fn a_manifest_of_tenants_is_created_by_name_copied_exactly_and_a_rerun_does_noth
     }
 
     // Again: every line is complete, nothing is written, no database is created twice.
-    let again = dir.path().join("again.json");
-    let out = output({
-        let mut c = fleet(&d1, &manifest, &state);
-        c.env("MIGRATION_CREATE_DATABASES", "true")
-            .env("MIGRATION_REPORT", &again);
-        c
-    });
-    assert!(out.status.success(), "{}", stderr(&out));
-    let r = read_json(&again);
+    let r = rerun(&d1, &manifest, &state, dir.path());
     assert_eq!(r["totals"]["databases_created"], 0);
     assert_eq!(r["totals"]["d1_rows_written"], 0, "{r}");
     for run in r["databases"].as_array().unwrap() {
@@ -360,4 +365,132 @@ fn a_dry_run_of_a_manifest_creates_no_database_and_two_rollback_lines_may_not_sh
         "{}",
         stderr(&out)
     );
+}
+
+/// A small source: parents with AUTOINCREMENT (and a counter ahead of their keys), children
+/// referring to them, an index, a view and a trigger.
+fn small_tenant(path: &Path) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE account (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL);
+         CREATE TABLE invoice (id INTEGER PRIMARY KEY, account_id INTEGER NOT NULL REFERENCES account(id),
+                               total REAL, note BLOB);
+         CREATE TABLE audit (at TEXT, what TEXT);
+         CREATE INDEX invoice_account ON invoice(account_id);
+         CREATE VIEW big AS SELECT * FROM invoice WHERE total > 100;
+         CREATE TRIGGER invoice_audit AFTER INSERT ON invoice BEGIN
+           INSERT INTO audit VALUES ('now', 'invoice ' || new.id);
+         END;",
+    )
+    .unwrap();
+    let tx = conn.unchecked_transaction().unwrap();
+    for a in 1..=150i64 {
+        tx.execute(
+            "INSERT INTO account (id, name) VALUES (?, ?)",
+            rusqlite::params![a, format!("account {a}")],
+        )
+        .unwrap();
+    }
+    for i in 1..=400i64 {
+        tx.execute(
+            "INSERT INTO invoice VALUES (?, ?, ?, ?)",
+            rusqlite::params![i, 1 + i % 150, i as f64 * 1.25, vec![i as u8; 3]],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    conn.execute_batch("UPDATE sqlite_sequence SET seq = 900 WHERE name = 'account';")
+        .unwrap();
+}
+
+#[test]
+fn a_database_the_run_creates_is_copied_in_one_request_validated_in_two_and_a_rerun_writes_nothing()
+{
+    let d1 = server();
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("small.sqlite");
+    small_tenant(&source);
+    let manifest = dir.path().join("tenants.csv");
+    std::fs::write(
+        &manifest,
+        "sqlite_path,database\nsmall.sqlite,small-tenant\n",
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let report = dir.path().join("fleet.json");
+    let out = output({
+        let mut c = fleet(&d1, &manifest, &state);
+        c.env("MIGRATION_CREATE_DATABASES", "true")
+            .env("MIGRATION_REPORT", &report);
+        c
+    });
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (id, file) = databases(&d1)["small-tenant"].clone();
+    let diff = sqldiff(&source, &file);
+    assert!(diff.is_empty(), "differs:\n{}", diff.join("\n"));
+    // The objects after the data, and the AUTOINCREMENT counter ahead of the keys.
+    let copy = rusqlite::Connection::open(&file).unwrap();
+    let objects: Vec<String> = copy
+        .prepare("SELECT type || ' ' || name FROM sqlite_schema WHERE type != 'table' AND sql IS NOT NULL ORDER BY 1")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        objects,
+        ["index invoice_account", "trigger invoice_audit", "view big"]
+    );
+    let seq: i64 = copy
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'account'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(seq, 900);
+    let audit: i64 = copy
+        .query_row("SELECT count(*) FROM audit", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        audit, 400,
+        "the source's audit rows, and none from the trigger firing for the copied invoices"
+    );
+    drop(copy);
+
+    // Created by the run: no catalog read, no bookmark; every table in one request, the
+    // validation in two (the catalog with each table's columns; counts with sampled rows).
+    let r = read_json(&report);
+    let line = &r["databases"][0]["report"];
+    assert_eq!(line["validation"]["ok"], true, "{line}");
+    let phase = |name: &str| {
+        line["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["phase"] == name)
+            .map(|p| p["requests"].as_u64().unwrap())
+    };
+    assert_eq!(phase("forward"), Some(1), "{line}");
+    assert_eq!(phase("validate"), Some(2), "{line}");
+    assert!(line["bookmark_before"].is_null(), "{line}");
+    let to_it: Vec<serde_json::Value> = d1
+        .settled_requests()
+        .into_iter()
+        .filter(|q| q["path"].as_str().unwrap_or_default().contains(&id))
+        .collect();
+    assert_eq!(to_it.len(), 3, "{to_it:?}");
+    let first = to_it[0]["statements"].to_string();
+    assert!(
+        first.contains("CREATE TABLE")
+            && first.contains("INSERT INTO")
+            && first.contains("CREATE TRIGGER"),
+        "{first}"
+    );
+
+    // Again: the database is found complete, nothing is written.
+    let r = rerun(&d1, &manifest, &state, dir.path());
+    assert_eq!(r["totals"]["d1_rows_written"], 0, "{r}");
+    assert_eq!(r["databases"][0]["report"]["already_complete"], true);
+    assert!(sqldiff(&source, &file).is_empty());
 }

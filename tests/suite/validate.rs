@@ -201,3 +201,57 @@ fn samples_have_the_size_asked_for() {
     assert_eq!(sampled("large"), (100, 100), "{tables}");
     assert!(stderr(&out).contains("93 sampled"), "{}", stderr(&out));
 }
+
+/// A table no larger than the sample is compared whole, its target rows read with the other
+/// tables' in one request: a row only the target holds is extra, and so is every one of many
+/// (more than that read takes: the table is then walked).
+#[test]
+fn a_table_compared_whole_counts_every_row_only_the_target_holds() {
+    let (d1, db, dir) = fresh();
+    let src = dir.path().join("small.sqlite");
+    let conn = rusqlite::Connection::open(&src).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE few (id INTEGER PRIMARY KEY, v TEXT);
+         INSERT INTO few VALUES (1, 'a'), (2, 'b'), (3, 'c');
+         CREATE TABLE others (id INTEGER PRIMARY KEY, v TEXT);
+         INSERT INTO others VALUES (1, 'x'), (2, 'y');",
+    )
+    .unwrap();
+    drop(conn);
+    Run::new(d1, &db, &src).ok();
+    let validate = |name: &str| {
+        let report = dir.path().join(format!("{name}.json"));
+        let out = Run::new(d1, &db, &src)
+            .env("MIGRATION_MODE", "validate")
+            .env("MIGRATION_REPORT", &report)
+            .output();
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+        let r = read_json(&report);
+        let table = |t: &str| {
+            r["validation"]["tables"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["table"] == t)
+                .unwrap()
+                .clone()
+        };
+        (table("few"), table("others"))
+    };
+    d1.sql(&db, &["INSERT INTO few VALUES (10, 'only on D1')"]);
+    let (few, others) = validate("one");
+    assert_eq!(
+        (few["extra"].as_u64(), few["compared"].as_u64()),
+        (Some(1), Some(3)),
+        "{few}"
+    );
+    assert_eq!(few["differences"][0]["key"], "10", "{few}");
+    assert_eq!(others["ok"], true, "{others}");
+    let many: Vec<String> = (100..120)
+        .map(|i| format!("INSERT INTO few VALUES ({i}, 'more')"))
+        .collect();
+    d1.sql(&db, &many.iter().map(String::as_str).collect::<Vec<_>>());
+    let (few, _) = validate("many");
+    assert_eq!(few["extra"], 21, "{few}");
+    assert_eq!(few["target_rows"], 24, "{few}");
+}
