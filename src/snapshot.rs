@@ -81,10 +81,14 @@ impl Snapshot {
             .map_or(0, |d| d.subsec_nanos());
         let dir = state_dir.join(format!("snapshot-{}-{nanos}", std::process::id()));
         std::fs::create_dir(&dir).map_err(io(&dir))?;
+        // The lock file is locked under another name and then renamed: another run (or another
+        // line of a manifest) cleaning the folder sees a lock only once it is held.
         let lock_path = dir.join("lock");
-        let lock = File::create(&lock_path).map_err(io(&lock_path))?;
+        let making = dir.join("lock.new");
+        let lock = File::create(&making).map_err(io(&making))?;
         lock.try_lock()
-            .map_err(|e| io(&lock_path)(std::io::Error::other(e.to_string())))?;
+            .map_err(|e| io(&making)(std::io::Error::other(e.to_string())))?;
+        std::fs::rename(&making, &lock_path).map_err(io(&lock_path))?;
         let path = dir.join("source.sqlite");
         let mut snapshot = Snapshot {
             dir,
@@ -227,6 +231,9 @@ fn data_version(conn: &Connection) -> Result<i64> {
 }
 
 /// Removes the snapshot folders in `state_dir` whose lock no run holds.
+/// A snapshot folder without its lock this long after it was made was left by a killed run.
+const MAKING: Duration = Duration::from_secs(60);
+
 fn remove_abandoned(state_dir: &Path) {
     let Ok(entries) = std::fs::read_dir(state_dir) else {
         return;
@@ -240,8 +247,16 @@ fn remove_abandoned(state_dir: &Path) {
         if !named || !dir.is_dir() {
             continue;
         }
-        let free = File::open(dir.join("lock")).map_or(true, |f| f.try_lock().is_ok());
-        if free {
+        let abandoned = match File::open(dir.join("lock")) {
+            Ok(lock) => lock.try_lock().is_ok(),
+            // No lock yet: a snapshot being made now, unless the folder is old (a run killed
+            // while making it).
+            Err(_) => entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > MAKING)),
+        };
+        if abandoned {
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
@@ -288,5 +303,34 @@ mod tests {
         let folder = snap.path().parent().unwrap().to_path_buf();
         drop(snap);
         assert!(!folder.exists());
+    }
+
+    /// Found by the fleet bench: lines of a manifest taking their snapshots at once removed
+    /// each other's folders (one saw another's before its lock was held), failing with
+    /// "lock: No such file or directory" or "cannot write its copy".
+    #[test]
+    fn snapshots_taken_at_once_in_one_state_folder_keep_each_others_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("s.sqlite");
+        Connection::open(&source)
+            .unwrap()
+            .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY); INSERT INTO t VALUES (1);")
+            .unwrap();
+        let state = dir.path().join("state");
+        std::thread::scope(|scope| {
+            for _ in 0..16 {
+                scope.spawn(|| {
+                    for _ in 0..20 {
+                        let snap = Snapshot::take(&source, &state).expect("a snapshot");
+                        assert!(snap.path().exists());
+                        let n: i64 = Connection::open(snap.path())
+                            .unwrap()
+                            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                            .unwrap();
+                        assert_eq!(n, 1);
+                    }
+                });
+            }
+        });
     }
 }
