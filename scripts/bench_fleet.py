@@ -60,7 +60,7 @@ def fill(conn, tenant, kb, ids, rng):
 
 def start_d1(name, log=None):
     env = dict(os.environ, LOCAL_D1_PORT="0", LOCAL_D1_PERSIST=os.path.join(work, name), LOCAL_D1_DATABASES="single",
-               LOCAL_D1_TOKEN=TOKEN, LOCAL_D1_SPARE=str(TENANTS + 8))
+               LOCAL_D1_TOKEN=TOKEN, LOCAL_D1_SPARE=str(2 * TENANTS + 8))
     env.pop("LOCAL_D1_FAULTS", None)
     env.pop("LOCAL_D1_LOG", None)
     if log:
