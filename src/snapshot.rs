@@ -23,10 +23,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::log;
-use crate::source::{open_read_only, LeftBeside};
-
-/// How long the copy waits for an application's write lock on the source before giving up.
-const LOCK_WAIT: Duration = Duration::from_secs(10);
+use crate::source::{open_read_only, LeftBeside, LOCK_WAIT};
 
 /// The consistent copy of a source for one run, removed when dropped.
 pub struct Snapshot {

@@ -14,6 +14,10 @@ use crate::error::{Error, Result};
 use crate::pack::Shape;
 use crate::value::{quote_ident, Value};
 
+/// How long a reader of the source (and the snapshot's copy) waits for an application's write
+/// lock before giving up.
+pub const LOCK_WAIT: Duration = Duration::from_secs(10);
+
 /// Opens an existing SQLite file read-only and checks that it is a readable database.
 pub fn open_read_only(path: &Path) -> Result<Connection> {
     let bad = |message: String| Error::Source {
@@ -38,7 +42,9 @@ pub fn open_read_only(path: &Path) -> Result<Connection> {
             left.suffix()
         )));
     }
-    conn.busy_timeout(Duration::from_secs(2))
+    // An application's commit on a loaded machine can hold its lock for seconds: wait for it
+    // as the snapshot does, rather than refuse a source that is only busy.
+    conn.busy_timeout(LOCK_WAIT)
         .map_err(|e| bad(e.to_string()))?;
     // Literals of extreme REALs are written `m*pow(2,e)`, as for D1; this SQLite build lacks pow.
     conn.create_scalar_function(
