@@ -380,6 +380,15 @@ impl D1Client {
         self.max_body.load(Ordering::Relaxed)
     }
 
+    /// Bytes of SQL a request may carry now: `wanted` (`MIGRATION_REQUEST_BYTES`), or less once
+    /// the API refused a request as too large, with room for the body's JSON around the SQL.
+    /// The packer asks before each request, so that requests are packed to the lowered size
+    /// for the rest of the run instead of being split after packing.
+    pub fn request_bytes(&self, wanted: usize) -> usize {
+        let body = self.max_body();
+        wanted.min(body - body / 32).max(1)
+    }
+
     /// `alone`: the caller holds `gate` exclusively.
     fn send<S: AsRef<str>>(
         &self,
@@ -619,11 +628,15 @@ impl D1Client {
     fn refused_as_too_large(&self, bytes: usize) {
         let limit = (bytes / 2).max(1);
         let before = self.max_body.fetch_min(limit, Ordering::Relaxed);
-        self.phases.record(|p| p.too_large += 1);
+        let now = limit.min(before);
+        self.phases.record(|p| {
+            p.too_large += 1;
+            p.max_body = Some(now as u64);
+        });
         if limit < before {
             log::warn(&format!(
-                "D1's API refused a request of {bytes} bytes as too large; requests over {limit} \
-                 bytes are split from now on"
+                "D1's API refused a request of {bytes} bytes as too large; requests are packed to \
+                 at most {limit} bytes and larger ones split from now on"
             ));
         }
     }

@@ -249,26 +249,34 @@ fn count(
         order_reason,
         ..PlannedTable::default()
     };
-    produce(config, source, work, &pass_filter(work), None, |event| {
-        match event {
-            Produced::Read(n) => {
-                if work.pass == Pass::Insert {
-                    planned.rows += n
+    let request_bytes = || config.limits.request_bytes;
+    produce(
+        config,
+        source,
+        work,
+        &pass_filter(work),
+        None,
+        &request_bytes,
+        |event| {
+            match event {
+                Produced::Read(n) => {
+                    if work.pass == Pass::Insert {
+                        planned.rows += n
+                    }
                 }
-            }
-            Produced::Request(r) => {
-                planned.requests += 1;
-                planned.statements += r.statements.len() as u64;
-                planned.bytes += r.bytes as u64;
-            }
-            Produced::Oversize { key, bytes, .. } => {
-                planned.rows_over_limit += 1;
-                let action = if skip {
-                    "it would go to the reject file"
-                } else {
-                    "the run would stop here"
-                };
-                findings.push(
+                Produced::Request(r) => {
+                    planned.requests += 1;
+                    planned.statements += r.statements.len() as u64;
+                    planned.bytes += r.bytes as u64;
+                }
+                Produced::Oversize { key, bytes, .. } => {
+                    planned.rows_over_limit += 1;
+                    let action = if skip {
+                        "it would go to the reject file"
+                    } else {
+                        "the run would stop here"
+                    };
+                    findings.push(
                     Finding::error(
                         "row_too_large",
                         &table,
@@ -276,10 +284,11 @@ fn count(
                     )
                     .with_key(key),
                 );
+                }
             }
-        }
-        Ok(true)
-    })?;
+            Ok(true)
+        },
+    )?;
     planned.rows -= planned.rows_over_limit;
     Ok(planned)
 }

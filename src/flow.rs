@@ -389,6 +389,9 @@ pub struct PhaseStats {
     pub rate_limit_ms: u64,
     /// Requests refused as too large (HTTP 413), split and sent again smaller.
     pub too_large: u64,
+    /// After such a refusal, the largest request body sent from then on (bytes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<u64>,
 }
 
 impl PhaseStats {
@@ -402,10 +405,13 @@ impl PhaseStats {
             (self.bytes_sent + self.bytes_received) as f64 / 1e6,
             self.requests_per_gb,
             self.rate_limit_ms as f64 / 1000.0,
-            if self.too_large > 0 {
-                format!(", {} requests too large (split; smaller from then on)", self.too_large)
-            } else {
-                String::new()
+            match (self.too_large, self.max_body) {
+                (0, _) => String::new(),
+                (n, Some(max)) => format!(
+                    ", {n} requests too large (split; at most {:.0} KB per request from then on)",
+                    max as f64 / 1000.0
+                ),
+                (n, None) => format!(", {n} requests too large (split; smaller from then on)"),
             }
         )
     }

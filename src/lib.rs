@@ -4,7 +4,7 @@
 //! D1 receives, and the reads that reshape rows) → `plan` (load order) → `source` (reading
 //! batches) → `pack` (rows to statements under D1's limits) → `produce` (a table's requests) →
 //! `load` (the D1 sink: workers, senders, checkpoints; `compact` for a small database into an
-//! empty one, tables sharing requests) over `d1` (HTTP with retries), with
+//! empty one, tables sharing requests; `bundle` sends the small tables first, together) over `d1` (HTTP with retries), with
 //! `target` holding the target's schema and `fit` comparing the source's with the schema D1
 //! already has; then `validate`. `migrate` wires the forward run,
 //! `dryrun` the same pipeline with a counting end, `rollback` the reverse one; `config` reads
@@ -12,6 +12,7 @@
 //! configuration asks for; `fleet` runs many (MIGRATION_MANIFEST), each through `run`.
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 pub mod compact;
 pub mod compat;
 pub mod config;

@@ -342,7 +342,10 @@ fn copy_rows(
                 ))
             }
         }),
-        _ => produce(config, &conn, work, &filter, after, sink),
+        _ => {
+            let request_bytes = || ctx.client.request_bytes(config.limits.request_bytes);
+            produce(config, &conn, work, &filter, after, &request_bytes, sink)
+        }
     };
     if let Err(e) = produced {
         flight.error.get_or_insert(e);

@@ -6,9 +6,10 @@
 
 use std::collections::HashMap;
 
+use crate::bundle::send_small_tables;
 use crate::compact;
 use crate::compat::check_schema;
-use crate::config::Config;
+use crate::config::{Config, Method};
 use crate::d1::D1Client;
 use crate::discover::{is_d1_internal, Schema, Table};
 use crate::error::{Error, Result};
@@ -23,8 +24,8 @@ use crate::send::Rejects;
 use crate::source::{count_from, open_read_only};
 use crate::state::{Fingerprint, State};
 use crate::target::{
-    copy_sequence, create_missing, if_not_exists, missing_parents, ordered_objects,
-    sequence_statements, target_objects,
+    copy_sequence, create_missing, create_missing_along, if_not_exists, missing_parents,
+    ordered_objects, sequence_statements, target_objects,
 };
 use crate::transform::source_schema;
 use crate::value::quote_ident;
@@ -70,12 +71,24 @@ pub fn forward(
     transformed.check_references(&source)?;
 
     // Reading the target's catalog first also proves the token, account and database id. A
-    // database the run has just created holds nothing.
-    let existing = if config.created_database {
-        HashMap::new()
-    } else {
-        target_objects(client)?
-    };
+    // database the run has just created holds nothing. The Time Travel bookmark is asked for
+    // beside the catalog, in the same round trip, unless the checkpoint already says there is
+    // nothing to do (a database the run created is undone by deleting it: no bookmark).
+    let early_bookmark =
+        !config.created_database && !State::says_complete(&config.state_dir, &fingerprint);
+    let (existing, bookmark) = std::thread::scope(|scope| {
+        let bookmark = early_bookmark.then(|| scope.spawn(|| client.bookmark()));
+        let existing = if config.created_database {
+            Ok(HashMap::new())
+        } else {
+            target_objects(client)
+        };
+        (
+            existing,
+            bookmark.map(|b| b.join().expect("the bookmark thread")),
+        )
+    });
+    let existing = existing?;
     let empty_target = existing
         .keys()
         .all(|name| is_d1_internal(name) || name.starts_with("sqlite_"));
@@ -129,7 +142,10 @@ pub fn forward(
     let rejects = Rejects::new(config.reject_file.clone());
     if !config.created_database {
         // A database the run created is undone by deleting it.
-        report.take_bookmark(client);
+        match bookmark {
+            Some(taken) => report.record_bookmark(client, taken),
+            None => report.take_bookmark(client),
+        }
     }
     if merged {
         let added = merge_migrations(client, &source)?;
@@ -225,21 +241,27 @@ pub fn forward(
         rejects: &rejects,
         rows,
     };
+    if config.method == Method::Query {
+        send_small_tables(&ctx, &schema, &mut work, &mut deferred, &mut report.tables)?;
+    }
     let mut failed = run_work(&ctx, &work, &mut report.tables)?;
     failed.extend(run_work(&ctx, &deferred, &mut report.tables)?);
 
-    if !state.phase_done("sequence") {
-        copy_sequence(client, &schema)?;
-        state.set_phase_done("sequence")?;
-    }
+    // The sequence goes along with the next DDL after the data, in its request.
+    let mut sequence = if state.phase_done("sequence") {
+        Vec::new()
+    } else {
+        sequence_statements(&schema)
+    };
 
     let virtual_tables: Vec<&Table> = plan
         .virtual_tables
         .iter()
         .map(|&i| &schema.tables[i])
         .collect();
-    report.objects_created.extend(create_missing(
+    report.objects_created.extend(create_missing_along(
         client,
+        &mut sequence,
         virtual_tables
             .iter()
             .map(|t| ("table", t.name.as_str(), t.sql.as_str())),
@@ -276,11 +298,18 @@ pub fn forward(
         }
     }
 
-    report.objects_created.extend(create_missing(
+    report.objects_created.extend(create_missing_along(
         client,
+        &mut sequence,
         ordered_objects(&schema).map(|o| (o.kind.as_str(), o.name.as_str(), o.sql.as_str())),
         &existing,
     )?);
+    if !state.phase_done("sequence") {
+        if !sequence.is_empty() {
+            copy_sequence(client, &schema)?;
+        }
+        state.set_phase_done("sequence")?;
+    }
     report.rejected_rows = rejects.count();
     if rejects.count() > 0 {
         report.reject_file = Some(config.reject_file.display().to_string());

@@ -784,6 +784,11 @@ impl RequestBuilder {
         }
     }
 
+    /// From now on, requests of at most `bytes` of SQL (the API refused a larger one).
+    pub fn limit_bytes(&mut self, bytes: usize) {
+        self.limits.request_bytes = self.limits.request_bytes.min(bytes);
+    }
+
     /// Adds a unit; returns a full request when the unit closed one.
     pub fn push(&mut self, unit: Unit) -> Option<Request> {
         let bytes = unit.bytes();

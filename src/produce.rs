@@ -289,12 +289,17 @@ pub enum Produced {
 /// Reads a table's rows (after `after`, matching `filter`) in batches and packs them into
 /// requests exactly as the real run sends them; the dry run counts them, the real run sends
 /// them. `sink` returns false to stop early.
+///
+/// `request_bytes` is asked before each request is closed: the SQL bytes a request may carry
+/// now (`MIGRATION_REQUEST_BYTES`, lowered for the rest of the run once the API refused a
+/// request as too large; see `D1Client::request_bytes`).
 pub fn produce(
     config: &Config,
     conn: &rusqlite::Connection,
     work: &Work,
     filter: &str,
     after: Option<Vec<Value>>,
+    request_bytes: &dyn Fn() -> usize,
     mut sink: impl FnMut(Produced) -> Result<bool>,
 ) -> Result<()> {
     match work.pass {
@@ -347,6 +352,7 @@ pub fn produce(
                 Pass::Sync | Pass::Anchors | Pass::Whole => {}
             }
         }
+        builder.limit_bytes(request_bytes());
         for unit in units.drain(..) {
             if let Some(mut request) = builder.push(unit) {
                 request.relax_checks = relax;
@@ -359,6 +365,7 @@ pub fn produce(
         return Ok(());
     }
     packer.flush(&mut units);
+    builder.limit_bytes(request_bytes());
     for unit in units.drain(..) {
         if let Some(mut request) = builder.push(unit) {
             request.relax_checks = relax;

@@ -247,7 +247,16 @@ impl Report {
     /// Takes D1's Time Travel bookmark before the run's first write. A failure (an API without
     /// Time Travel) is a warning: the run goes on without one.
     pub fn take_bookmark(&mut self, client: &crate::d1::D1Client) {
-        match client.bookmark() {
+        self.record_bookmark(client, client.bookmark());
+    }
+
+    /// Records a bookmark taken before writing (or says why there is none).
+    pub fn record_bookmark(
+        &mut self,
+        client: &crate::d1::D1Client,
+        taken: Result<String, crate::error::D1Error>,
+    ) {
+        match taken {
             Ok(bookmark) => {
                 self.restore_command = Some(format!(
                     "wrangler d1 time-travel restore {} --bookmark={bookmark}",

@@ -241,6 +241,16 @@ impl State {
         Ok(state)
     }
 
+    /// Whether the checkpoint of this migration in `dir` says it is complete, read without
+    /// taking its lock or writing anything (a hint: [`State::open`] decides).
+    pub fn says_complete(dir: &Path, fingerprint: &Fingerprint) -> bool {
+        let path = dir.join(format!("checkpoint-{}.json", fingerprint.migration_id()));
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| serde_json::from_str::<Checkpoint>(&text).ok())
+            .is_some_and(|c| c.complete && &c.fingerprint == fingerprint)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

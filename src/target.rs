@@ -128,12 +128,15 @@ pub fn if_not_exists(sql: &str) -> String {
 /// Sets the target's `sqlite_sequence` rows of the copied tables to the source's, rowids
 /// included, so AUTOINCREMENT counters ahead of `max(id)` stay ahead.
 pub fn copy_sequence(client: &D1Client, schema: &Schema) -> Result<()> {
-    let statements = sequence_statements(schema);
+    send_sequence(client, &sequence_statements(schema))
+}
+
+fn send_sequence(client: &D1Client, statements: &[String]) -> Result<()> {
     if statements.is_empty() {
         return Ok(());
     }
     client
-        .execute(&statements)
+        .execute(statements)
         .map_err(|f| Error::Refused(format!("setting sqlite_sequence on D1: {}", f.error)))?;
     Ok(())
 }
@@ -172,6 +175,41 @@ pub fn sequence_statements(schema: &Schema) -> Vec<String> {
         values.join(", ")
     );
     vec![delete, insert]
+}
+
+/// [`create_missing`] with `along` (the statements of a step that need not wait for a round
+/// trip of its own: the sequence) in the same request, when there is anything to create;
+/// `along` is emptied once D1 has committed it. When D1 refuses the request, `along` is sent
+/// alone and the objects one by one, to name the one at fault.
+pub fn create_missing_along<'a>(
+    client: &D1Client,
+    along: &mut Vec<String>,
+    objects: impl Iterator<Item = (&'a str, &'a str, &'a str)>,
+    existing: &HashMap<String, (String, String)>,
+) -> Result<Vec<String>> {
+    let todo: Vec<(&str, &str)> = objects
+        .filter(|(_, name, _)| !existing.contains_key(&name.to_lowercase()))
+        .map(|(_, name, sql)| (name, sql))
+        .collect();
+    if todo.is_empty() || along.is_empty() {
+        execute_named(client, &todo)?;
+        return Ok(todo.iter().map(|(n, _)| n.to_string()).collect());
+    }
+    let mut sqls = along.clone();
+    sqls.extend(todo.iter().map(|(_, s)| if_not_exists(s)));
+    match client.execute(&sqls) {
+        Ok(_) => {}
+        Err(Failure {
+            error: D1Error::Sql { .. },
+            ..
+        }) => {
+            send_sequence(client, along)?;
+            execute_named(client, &todo)?;
+        }
+        Err(f) => return Err(f.error.into()),
+    }
+    along.clear();
+    Ok(todo.iter().map(|(n, _)| n.to_string()).collect())
 }
 
 #[cfg(test)]

@@ -185,3 +185,73 @@ fn a_request_too_large_is_split_and_later_requests_are_sent_smaller() {
     let err = crate::harness::stderr(&out);
     assert!(err.contains("split from now on"), "{err}");
 }
+
+/// A table of 60 small integer columns: statements of about 50 KB (the engine's cap on
+/// rows × columns binds before its 100,000 bytes), twenty to a request of 1 MiB.
+fn narrow_statements(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("narrow.sqlite");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let columns: Vec<String> = (0..60).map(|i| format!("c{i} INTEGER")).collect();
+    conn.execute_batch(&format!(
+        "CREATE TABLE wide (id INTEGER PRIMARY KEY, {});
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 40000)
+         INSERT INTO wide SELECT i, {} FROM n;",
+        columns.join(", "),
+        (0..60)
+            .map(|c| format!("(i * {}) % 1000", c + 7))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+    .unwrap();
+    path
+}
+
+#[test]
+fn after_a_request_too_large_the_packer_keeps_the_lowered_size_for_the_rest_of_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = narrow_statements(dir.path());
+    let id = "packed-smaller".to_string();
+    let d1 = LocalD1::start(std::slice::from_ref(&id), Some("max_body=300000"));
+    let report = dir.path().join("report.json");
+    let out = Run::new(&d1, &id, &source)
+        .env("MIGRATION_REQUEST_BYTES", "1048576")
+        // Few requests packed ahead at the old size.
+        .env("MIGRATION_CONCURRENCY", "2")
+        .env("MIGRATION_VALIDATE", "false")
+        .env("MIGRATION_REPORT", &report)
+        .ok();
+    let diff = sqldiff(&source, d1.file(&id));
+    assert!(diff.is_empty(), "{}", diff.join("\n"));
+    let report = read_json(&report);
+    let lowered = report["phases"][0]["max_body"].as_u64().expect("max_body");
+    assert!(lowered < 300_000, "requests of {lowered} bytes allowed");
+    let requests = d1.settled_requests();
+    let last_refused = requests
+        .iter()
+        .rposition(|r| r["fault"] == "413")
+        .expect("a request was refused");
+    // After the last refusal, data requests are packed up to the lowered size (here three
+    // statements of 62 KB in 249 KB), not packed to 1 MiB and cut in halves (two statements).
+    let after: Vec<u64> = requests[last_refused + 1..]
+        .iter()
+        .filter(|r| r["statements"][1] == "INSERT INTO")
+        .map(|r| r["bytes"].as_u64().unwrap())
+        .collect();
+    assert!(
+        after.len() >= 10,
+        "{} data requests after the refusal",
+        after.len()
+    );
+    assert!(
+        after.iter().all(|&b| b <= lowered),
+        "{after:?} over {lowered}"
+    );
+    let full = after.iter().filter(|&&b| b * 10 >= lowered * 7).count();
+    assert!(
+        full * 4 >= after.len() * 3,
+        "only {full} of {} requests near {lowered} bytes: {after:?}",
+        after.len()
+    );
+    let err = crate::harness::stderr(&out);
+    assert!(err.contains("KB per request from then on"), "{err}");
+}
