@@ -340,6 +340,11 @@ impl D1Client {
         self.writes.peak()
     }
 
+    /// The window of writes in flight now.
+    pub fn window(&self) -> usize {
+        self.writes.limit()
+    }
+
     /// Runs `statements` as one request (one D1 transaction), retrying transient failures.
     /// Foreign keys are checked at the request's end. `Err(Failure { shrink: true, .. })` asks
     /// the caller to send smaller statements.
@@ -589,6 +594,9 @@ impl D1Client {
                 return answer;
             }
         };
+        // The answer's text is not needed once parsed: a page is not held as text and as JSON
+        // while it is decoded.
+        drop(text);
         let mut messages: Vec<String> = envelope
             .errors
             .iter()
@@ -865,6 +873,55 @@ mod tests {
         assert_eq!(rows.len(), 3);
         assert_eq!(counters.rows_read.load(Ordering::Relaxed), 8);
         assert_eq!(counters.rows_written.load(Ordering::Relaxed), 5);
+    }
+
+    /// A client of an API on this machine that answers every request with `answer` (after
+    /// `delay`), with no retries and a timeout of 300 ms.
+    fn client_of(answer: &'static str, delay: Duration) -> D1Client {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65536];
+                    let _ = stream.read(&mut buf);
+                    std::thread::sleep(delay);
+                    let _ = stream.write_all(answer.as_bytes());
+                });
+            }
+        });
+        let endpoint = Endpoint {
+            api_url: format!("http://127.0.0.1:{port}/client/v4"),
+            account_id: "a".into(),
+            database_id: "d".into(),
+            token: Secret::new("t".into()),
+        };
+        D1Client::new(
+            endpoint,
+            RetryPolicy {
+                max_retries: 0,
+                timeout: Duration::from_millis(300),
+                rate_limit: 0,
+                max_in_flight: 8,
+                ..RetryPolicy::default()
+            },
+        )
+    }
+
+    #[test]
+    fn a_429_or_a_timeout_halves_the_window_of_writes() {
+        const TOO_MANY: &str = "HTTP/1.1 429 Too Many Requests\r\nretry-after: 0\r\n\
+            content-type: application/json\r\nconnection: close\r\n\r\n\
+            {\"success\":false,\"errors\":[]}";
+        let limited = client_of(TOO_MANY, Duration::ZERO);
+        assert_eq!(limited.window(), 2, "the window starts at two");
+        assert!(limited.execute(&["INSERT INTO t VALUES (1)"]).is_err());
+        assert_eq!(limited.window(), 1, "a 429 halves it");
+        let slow = client_of(TOO_MANY, Duration::from_secs(2));
+        assert!(slow.execute(&["INSERT INTO t VALUES (1)"]).is_err());
+        assert_eq!(slow.window(), 1, "a timeout halves it");
     }
 
     #[test]
