@@ -7,6 +7,7 @@
 
 use serde::Serialize;
 
+use crate::bundle::choose;
 use crate::compat::{check_schema, Finding, MAX_DATABASE_BYTES};
 use crate::config::{BadRow, Config, Method};
 use crate::d1::D1Client;
@@ -124,9 +125,41 @@ pub fn dry_run(config: &Config, client: &D1Client) -> Result<DryRun> {
             transformed.adapt(shape);
         }
     }
+    // The small tables the real run sends together in one request (see `bundle`).
+    let small = choose(
+        config,
+        &source,
+        schema,
+        &rows,
+        &deferred,
+        config.limits.request_bytes,
+    )?
+    .shares();
+    let reason_of = |table: &str| {
+        plan.tables
+            .iter()
+            .find(|t| schema.tables[t.table].name == table)
+            .map(|t| t.reason.clone())
+            .unwrap_or_default()
+    };
     // A group's own request (anchors, or all its rows) is counted with its first table.
     let mut group_share: Option<PlannedTable> = None;
-    for work in &rows {
+    for (i, work) in rows.iter().enumerate() {
+        if let Some(share) = small.iter().find(|s| s.work == i) {
+            let reason = reason_of(&work.shape.table);
+            out.tables.push(PlannedTable {
+                table: work.shape.table.clone(),
+                order_reason: format!(
+                    "{reason}; small: sent in one request with the other small tables"
+                ),
+                rows: share.rows_written,
+                statements: share.statements,
+                requests: share.requests,
+                bytes: share.bytes,
+                ..PlannedTable::default()
+            });
+            continue;
+        }
         if work.pass != Pass::Insert {
             match count(
                 config,
@@ -145,12 +178,7 @@ pub fn dry_run(config: &Config, client: &D1Client) -> Result<DryRun> {
             }
             continue;
         }
-        let reason = plan
-            .tables
-            .iter()
-            .find(|t| schema.tables[t.table].name == work.shape.table)
-            .map(|t| t.reason.clone())
-            .unwrap_or_default();
+        let reason = reason_of(&work.shape.table);
         let mut planned = count(config, &source, work, reason, skip, &mut out.findings)?;
         if let Some(share) = group_share.take() {
             planned.statements += share.statements;
@@ -159,7 +187,10 @@ pub fn dry_run(config: &Config, client: &D1Client) -> Result<DryRun> {
         }
         out.tables.push(planned);
     }
-    for work in &deferred {
+    for (i, work) in deferred.iter().enumerate() {
+        if small.iter().any(|s| s.deferred == Some(i)) {
+            continue; // counted with its table's share of the small tables' request
+        }
         let extra = count(
             config,
             &source,
@@ -203,8 +234,14 @@ pub fn dry_run(config: &Config, client: &D1Client) -> Result<DryRun> {
     }
 
     let data_requests: u64 = out.tables.iter().map(|t| t.requests).sum();
+    // `sqlite_sequence` goes along with the virtual tables' or the indexes' DDL when there is
+    // any.
     let ddl_requests = u64::from(!plan.tables.is_empty())
-        + u64::from(!schema.sequence.is_empty())
+        + u64::from(
+            !schema.sequence.is_empty()
+                && plan.virtual_tables.is_empty()
+                && schema.objects.is_empty(),
+        )
         + u64::from(!plan.virtual_tables.is_empty())
         + u64::from(!schema.objects.is_empty());
     // 2: reading the target's catalog, and the Time Travel bookmark taken before the first write
