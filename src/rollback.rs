@@ -221,26 +221,26 @@ fn copy_rows(
     // Every table's rows and row width in one round trip.
     let surveys = side.surveys(&shapes.iter().collect::<Vec<_>>())?;
     progress.set_total(surveys.iter().map(|s| s.rows).sum());
-    // Tables of more than two pages with integer keys are read in key segments at once; their
+    // Tables of more than two pages whose (first) key column holds integers are read in
+    // segments of that column at once, WITHOUT ROWID tables with a composite key too; their
     // key ranges come in one round trip.
     let segmented: Vec<usize> = (0..shapes.len())
         .filter(|&i| {
-            schema.tables[i].key_columns().len() == 1
-                && schema.tables[i].external_content().is_none()
-                && !matches!(
-                    schema.tables[i].kind,
-                    crate::discover::TableKind::WithoutRowid
-                )
+            schema.tables[i].external_content().is_none()
                 && surveys[i].rows as usize > 2 * surveys[i].first_page_rows(PAGE)
         })
         .collect();
     let ranges: Vec<String> = segmented
         .iter()
         .map(|&i| {
+            // Each bound in a query of its own, which SQLite answers from the key's index
+            // (min and max in one query read the whole table); the largest number, below
+            // every TEXT and BLOB.
             let key = &shapes[i].key_exprs[0];
+            let table = quote_ident(&shapes[i].table);
             format!(
-                "SELECT min({key}), max({key}) FROM {}",
-                quote_ident(&shapes[i].table)
+                "SELECT (SELECT min({key}) FROM {table}), \
+                 (SELECT max({key}) FROM {table} WHERE {key} < '')"
             )
         })
         .collect();
@@ -251,10 +251,13 @@ fn copy_rows(
                 r.rows
                     .first()
                     .and_then(|row| row.get(at))
-                    .and_then(|v| v.as_i64())
-                    .unwrap_or(0)
+                    .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
             };
-            bounds.insert(i, (bound(0), bound(1)));
+            // Segments cut the column's values at thresholds, the first open below and the
+            // last above: whatever lies between (rounded by JSON, or of another type) is read.
+            if let (Some(lo), Some(hi)) = (bound(0), bound(1)) {
+                bounds.insert(i, (lo, hi));
+            }
         }
     }
     let mut jobs: Vec<Job> = Vec::new();
@@ -361,7 +364,8 @@ fn copy_rows(
 /// One table, or a segment of its integer keys, to read.
 struct Job {
     table: usize,
-    /// Keys after this one (none: from the start) and up to that one (none: to the end).
+    /// Values of the first key column after this one (none: from the start) and up to that
+    /// one (none: to the end).
     after: Option<i64>,
     upto: Option<i64>,
     /// Rows of the first page, from the table's row width.
@@ -378,15 +382,19 @@ fn read_table(
 ) -> Result<()> {
     let (table, upto) = (job.table, job.upto);
     let keys = shape.key_exprs.join(", ");
-    let mut after: Option<String> = job.after.map(|k| format!("({k})"));
+    // A segment bounds the first key column; pages go on after the last key read.
+    let first = &shape.key_exprs[0];
+    let mut after: Option<String> = None;
     let mut page = job.first_page;
     loop {
         let mut conditions = Vec::new();
-        if let Some(k) = &after {
-            conditions.push(format!("({keys}) > {k}"));
+        match (&after, job.after) {
+            (Some(k), _) => conditions.push(format!("({keys}) > {k}")),
+            (None, Some(from)) => conditions.push(format!("{first} > {from}")),
+            (None, None) => {}
         }
         if let Some(u) = upto {
-            conditions.push(format!("({keys}) <= ({u})"));
+            conditions.push(format!("{first} <= {u}"));
         }
         let filter = if conditions.is_empty() {
             String::new()
