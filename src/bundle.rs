@@ -228,12 +228,18 @@ pub fn send_small_tables(
         .iter()
         .map(|m| work[m.work].shape.table.as_str())
         .collect();
+    // Each table's data, and its keys when they go along, count as their own passes would.
     let mut bars: Vec<_> = members
         .iter()
         .map(|m| {
             let table = &work[m.work].shape.table;
             let rows = ctx.rows.get(table).copied().unwrap_or(0);
-            ctx.progress.pass(table, Stage::Data, rows)
+            let data = ctx.progress.pass(table, Stage::Data, rows);
+            let keys = m
+                .deferred
+                .as_ref()
+                .map(|_| ctx.progress.pass(table, Stage::DeferredKeys, 0));
+            (data, keys)
         })
         .collect();
     if !sqls.is_empty() {
@@ -258,11 +264,14 @@ pub fn send_small_tables(
         names.join(", ")
     ));
     let elapsed = started.elapsed().as_millis() as u64;
-    for ((m, share), mut bar) in members.iter().zip(small.shares()).zip(bars.drain(..)) {
+    for ((m, share), (mut bar, keys)) in members.iter().zip(small.shares()).zip(bars.drain(..)) {
         let table = work[m.work].shape.table.clone();
         bar.add(share.rows_written);
         bar.add_bytes(share.bytes);
         drop(bar);
+        if let (Some(mut keys), Some(request)) = (keys, m.keys()) {
+            keys.add(request.rows as u64);
+        }
         if let Some(request) = &m.insert {
             if let Some(key) = &request.last_key {
                 ctx.state.advanced(&table, key, share.rows_written)?;
