@@ -89,6 +89,8 @@ pub struct Report {
     pub bytes_received: u64,
     /// Time threads spent held back by the rate limit or a 429's pause, summed over threads.
     pub rate_limit_wait_ms: u64,
+    /// The largest window of writes in flight the run reached (see `flow::Window`).
+    pub writes_window_peak: usize,
     /// Requests, bytes, requests per GB and rate-limit waiting of each phase.
     pub phases: Vec<crate::flow::PhaseStats>,
     pub objects_created: Vec<String>,

@@ -170,6 +170,7 @@ fn finish(
         .bytes_received
         .load(std::sync::atomic::Ordering::Relaxed);
     report.rate_limit_wait_ms = client.rate_limit_wait().as_millis() as u64;
+    report.writes_window_peak = client.window_peak();
     report.phases = client.phases.snapshot();
     report.duration_ms = started.elapsed().as_millis() as u64;
     report.total();

@@ -60,12 +60,7 @@ pub fn create_missing<'a>(
     objects: impl Iterator<Item = (&'a str, &'a str, &'a str)>,
     existing: &HashMap<String, (String, String)>,
 ) -> Result<Vec<String>> {
-    let todo: Vec<(&str, &str)> = objects
-        .filter(|(_, name, _)| !existing.contains_key(&name.to_lowercase()))
-        .map(|(_, name, sql)| (name, sql))
-        .collect();
-    execute_named(client, &todo)?;
-    Ok(todo.iter().map(|(n, _)| n.to_string()).collect())
+    create_missing_along(client, &mut Vec::new(), objects, existing)
 }
 
 /// Runs DDL in one request; if D1 refuses it, runs each alone to name the one at fault.
