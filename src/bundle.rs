@@ -195,7 +195,7 @@ pub fn send_small_tables(
     stats: &mut Vec<TableStats>,
 ) -> Result<()> {
     let started = std::time::Instant::now();
-    let conn = open_read_only(&ctx.config.sqlite_path)?;
+    let conn = open_read_only(ctx.config.source_file())?;
     let budget = ctx.client.request_bytes(ctx.config.limits.request_bytes);
     let small = choose(ctx.config, &conn, schema, work, deferred, budget)?;
     let SmallTables {
