@@ -524,7 +524,10 @@ impl D1Client {
                         self.policy.max_retries + 1
                     ));
                     self.counters.retries.fetch_add(1, Ordering::Relaxed);
-                    std::thread::sleep(delay);
+                    // The pause itself is waited out in the rate limiter, counted as rate-limit
+                    // wait for this thread as for the others (a request alone in flight, as
+                    // the small tables' or a DDL request, got a 429 and no wait was counted).
+                    std::thread::sleep(delay.saturating_sub(after.unwrap_or_default()));
                     attempt += 1;
                 }
             }
