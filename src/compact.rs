@@ -209,7 +209,8 @@ pub fn load<'a>(
     for (i, w) in work.iter().enumerate() {
         let started = Instant::now();
         let table = &w.shape.table;
-        produce(config, &conn, w, "", None, |event| {
+        let request_bytes = || client.request_bytes(config.limits.request_bytes);
+        produce(config, &conn, w, "", None, &request_bytes, |event| {
             match event {
                 Produced::Read(n) => sender.stats[i].rows_read += n,
                 Produced::Request(request) => {
