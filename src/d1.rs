@@ -267,6 +267,24 @@ pub struct Failure {
 }
 
 impl D1Client {
+    /// Takes a place under the rate limit for one request of `bytes` (its `attempt`, 0 the
+    /// first) and counts it in the run's counters and its phase. The ticket holds the place until
+    /// the answer is in.
+    fn sending(&self, bytes: usize, attempt: u32) -> crate::flow::Ticket<'_> {
+        let (waited, counted) = self.rate.send();
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes_sent
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        self.phases.record(|p| {
+            p.requests += 1;
+            p.bytes_sent += bytes as u64;
+            p.rate_limit_ms += waited.as_millis() as u64;
+            p.retries += u64::from(attempt > 0);
+        });
+        counted
+    }
+
     /// A client with a rate limiter of its own (see [`D1Client::for_database`] for clients that
     /// share one).
     pub fn new(endpoint: Endpoint, policy: RetryPolicy) -> D1Client {
@@ -425,17 +443,7 @@ impl D1Client {
                     .in_flight_cap(self.writes.round_trip().unwrap_or(Duration::ZERO));
                 self.writes.acquire(cap)
             });
-            let (waited, counted) = self.rate.send();
-            self.counters.requests.fetch_add(1, Ordering::Relaxed);
-            self.counters
-                .bytes_sent
-                .fetch_add(body.len() as u64, Ordering::Relaxed);
-            self.phases.record(|p| {
-                p.requests += 1;
-                p.bytes_sent += body.len() as u64;
-                p.rate_limit_ms += waited.as_millis() as u64;
-                p.retries += u64::from(attempt > 0);
-            });
+            let counted = self.sending(body.len(), attempt);
             let sent_at = Instant::now();
             let Answer {
                 verdict,

@@ -232,19 +232,7 @@ impl D1Client {
     fn upload(&self, upload_url: &str, sql: &str, etag: &str) -> Result<(), D1Error> {
         let mut attempt = 0u32;
         loop {
-            let (waited, counted) = self.rate.send();
-            self.counters
-                .requests
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.counters
-                .bytes_sent
-                .fetch_add(sql.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            self.phases.record(|p| {
-                p.requests += 1;
-                p.bytes_sent += sql.len() as u64;
-                p.rate_limit_ms += waited.as_millis() as u64;
-                p.retries += u64::from(attempt > 0);
-            });
+            let counted = self.sending(sql.len(), attempt);
             let outcome = self.agent.put(upload_url).send(sql.as_bytes());
             drop(counted);
             let verdict = match outcome {
@@ -286,16 +274,7 @@ impl D1Client {
     ) -> Result<(Json, Option<ResultInfo>), D1Error> {
         let mut attempt = 0u32;
         loop {
-            let (waited, counted) = self.rate.send();
-            self.counters
-                .requests
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.phases.record(|p| {
-                p.requests += 1;
-                p.bytes_sent += body.map_or(0, |b| b.len() as u64);
-                p.rate_limit_ms += waited.as_millis() as u64;
-                p.retries += u64::from(attempt > 0);
-            });
+            let counted = self.sending(body.map_or(0, str::len), attempt);
             let sent_at = Instant::now();
             let (verdict, outcome) = self.api_attempt(method, url, body);
             drop(counted);
