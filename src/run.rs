@@ -155,20 +155,13 @@ fn finish(
     started: Instant,
 ) -> Outcome {
     let counters = &client.counters;
-    report.http_requests = counters.requests.load(std::sync::atomic::Ordering::Relaxed);
-    report.retries = counters.retries.load(std::sync::atomic::Ordering::Relaxed);
-    report.bytes_sent = counters
-        .bytes_sent
-        .load(std::sync::atomic::Ordering::Relaxed);
-    report.d1_rows_read = counters
-        .rows_read
-        .load(std::sync::atomic::Ordering::Relaxed);
-    report.d1_rows_written = counters
-        .rows_written
-        .load(std::sync::atomic::Ordering::Relaxed);
-    report.bytes_received = counters
-        .bytes_received
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let read = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    report.http_requests = read(&counters.requests);
+    report.retries = read(&counters.retries);
+    report.bytes_sent = read(&counters.bytes_sent);
+    report.d1_rows_read = read(&counters.rows_read);
+    report.d1_rows_written = read(&counters.rows_written);
+    report.bytes_received = read(&counters.bytes_received);
     report.rate_limit_wait_ms = client.rate_limit_wait().as_millis() as u64;
     report.writes_window_peak = client.window_peak();
     report.phases = client.phases.snapshot();
