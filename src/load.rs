@@ -1,6 +1,7 @@
 //! Loading into D1, the sink of the forward pipeline: table workers (each with its own read-only
 //! connection) run `produce` and hand requests over a bounded channel to HTTP senders; tables
-//! start when their parents are done. A request D1 refuses is split down to the row at fault,
+//! start when their parents are done, after the small tables went in one request (`bundle`
+//! chooses them). A request D1 refuses is split down to the row at fault,
 //! which is rejected or named. The checkpoint advances over the prefix of committed requests.
 
 use std::collections::HashMap;
@@ -9,10 +10,12 @@ use std::time::Instant;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
+use crate::bundle::{self, SmallTables};
 use crate::compat::MAX_ROW_BYTES;
 use crate::config::{BadRow, Config, Method};
 use crate::d1::D1Client;
-use crate::error::{Error, Result};
+use crate::discover::Schema;
+use crate::error::{D1Error, Error, Result};
 use crate::log;
 use crate::pack::Request;
 use crate::produce::{group_phase, pass_filter, produce, Pass, Produced, Work};
@@ -42,6 +45,102 @@ impl<'a> Loader<'a> {
             client: self.client,
             rejects: self.rejects,
         }
+    }
+
+    /// Sends the small tables of `work` (and their deferred keys, from `deferred`) in one request,
+    /// and marks what it sent done in both lists and in the checkpoint. Tables it leaves out, or
+    /// every table when D1 refuses the request, load through the loader as before.
+    pub fn send_small_tables(
+        &self,
+        schema: &Schema,
+        work: &mut [Work],
+        deferred: &mut [Work],
+        stats: &mut Vec<TableStats>,
+    ) -> Result<()> {
+        let started = std::time::Instant::now();
+        let conn = open_read_only(self.config.source_file())?;
+        let budget = self.client.request_bytes(self.config.limits.request_bytes);
+        let small = bundle::choose(self.config, &conn, schema, work, deferred, budget)?;
+        let SmallTables {
+            members,
+            bytes: used,
+        } = &small;
+        if members.is_empty() {
+            return Ok(());
+        }
+        let sqls = small.sql();
+        let names: Vec<&str> = members
+            .iter()
+            .map(|m| work[m.work].shape.table.as_str())
+            .collect();
+        // Each table's data, and its keys when they go along, count as their own passes would.
+        let mut bars: Vec<_> = members
+            .iter()
+            .map(|m| {
+                let table = &work[m.work].shape.table;
+                let rows = self.rows.get(table).copied().unwrap_or(0);
+                let data = self.progress.pass(table, Stage::Data, rows);
+                let keys = m
+                    .deferred
+                    .as_ref()
+                    .map(|_| self.progress.pass(table, Stage::DeferredKeys, 0));
+                (data, keys)
+            })
+            .collect();
+        if !sqls.is_empty() {
+            match self.client.execute(&sqls) {
+                Ok(_) => {}
+                Err(f) if f.shrink || matches!(f.error, D1Error::Sql { .. }) => {
+                    // Their bars close at nothing; each table's own pass counts its rows.
+                    drop(bars);
+                    log::info(&format!(
+                        "the small tables {} did not go in one request ({}); each is sent on its own",
+                        names.join(", "),
+                        f.error
+                    ));
+                    return Ok(());
+                }
+                Err(f) => return Err(f.error.into()),
+            }
+        }
+        log::debug(&format!(
+            "{} small tables in one request of {used} bytes: {}",
+            members.len(),
+            names.join(", ")
+        ));
+        let elapsed = started.elapsed().as_millis() as u64;
+        for ((m, share), (mut bar, keys)) in members.iter().zip(small.shares()).zip(bars.drain(..))
+        {
+            let table = work[m.work].shape.table.clone();
+            bar.add(share.rows_written);
+            bar.add_bytes(share.bytes);
+            drop(bar);
+            if let (Some(mut keys), Some(request)) = (keys, m.keys()) {
+                keys.add(request.rows as u64);
+            }
+            if let Some(request) = &m.insert {
+                if let Some(key) = &request.last_key {
+                    self.state.advanced(&table, key, share.rows_written)?;
+                }
+            }
+            self.state.set_inserted(&table)?;
+            work[m.work].done = true;
+            if let Some(d) = share.deferred {
+                self.state.set_deferred_done(&table)?;
+                deferred[d].done = true;
+            }
+            stats.push(TableStats {
+                table,
+                rows_read: share.rows_read,
+                rows_written: share.rows_written,
+                statements: share.statements,
+                bytes_sent: share.bytes,
+                requests: share.requests,
+                duration_ms: elapsed,
+                ..TableStats::default()
+            });
+        }
+        Ok(())
     }
 }
 

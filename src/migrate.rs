@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 
-use crate::bundle::send_small_tables;
 use crate::compact;
 use crate::compat::check_schema;
 use crate::config::{Config, Method};
@@ -242,7 +241,7 @@ pub fn forward(
         rows,
     };
     if config.method == Method::Query {
-        send_small_tables(&ctx, &schema, &mut work, &mut deferred, &mut report.tables)?;
+        ctx.send_small_tables(&schema, &mut work, &mut deferred, &mut report.tables)?;
     }
     let mut failed = run_work(&ctx, &work, &mut report.tables)?;
     failed.extend(run_work(&ctx, &deferred, &mut report.tables)?);
