@@ -234,6 +234,8 @@ pub struct D1Client {
     writes: Window,
     /// See [`D1Client::max_body`].
     max_body: AtomicUsize,
+    /// See [`D1Client::page_bytes`].
+    answer_limit: AtomicUsize,
     /// Held shared by each request in flight, and exclusively by one that must run alone.
     gate: RwLock<()>,
     pub counters: Counters,
@@ -332,6 +334,7 @@ impl D1Client {
             rate: limiter,
             writes: Window::new(policy.max_in_flight),
             max_body: AtomicUsize::new(usize::MAX),
+            answer_limit: AtomicUsize::new(usize::MAX),
             policy,
             gate: RwLock::new(()),
             counters: Counters::default(),
@@ -383,7 +386,10 @@ impl D1Client {
     }
 
     /// Runs read-only statements as one request, retrying transient failures; in halves when
-    /// D1 or the API says the request or its answer is too large.
+    /// D1 or the API says the request or its answer is too large. One statement whose answer
+    /// is too large (D1's isolate ran out of memory, an HTTP 413, an HTML page saying so) fails
+    /// with [`D1Error::TooLarge`]: its reader asks for a smaller page (see
+    /// [`D1Client::answer_too_large`]).
     pub fn read<S: AsRef<str>>(&self, statements: &[S]) -> Result<Vec<RawResult>, D1Error> {
         match self.send(statements, false, false) {
             Ok(results) => Ok(results),
@@ -393,7 +399,42 @@ impl D1Client {
                 results.extend(self.read(b)?);
                 Ok(results)
             }
+            // A statement too long stays so however few rows it asks for.
+            Err(Failure {
+                shrink: true,
+                error: D1Error::Sql { message },
+            }) if !message.to_lowercase().contains("statement too long") => {
+                Err(D1Error::TooLarge { message })
+            }
             Err(f) => Err(f.error),
+        }
+    }
+
+    /// Bytes of values a page read from D1 may hold now: `wanted`, or less once D1 found an
+    /// answer too large (see [`D1Client::answer_too_large`]).
+    pub fn page_bytes(&self, wanted: usize) -> usize {
+        wanted.min(self.answer_limit.load(Ordering::Relaxed)).max(1)
+    }
+
+    /// D1 found the answer to a page of about `bytes` of values too large: pages hold at most
+    /// half that from now on, for every reader of the run (a reader asks for its page again,
+    /// smaller). Pages refused at once lower the limit to about the same size, not by half
+    /// each.
+    pub fn answer_too_large(&self, bytes: usize) {
+        let limit = (bytes / 2).max(1);
+        let before = self.answer_limit.fetch_min(limit, Ordering::Relaxed);
+        let now = limit.min(before);
+        self.phases.record(|p| {
+            p.answers_too_large += 1;
+            p.page_bytes = Some(now as u64);
+        });
+        if limit < before {
+            log::warn(&format!(
+                "D1 found the answer to a page of about {} KB of values too large; pages hold at \
+                 most {} KB of values from now on",
+                bytes / 1000,
+                limit / 1000
+            ));
         }
     }
 
@@ -485,7 +526,9 @@ impl D1Client {
                     })
                 }
                 Verdict::Shrink { reason } => {
-                    if too_large {
+                    // A read's answer too large lowers its reader's pages, not the size of
+                    // requests (see `read`).
+                    if too_large && defer_keys {
                         self.refused_as_too_large(body.len());
                     }
                     return Err(Failure {

@@ -20,6 +20,10 @@ pub enum D1Error {
     Sql { message: String },
     #[error("D1 answered HTTP {status}: {message}")]
     Http { status: u16, message: String },
+    /// A read whose answer D1 (or the API before it) found too large: its isolate's memory, an
+    /// HTTP 413, an HTML page saying so. The reader asks again for a smaller page.
+    #[error("D1 found the answer too large: {message}")]
+    TooLarge { message: String },
     #[error("cannot reach the D1 API at {url}: {message}")]
     Unreachable { url: String, message: String },
     #[error("gave up after {attempts} attempts; last: {last}")]
@@ -100,6 +104,16 @@ impl Error {
                 table: table.to_string(),
                 source: Box::new(e),
             },
+        }
+    }
+
+    /// Whether the error is a read's answer D1 found too large ([`D1Error::TooLarge`]), in a
+    /// table or not: the page is asked for again, smaller.
+    pub fn is_too_large(&self) -> bool {
+        match self {
+            Error::D1(D1Error::TooLarge { .. }) => true,
+            Error::Table { source, .. } => source.is_too_large(),
+            _ => false,
         }
     }
 

@@ -392,13 +392,24 @@ pub struct PhaseStats {
     /// After such a refusal, the largest request body sent from then on (bytes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_body: Option<u64>,
+    /// Reads whose answer D1 found too large (its isolate's memory, HTTP 413), asked for
+    /// again as smaller pages.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub answers_too_large: u64,
+    /// After such an answer, the bytes of values a page held at most from then on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page_bytes: Option<u64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl PhaseStats {
     /// A line of the end-of-run summary.
     pub fn summary(&self) -> String {
         format!(
-            "phase {:<10} {:>6} requests, {:>4} retries, {:>8.1} MB, {:>8.0} requests/GB, rate-limit wait {:.1} s{}\n",
+            "phase {:<10} {:>6} requests, {:>4} retries, {:>8.1} MB, {:>8.0} requests/GB, rate-limit wait {:.1} s{}{}\n",
             self.phase,
             self.requests,
             self.retries,
@@ -412,6 +423,14 @@ impl PhaseStats {
                     max as f64 / 1000.0
                 ),
                 (n, None) => format!(", {n} requests too large (split; smaller from then on)"),
+            },
+            match (self.answers_too_large, self.page_bytes) {
+                (0, _) => String::new(),
+                (n, Some(max)) => format!(
+                    ", {n} answers too large (read again smaller; pages of at most {:.0} KB of values from then on)",
+                    max as f64 / 1000.0
+                ),
+                (n, None) => format!(", {n} answers too large (read again smaller)"),
             }
         )
     }

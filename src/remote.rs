@@ -295,6 +295,14 @@ impl crate::validate::RowSide for D1Side<'_> {
         Ok(out)
     }
 
+    fn page_bytes(&self) -> usize {
+        self.client.page_bytes(crate::validate::PAGE_BYTES)
+    }
+
+    fn page_too_large(&self, bytes: usize) {
+        self.client.answer_too_large(bytes);
+    }
+
     fn select(&self, shape: &crate::pack::Shape, tails: &[String]) -> Result<Vec<Vec<Vec<Value>>>> {
         let read = ExactRead::new(shape, tails);
         let mut out = Vec::with_capacity(tails.len());

@@ -23,11 +23,16 @@ use crate::progress::Progress;
 use crate::remote::{D1Catalog, D1Side};
 use crate::report::{Report, TableStats};
 use crate::target::{if_not_exists, ordered_objects};
-use crate::validate::{key_segments, next_page_rows, RowSide};
+use crate::validate::{
+    key_segments, page_rows_after, row_bytes, smaller_page, survey_of, survey_sql, RowSide, Survey,
+};
 use crate::value::{quote_ident, Value};
 
 /// Rows read from D1 per request when paging through a table.
 const PAGE: usize = 20_000;
+
+/// Statements per request of the surveys and key ranges.
+const READS_PER_REQUEST: usize = 50;
 
 /// Runs the rollback, filling `report`.
 pub fn rollback(
@@ -218,67 +223,100 @@ fn copy_rows(
         client,
         label: "source (D1)",
     };
-    // Every table's rows and row width in one round trip.
-    let surveys = side.surveys(&shapes.iter().collect::<Vec<_>>())?;
-    progress.set_total(surveys.iter().map(|s| s.rows).sum());
-    // Tables of more than two pages whose (first) key column holds integers are read in
-    // segments of that column at once, WITHOUT ROWID tables with a composite key too; their
-    // key ranges come in one round trip.
-    let segmented: Vec<usize> = (0..shapes.len())
-        .filter(|&i| {
-            schema.tables[i].external_content().is_none()
-                && surveys[i].rows as usize > 2 * surveys[i].first_page_rows(PAGE)
-        })
+    // Every table's rows and row width, and the range of its first key column, in one round
+    // trip. Tables of more than two pages whose (first) key column holds integers are read in
+    // segments of that column at once, WITHOUT ROWID tables with a composite key too.
+    let copied: Vec<usize> = (0..shapes.len())
+        .filter(|&i| schema.tables[i].external_content().is_none())
         .collect();
-    let ranges: Vec<String> = segmented
+    let mut sqls: Vec<String> = shapes
         .iter()
-        .map(|&i| {
-            // Each bound in a query of its own, which SQLite answers from the key's index
-            // (min and max in one query read the whole table); the largest number, below
-            // every TEXT and BLOB.
-            let key = &shapes[i].key_exprs[0];
-            let table = quote_ident(&shapes[i].table);
-            format!(
-                "SELECT (SELECT min({key}) FROM {table}), \
-                 (SELECT max({key}) FROM {table} WHERE {key} < '')"
+        .map(|s| survey_sql(s, &quote_ident(&s.table)))
+        .collect();
+    sqls.extend(copied.iter().map(|&i| {
+        // Each bound in a query of its own, which SQLite answers from the key's index (min and
+        // max in one query read the whole table); the largest number, below every TEXT and BLOB.
+        let key = &shapes[i].key_exprs[0];
+        let table = quote_ident(&shapes[i].table);
+        format!(
+            "SELECT (SELECT min({key}) FROM {table}), \
+             (SELECT max({key}) FROM {table} WHERE {key} < '')"
+        )
+    }));
+    let mut answers = Vec::with_capacity(sqls.len());
+    for chunk in sqls.chunks(READS_PER_REQUEST) {
+        answers.extend(client.read(chunk)?);
+    }
+    let (survey_answers, range_answers) = answers.split_at(shapes.len().min(answers.len()));
+    let surveys: Vec<Survey> = survey_answers
+        .iter()
+        .map(|r| {
+            let cell = |i: usize| r.rows.first().and_then(|row| row.get(i));
+            survey_of(
+                cell(0).and_then(|v| v.as_u64()),
+                cell(1).and_then(|v| v.as_f64()),
             )
         })
         .collect();
+    progress.set_total(surveys.iter().map(|s| s.rows).sum());
+    let budget = side.page_bytes();
     let mut bounds = std::collections::HashMap::new();
-    for (chunk, tables) in ranges.chunks(50).zip(segmented.chunks(50)) {
-        for (r, &i) in client.read(chunk)?.into_iter().zip(tables) {
-            let bound = |at: usize| {
-                r.rows
-                    .first()
-                    .and_then(|row| row.get(at))
-                    .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
-            };
-            // Segments cut the column's values at thresholds, the first open below and the
-            // last above: whatever lies between (rounded by JSON, or of another type) is read.
-            if let (Some(lo), Some(hi)) = (bound(0), bound(1)) {
-                bounds.insert(i, (lo, hi));
-            }
+    for (r, &i) in range_answers.iter().zip(&copied) {
+        if surveys[i].rows as usize <= 2 * surveys[i].page_rows(PAGE, budget) {
+            continue;
+        }
+        let bound = |at: usize| {
+            r.rows
+                .first()
+                .and_then(|row| row.get(at))
+                .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
+        };
+        // Segments cut the column's values at thresholds, the first open below and the last
+        // above: whatever lies between (rounded by JSON, or of another type) is read.
+        if let (Some(lo), Some(hi)) = (bound(0), bound(1)) {
+            bounds.insert(i, (lo, hi));
         }
     }
     let mut jobs: Vec<Job> = Vec::new();
-    for (i, survey) in surveys.iter().enumerate() {
-        if schema.tables[i].external_content().is_some() {
-            continue; // rebuilt from its content table once that is written
+    // Tables that fit in a page go together, as many to a request as fit in a page.
+    let mut bundle: Vec<usize> = Vec::new();
+    let mut bundled_bytes = 0;
+    for &i in &copied {
+        let survey = &surveys[i];
+        let first_page = survey.page_rows(PAGE, budget);
+        let small =
+            survey.rows == 0 || survey.row_bytes.is_some() && survey.rows as usize <= first_page;
+        if small {
+            let bytes = survey.rows as usize * survey.row_bytes.unwrap_or(1);
+            if !bundle.is_empty()
+                && (bundled_bytes + bytes > budget || bundle.len() >= READS_PER_REQUEST)
+            {
+                jobs.push(Job::Tables(std::mem::take(&mut bundle)));
+                bundled_bytes = 0;
+            }
+            bundle.push(i);
+            bundled_bytes += bytes;
+            continue;
         }
         let segments = match bounds.get(&i) {
             Some(&(lo, hi)) => key_segments(lo, hi, config.concurrency),
             None => vec![(None, None)],
         };
-        let first_page = survey.first_page_rows(PAGE);
-        jobs.extend(segments.into_iter().map(|(after, upto)| Job {
-            table: i,
-            after,
-            upto,
-            first_page,
+        jobs.extend(segments.into_iter().map(|(after, upto)| {
+            Job::Segment(Segment {
+                table: i,
+                after,
+                upto,
+                first_page,
+                row_bytes: survey.row_bytes,
+            })
         }));
     }
-    // The largest tables first, so that they do not start last.
-    jobs.sort_by_key(|j| std::cmp::Reverse(surveys[j.table].rows));
+    if !bundle.is_empty() {
+        jobs.push(Job::Tables(bundle));
+    }
+    // The longest chains of pages first, so that they do not end last.
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.pages(&surveys, config.concurrency)));
     let (page_tx, page_rx) = bounded::<Result<Page>>(config.concurrency);
     let (work_tx, work_rx) = crossbeam_channel::unbounded::<Job>();
     for job in jobs {
@@ -294,14 +332,15 @@ fn copy_rows(
         .collect();
     let started = Instant::now();
     std::thread::scope(|scope| -> Result<()> {
-        for _ in 0..config.concurrency.max(config.parallel_tables) {
+        // The segments of a large table take `MIGRATION_CONCURRENCY` readers; the other
+        // tables are read beside them by `MIGRATION_PARALLEL_TABLES` more.
+        for _ in 0..config.concurrency + config.parallel_tables {
             let (work_rx, page_tx, shapes, side) =
                 (work_rx.clone(), page_tx.clone(), &shapes, &side);
             scope.spawn(move || {
                 for job in work_rx {
-                    let sent = read_table(side, &shapes[job.table], &job, &page_tx);
-                    if let Err(e) = sent {
-                        let _ = page_tx.send(Err(e.in_table(&shapes[job.table].table)));
+                    if let Err(e) = read_job(side, shapes, &job, &page_tx) {
+                        let _ = page_tx.send(Err(e));
                         return;
                     }
                 }
@@ -361,8 +400,33 @@ fn copy_rows(
     Ok(())
 }
 
-/// One table, or a segment of its integer keys, to read.
-struct Job {
+/// What one reader reads: a table, or a segment of its integer keys, page after page; or
+/// whole tables small enough to share one request.
+enum Job {
+    Segment(Segment),
+    Tables(Vec<usize>),
+}
+
+impl Job {
+    /// Pages read one after the other, about.
+    fn pages(&self, surveys: &[Survey], segments: usize) -> usize {
+        match self {
+            Job::Segment(s) => {
+                let rows = surveys[s.table].rows as usize;
+                let rows = if s.after.is_some() || s.upto.is_some() {
+                    rows / segments.max(1)
+                } else {
+                    rows
+                };
+                rows.div_ceil(s.first_page.max(1)).max(1)
+            }
+            Job::Tables(_) => 1,
+        }
+    }
+}
+
+/// A table, or a segment of its integer keys, to read.
+struct Segment {
     table: usize,
     /// Values of the first key column after this one (none: from the start) and up to that
     /// one (none: to the end).
@@ -370,14 +434,68 @@ struct Job {
     upto: Option<i64>,
     /// Rows of the first page, from the table's row width.
     first_page: usize,
+    /// Bytes of the table's average row, as surveyed.
+    row_bytes: Option<usize>,
+}
+
+/// Reads one job and hands its pages on; errors name their table.
+fn read_job(
+    side: &D1Side<'_>,
+    shapes: &[Shape],
+    job: &Job,
+    pages: &crossbeam_channel::Sender<Result<Page>>,
+) -> Result<()> {
+    match job {
+        Job::Segment(segment) => read_table(side, &shapes[segment.table], segment, pages)
+            .map_err(|e| e.in_table(&shapes[segment.table].table)),
+        Job::Tables(tables) => {
+            let tails: Vec<[String; 1]> = tables
+                .iter()
+                .map(|&t| [format!("ORDER BY {}", shapes[t].key_exprs.join(", "))])
+                .collect();
+            let reads: Vec<(&Shape, &[String])> = tables
+                .iter()
+                .zip(&tails)
+                .map(|(&t, tail)| (&shapes[t], tail.as_slice()))
+                .collect();
+            match side.surveys_and_reads(&[], &reads) {
+                Ok((_, read)) => {
+                    for (&table, mut rows) in tables.iter().zip(read) {
+                        let rows = rows.pop().unwrap_or_default();
+                        if pages.send(Ok(Page { table, rows })).is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Ok(())
+                }
+                // A table too large to answer whole: each is read in pages.
+                Err(e) if e.is_too_large() => {
+                    for &t in tables {
+                        let whole = Segment {
+                            table: t,
+                            after: None,
+                            upto: None,
+                            first_page: PAGE,
+                            row_bytes: None,
+                        };
+                        read_table(side, &shapes[t], &whole, pages)
+                            .map_err(|e| e.in_table(&shapes[t].table))?;
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        }
+    }
 }
 
 /// Pages through one table, or a segment of its keys, by key (never by OFFSET) and hands the
-/// pages on.
+/// pages on. A page D1 finds too large to answer is asked for again, smaller, and every
+/// reader's pages are smaller from then on.
 fn read_table(
     side: &D1Side<'_>,
     shape: &Shape,
-    job: &Job,
+    job: &Segment,
     pages: &crossbeam_channel::Sender<Result<Page>>,
 ) -> Result<()> {
     let (table, upto) = (job.table, job.upto);
@@ -385,7 +503,11 @@ fn read_table(
     // A segment bounds the first key column; pages go on after the last key read.
     let first = &shape.key_exprs[0];
     let mut after: Option<String> = None;
-    let mut page = job.first_page;
+    let mut per_row = job.row_bytes;
+    let mut page = match per_row {
+        Some(b) => (side.page_bytes() / b).clamp(1, job.first_page),
+        None => job.first_page,
+    };
     loop {
         let mut conditions = Vec::new();
         match (&after, job.after) {
@@ -402,7 +524,17 @@ fn read_table(
             format!("WHERE {} ", conditions.join(" AND "))
         };
         let tail = format!("{filter}ORDER BY {keys} LIMIT {page}");
-        let rows = side.select(shape, &[tail])?.pop().unwrap_or_default();
+        let rows = match side.select(shape, &[tail]) {
+            Ok(mut rows) => rows.pop().unwrap_or_default(),
+            Err(e) if e.is_too_large() => match smaller_page(side, page, per_row) {
+                Some(smaller) => {
+                    page = smaller;
+                    continue;
+                }
+                None => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
         let Some(last) = rows.last() else {
             return Ok(());
         };
@@ -413,7 +545,8 @@ fn read_table(
             .collect();
         after = Some(format!("({})", key.join(", ")));
         let full = rows.len() == page;
-        page = next_page_rows(&rows, PAGE);
+        per_row = row_bytes(&rows).or(per_row);
+        page = page_rows_after(&rows, PAGE, side.page_bytes());
         if pages.send(Ok(Page { table, rows })).is_err() || !full {
             return Ok(());
         }

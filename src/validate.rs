@@ -32,6 +32,14 @@ pub trait RowSide: Sync {
     fn surveys(&self, shapes: &[&Shape]) -> Result<Vec<Survey>>;
     /// For each tail (`WHERE ... ORDER BY ... LIMIT ...`), the rows of `shape` it selects.
     fn select(&self, shape: &Shape, tails: &[String]) -> Result<Vec<Vec<Vec<Value>>>>;
+    /// Bytes of values a page read from this side may hold: [`PAGE_BYTES`], or less once the
+    /// side found an answer too large.
+    fn page_bytes(&self) -> usize {
+        PAGE_BYTES
+    }
+    /// A read of a page of about `bytes` of values failed as too large for this side to answer
+    /// ([`Error::is_too_large`]): pages hold less from now on.
+    fn page_too_large(&self, _bytes: usize) {}
     /// [`RowSide::surveys`] of `shapes` and [`RowSide::select`] of each read, together: a side
     /// across a network answers them in as few round trips as fit (one, for a small database).
     fn surveys_and_reads(
@@ -85,8 +93,13 @@ pub struct Survey {
 impl Survey {
     /// Rows of a first page: [`PAGE_BYTES`] of rows as wide as the survey found, at most `max`.
     pub fn first_page_rows(&self, max: usize) -> usize {
+        self.page_rows(max, PAGE_BYTES)
+    }
+
+    /// Rows of a page of `budget` bytes of rows as wide as the survey found, at most `max`.
+    pub fn page_rows(&self, max: usize, budget: usize) -> usize {
         match self.row_bytes {
-            Some(b) if b > 0 => (PAGE_BYTES / b).clamp(1, max),
+            Some(b) if b > 0 => (budget / b).clamp(1, max),
             _ => 100.min(max),
         }
     }
@@ -136,12 +149,35 @@ pub fn survey_of(count: Option<u64>, width: Option<f64>) -> Survey {
 
 /// The number of rows for the next page, from the width of the rows of the last one.
 pub fn next_page_rows(last: &[Vec<Value>], max: usize) -> usize {
-    let bytes: usize = last.iter().flatten().map(|v| v.size() + 8).sum();
-    if last.is_empty() || bytes == 0 {
-        return max;
+    page_rows_after(last, max, PAGE_BYTES)
+}
+
+/// Bytes of values in an average row of `rows` (as [`next_page_rows`] counts them), if any.
+pub fn row_bytes(rows: &[Vec<Value>]) -> Option<usize> {
+    let bytes: usize = rows.iter().flatten().map(|v| v.size() + 8).sum();
+    (bytes > 0 && !rows.is_empty()).then(|| bytes.div_ceil(rows.len()))
+}
+
+/// The number of rows for the next page of `budget` bytes, from the width of the rows of the
+/// last one.
+pub fn page_rows_after(last: &[Vec<Value>], max: usize, budget: usize) -> usize {
+    match row_bytes(last) {
+        Some(per_row) => (budget / per_row).clamp(1, max),
+        None => max,
     }
-    let per_row = bytes.div_ceil(last.len());
-    (PAGE_BYTES / per_row).clamp(1, max)
+}
+
+/// After a page of `page` rows (about `per_row` bytes each, when known) was too large for
+/// `side` to answer: tells the side, and returns the rows to ask for instead (half as many, or
+/// fewer if the side's pages are now smaller still). `None`: a single row was too large.
+pub fn smaller_page(side: &dyn RowSide, page: usize, per_row: Option<usize>) -> Option<usize> {
+    if page <= 1 {
+        return None;
+    }
+    let bytes = per_row.map_or(side.page_bytes(), |b| b.saturating_mul(page));
+    side.page_too_large(bytes);
+    let fit = per_row.map_or(page, |b| (side.page_bytes() / b).max(1));
+    Some((page / 2).min(fit).max(1))
 }
 
 /// Splits the integer keys `lo..=hi` into `n` ranges, each `(after, upto)`: keys greater than
@@ -192,6 +228,9 @@ pub struct Walker<'a> {
     pub integer_key: bool,
     /// Rows of the first page of a range (later pages are sized by the rows of the last).
     pub first_page: usize,
+    /// Bytes of an average row, as the survey found them (for the size of a first page once
+    /// pages are smaller than [`PAGE_BYTES`]).
+    pub row_bytes: Option<usize>,
     /// Pages read and compared at once across every walker sharing them: memory stays bounded
     /// while the reads of several tables overlap each other's round trips.
     pub permits: Option<&'a Permits>,
@@ -216,6 +255,7 @@ impl<'a> Walker<'a> {
                 TableKind::Rowid { .. } | TableKind::Virtual { .. }
             ),
             first_page: 100.min(options.page),
+            row_bytes: None,
             permits: None,
         }
     }
@@ -223,6 +263,7 @@ impl<'a> Walker<'a> {
     /// First pages sized by `survey`'s row width, not 100 rows: a small table in one round trip.
     pub fn sized(mut self, survey: &Survey) -> Walker<'a> {
         self.first_page = survey.first_page_rows(self.page);
+        self.row_bytes = survey.row_bytes;
         self
     }
 
@@ -317,7 +358,21 @@ impl<'a> Walker<'a> {
     pub fn walk(&self, range: &KeyRange, each: &mut dyn FnMut(Page) -> Result<()>) -> Result<()> {
         let keys = self.keys_sql();
         let (mut after, upto) = range.clone();
-        let mut page = self.first_page;
+        let budget = || self.source.page_bytes().min(self.target.page_bytes());
+        let mut per_row = self.row_bytes;
+        let mut page = match per_row {
+            Some(b) => (budget() / b).clamp(1, self.first_page),
+            None => self.first_page,
+        };
+        // A page that one side found too large to answer is read again, smaller; every
+        // walker's pages are smaller from then on.
+        let shrink = |side: &dyn RowSide, e: Error, page: usize, per_row| {
+            if e.is_too_large() {
+                smaller_page(side, page, per_row).ok_or(e)
+            } else {
+                Err(e)
+            }
+        };
         let bounds = |after: &Option<String>| {
             let mut conditions = Vec::new();
             if let Some(k) = after {
@@ -335,20 +390,24 @@ impl<'a> Walker<'a> {
         loop {
             let _permit = self.permits.map(Permits::take);
             let tail = format!("{} ORDER BY {keys} LIMIT {page}", bounds(&after));
-            let source_rows = self
-                .source
-                .select(self.shape, std::slice::from_ref(&tail))?
-                .pop()
-                .unwrap_or_default();
+            let source_rows = match self.source.select(self.shape, std::slice::from_ref(&tail)) {
+                Ok(mut rows) => rows.pop().unwrap_or_default(),
+                Err(e) => {
+                    page = shrink(self.source, e, page, per_row)?;
+                    continue;
+                }
+            };
             let Some(last) = source_rows.last() else {
                 // What the target holds beyond the source's last key in the range is extra.
                 loop {
                     let tail = format!("{} ORDER BY {keys} LIMIT {page}", bounds(&after));
-                    let extra = self
-                        .target
-                        .select(self.shape, &[tail])?
-                        .pop()
-                        .unwrap_or_default();
+                    let extra = match self.target.select(self.shape, &[tail]) {
+                        Ok(mut rows) => rows.pop().unwrap_or_default(),
+                        Err(e) => {
+                            page = shrink(self.target, e, page, per_row)?;
+                            continue;
+                        }
+                    };
                     let Some(last) = extra.last() else {
                         return Ok(());
                     };
@@ -358,6 +417,8 @@ impl<'a> Walker<'a> {
                         target: &extra,
                         equal: false,
                     })?;
+                    per_row = row_bytes(&extra).or(per_row);
+                    page = page_rows_after(&extra, self.page, budget());
                 }
             };
             let upper = self.key_tuple(last);
@@ -365,17 +426,24 @@ impl<'a> Walker<'a> {
                 Some(k) => format!("WHERE ({keys}) > {k} AND ({keys}) <= {upper}"),
                 None => format!("WHERE ({keys}) <= {upper}"),
             };
-            let target_rows = self
+            let target_rows = match self
                 .target
-                .select(self.shape, &[format!("{range} ORDER BY {keys}")])?
-                .pop()
-                .unwrap_or_default();
+                .select(self.shape, &[format!("{range} ORDER BY {keys}")])
+            {
+                Ok(mut rows) => rows.pop().unwrap_or_default(),
+                Err(e) => {
+                    // The source's page again, smaller, and the target's rows of its range.
+                    page = shrink(self.target, e, page, row_bytes(&source_rows).or(per_row))?;
+                    continue;
+                }
+            };
             each(Page {
                 source: &source_rows,
                 target: &target_rows,
                 equal: page_hash(&source_rows) == page_hash(&target_rows),
             })?;
-            page = next_page_rows(&source_rows, self.page);
+            per_row = row_bytes(&source_rows).or(per_row);
+            page = page_rows_after(&source_rows, self.page, budget());
             after = Some(upper);
         }
     }
@@ -531,8 +599,19 @@ pub fn validate_rechecked(
         .enumerate()
         .filter_map(|(i, p)| p.as_ref().map(|p| (&shapes[i], p.tails.as_slice())))
         .collect();
-    let (target_surveys, mut read) =
-        target.surveys_and_reads(&present.iter().collect::<Vec<_>>(), &reads)?;
+    let present_shapes: Vec<&Shape> = present.iter().collect();
+    let (target_surveys, mut read, plans) = match target.surveys_and_reads(&present_shapes, &reads)
+    {
+        Ok((surveys, read)) => (surveys, read, plans),
+        // A table read whole was too large for the target to answer at once: the tables are
+        // compared each on its own (a table read whole in pages).
+        Err(e) if e.is_too_large() => (
+            target.surveys(&present_shapes)?,
+            Vec::new(),
+            plans.into_iter().map(|_| None).collect(),
+        ),
+        Err(e) => return Err(e),
+    };
     let targets: HashMap<String, u64> = present
         .iter()
         .map(|s| s.table.to_lowercase())
@@ -843,7 +922,16 @@ impl Comparison<'_> {
             return Ok(());
         }
         let plan = self.sample_plan(v.source_rows)?;
-        let target_rows = self.target.select(self.shape, &plan.tails)?;
+        let target_rows = match self.target.select(self.shape, &plan.tails) {
+            Ok(rows) => rows,
+            // The whole table was too large for the target to answer at once: in pages.
+            Err(e) if plan.whole && e.is_too_large() => {
+                self.full_ranges(v, &[(None, None)])?;
+                v.sampled = v.compared;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         self.sample_finish(v, plan, target_rows)
     }
 

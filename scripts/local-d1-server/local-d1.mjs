@@ -22,7 +22,10 @@
 //   LOCAL_D1_ACCOUNT    account id accepted (default: any)
 //   LOCAL_D1_FAULTS     e.g. "429=0.05,500=0.05,drop=0.02,lost=0.01,latency_ms=30,seed=7,retry_after=1";
 //                       max_body=N refuses request bodies over N bytes with HTTP 413 and an HTML
-//                       page, as Cloudflare's edge does, before D1 sees them
+//                       page, as Cloudflare's edge does, before D1 sees them; max_answer=N answers
+//                       a query whose answer would be over N bytes with D1's error for a result
+//                       too large for its isolate ("D1 DB's isolate exceeded its memory limit and
+//                       was reset.", HTTP 500, code 7500), after D1 ran it (a read: nothing changes)
 //   LOCAL_D1_LOG        file to append one JSON line per request to (default: none)
 //   LOCAL_D1_TIME_TRAVEL  "off" removes the time_travel routes, as an API without Time Travel
 //   LOCAL_D1_STOP_ON_EOF  stop when standard input closes (used by test harnesses)
@@ -46,9 +49,11 @@ const faults = parseFaults(env.LOCAL_D1_FAULTS || "");
 const logPath = env.LOCAL_D1_LOG || "";
 
 function parseFaults(text) {
-  const f = { p429: 0, p500: 0, p503: 0, drop: 0, lost: 0, latencyMs: 0, seed: 1, retryAfter: 1, maxBody: 0 };
+  const f = { p429: 0, p500: 0, p503: 0, drop: 0, lost: 0, latencyMs: 0, seed: 1, retryAfter: 1, maxBody: 0,
+    maxAnswer: 0 };
   const keys = { "429": "p429", "500": "p500", "503": "p503", drop: "drop", lost: "lost",
-    latency_ms: "latencyMs", seed: "seed", retry_after: "retryAfter", max_body: "maxBody" };
+    latency_ms: "latencyMs", seed: "seed", retry_after: "retryAfter", max_body: "maxBody",
+    max_answer: "maxAnswer" };
   for (const part of text.split(",").map((s) => s.trim()).filter(Boolean)) {
     const [k, v] = part.split("=");
     if (!(k in keys) || v === undefined || !Number.isFinite(Number(v))) {
@@ -190,10 +195,11 @@ async function handle(req, res) {
   const fault = tooLarge ? "413" : pickFault();
   if (faults.latencyMs) await sleep(faults.latencyMs);
   const entry = { t: Date.now(), method: req.method, path: req.url, bytes: body.length, fault, in_flight: inFlight };
-  if (log) {
-    entry.statements = req.method === "PUT" ? [] : firstWords(body.toString("utf8"));
-    log.write(JSON.stringify(entry) + "\n");
-  }
+  if (log) entry.statements = req.method === "PUT" ? [] : firstWords(body.toString("utf8"));
+  // With max_answer, a request is logged once its answer is known (its size, and whether it
+  // was refused as too large).
+  const logLater = faults.maxAnswer > 0 && !fault;
+  if (log && !logLater) log.write(JSON.stringify(entry) + "\n");
 
   if (fault === "413") {
     res.writeHead(413, { "content-type": "text/html" });
@@ -225,6 +231,19 @@ async function handle(req, res) {
     body: req.method === "GET" || req.method === "HEAD" ? undefined : body,
   });
   const text = Buffer.from(await answer.arrayBuffer());
+  if (logLater) {
+    entry.answer_bytes = text.length;
+    const query = /\/(raw|query)$/.test(new URL(req.url, "http://local-d1").pathname);
+    if (query && text.length > faults.maxAnswer) {
+      entry.fault = "answer_too_large";
+      if (log) log.write(JSON.stringify(entry) + "\n");
+      res.writeHead(500, { "content-type": "application/json", "cf-d1": "err=7500" });
+      res.end(JSON.stringify({ result: [], success: false, messages: [],
+        errors: [{ code: 7500, message: "D1 DB's isolate exceeded its memory limit and was reset." }] }));
+      return;
+    }
+    if (log) log.write(JSON.stringify(entry) + "\n");
+  }
   if (fault === "lost") {
     // D1 has committed the request; the answer never arrives.
     req.socket.destroy();

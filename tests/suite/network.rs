@@ -305,3 +305,128 @@ fn a_without_rowid_table_is_read_back_in_segments_of_its_first_key_column_whatev
     let reads = most_reads_in_flight(&d1, before);
     assert!(reads >= 3, "only {reads} reads of the one table in flight");
 }
+
+/// About 7 MB of rows: `notes` keyed by integers (read in segments), `tags` keyed by text
+/// (read page after page), and a few small tables read together.
+fn pages_of_text(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("pages.sqlite");
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT, n REAL);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 30000)
+             INSERT INTO notes SELECT i, hex(randomblob(60)) || 'é', i / 7.0 FROM n;
+             CREATE TABLE tags (name TEXT PRIMARY KEY, note INTEGER) WITHOUT ROWID;
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
+             INSERT INTO tags SELECT 'tag ' || hex(randomblob(40)), i FROM n;
+             CREATE TABLE colours (id INTEGER PRIMARY KEY, name TEXT);
+             INSERT INTO colours (name) VALUES ('red'), ('green'), ('blue');
+             CREATE TABLE empty (id INTEGER PRIMARY KEY, x BLOB);",
+        )
+        .unwrap();
+    path
+}
+
+/// The `phase` entry of a report's phases.
+fn phase<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["phase"] == name)
+        .unwrap_or_else(|| panic!("no phase {name}: {report}"))
+}
+
+#[test]
+fn a_page_too_large_for_d1_is_read_again_smaller_and_the_rollback_and_its_validation_stay_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = pages_of_text(dir.path());
+    // D1 answers at most 600 KB: pages of 2 MiB of values are refused as its isolate's memory.
+    let (d1, before, report) = round_trip(dir.path(), &source, "max_answer=600000");
+    // round_trip: the file rolled back equals the source (sqldiff); its full validation, which
+    // reads D1 in pages again, compared every row.
+    let validation = &report["validation"];
+    assert_eq!(validation["ok"], true, "{validation}");
+    for t in validation["tables"].as_array().unwrap() {
+        assert_eq!(t["compared"], t["source_rows"], "{t}");
+    }
+    let rollback = phase(&report, "rollback");
+    let lowered = rollback["page_bytes"].as_u64().unwrap_or(u64::MAX);
+    assert!(
+        rollback["answers_too_large"].as_u64().unwrap_or(0) >= 1 && lowered < 1 << 20,
+        "{rollback}"
+    );
+    // The lowered page size holds for the rest of the run: the validation after the rollback
+    // reads its pages of D1 at that size, and none is refused.
+    let validate = phase(&report, "validate");
+    assert!(validate["answers_too_large"].is_null(), "{validate}");
+    let requests = &d1.settled_requests()[before..];
+    let refused: Vec<usize> = requests
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r["fault"] == "answer_too_large")
+        .map(|(i, _)| i)
+        .collect();
+    // Pages are smaller for the rest of the run once one was refused: only those asked for
+    // before the lowered size was known (the readers' pages in flight, in a few rounds of
+    // halving) are refused, and none in the second half of the run.
+    let last = *refused.last().expect("no answer was refused");
+    assert!(
+        refused.len() >= 2 && refused.len() <= 30 && last < requests.len() / 2,
+        "refused at {refused:?} of {} requests",
+        requests.len()
+    );
+}
+
+#[test]
+fn a_full_validation_against_a_d1_that_refuses_large_answers_reads_smaller_pages_and_finds_every_row(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let source = pages_of_text(dir.path());
+    let id = "small-answers".to_string();
+    let d1 = LocalD1::start(std::slice::from_ref(&id), Some("max_answer=600000"));
+    Run::new(&d1, &id, &source)
+        .env("MIGRATION_VALIDATE", "false")
+        .ok();
+    let diff = sqldiff(&source, d1.file(&id));
+    assert!(diff.is_empty(), "{}", diff.join("\n"));
+    let report_path = dir.path().join("validate.json");
+    let out = Run::new(&d1, &id, &source)
+        .env("MIGRATION_MODE", "validate")
+        .env("MIGRATION_VALIDATE_ALL_ROWS", "true")
+        .env("MIGRATION_REPORT", &report_path)
+        .ok();
+    let report = read_json(&report_path);
+    let validation = &report["validation"];
+    assert_eq!(validation["ok"], true, "{validation}");
+    for t in validation["tables"].as_array().unwrap() {
+        assert_eq!(t["compared"], t["source_rows"], "{t}");
+    }
+    let p = phase(&report, "validate");
+    assert!(p["answers_too_large"].as_u64().unwrap_or(0) >= 1, "{p}");
+    let err = crate::harness::stderr(&out);
+    assert!(err.contains("pages hold at most"), "{err}");
+    assert!(err.contains("answers too large"), "{err}");
+    // A row changed on D1 after the refusals is still found.
+    d1.sql(&id, &["UPDATE notes SET body = 'changed' WHERE id = 29000"]);
+    let out = Run::new(&d1, &id, &source)
+        .env("MIGRATION_MODE", "validate")
+        .env("MIGRATION_VALIDATE_ALL_ROWS", "true")
+        .env("MIGRATION_REPORT", &report_path)
+        .output();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        crate::harness::stderr(&out)
+    );
+    let report = read_json(&report_path);
+    let notes = report["validation"]["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "notes")
+        .unwrap();
+    assert_eq!(notes["mismatched"], 1, "{notes}");
+    assert_eq!(notes["differences"][0]["key"], "29000", "{notes}");
+}
