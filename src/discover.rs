@@ -1,5 +1,6 @@
 //! Discovery: reads a database's catalog (tables, columns, keys, foreign keys, indexes, views,
-//! triggers, virtual tables, `sqlite_sequence`) into a [`Schema`].
+//! triggers, virtual tables, `sqlite_sequence`, the planner's statistics in `sqlite_stat1`) into
+//! a [`Schema`].
 //!
 //! It works over any [`Catalog`], so the same code discovers a SQLite file (forward run) and a D1
 //! database through its API (rollback run). The `plan` stage turns a `Schema` into a load order.
@@ -198,6 +199,19 @@ pub struct SequenceRow {
     pub seq: Value,
 }
 
+/// A row of `sqlite_stat1`, the planner's statistics (`ANALYZE`, `PRAGMA optimize`): its table,
+/// its index (NULL for the table's own row count) and the numbers, kept as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatRow {
+    pub rowid: i64,
+    pub tbl: String,
+    pub idx: Value,
+    pub stat: Value,
+}
+
+/// The reason a shadow table (an FTS5 index's `_data`, `_idx`, ...) is skipped.
+pub const SHADOW_TABLE: &str = "shadow table of a virtual table";
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Schema {
     /// Tables with data to copy, in catalog order (ordinary and virtual).
@@ -205,6 +219,8 @@ pub struct Schema {
     /// Indexes, views and triggers, in catalog order.
     pub objects: Vec<SchemaObject>,
     pub sequence: Vec<SequenceRow>,
+    /// The `sqlite_stat1` rows of the tables copied (and of their shadow tables), in rowid order.
+    pub stat1: Vec<StatRow>,
     /// Tables left out, with why (internal, D1's own, shadow tables).
     pub skipped: Vec<(String, String)>,
 }
@@ -214,6 +230,34 @@ impl Schema {
         self.tables
             .iter()
             .find(|t| t.name.eq_ignore_ascii_case(name))
+    }
+
+    /// Whether `sqlite_stat1` rows of table `tbl` belong to this schema: `tbl` is one of its
+    /// tables, or a shadow table of one of its virtual tables (`<name>_data`, ...).
+    pub fn owns_statistics(&self, tbl: &str) -> bool {
+        if self.table(tbl).is_some() {
+            return true;
+        }
+        let shadow = self
+            .skipped
+            .iter()
+            .any(|(n, why)| why == SHADOW_TABLE && n.eq_ignore_ascii_case(tbl));
+        let lower = tbl.to_lowercase();
+        shadow
+            && self.tables.iter().any(|t| {
+                t.is_virtual() && lower.starts_with(&format!("{}_", t.name.to_lowercase()))
+            })
+    }
+
+    /// Keeps the `sqlite_stat1` rows whose table this schema holds ([`Schema::owns_statistics`]).
+    pub fn retain_owned_statistics(&mut self) {
+        let owned: Vec<bool> = self
+            .stat1
+            .iter()
+            .map(|s| self.owns_statistics(&s.tbl))
+            .collect();
+        let mut owned = owned.into_iter();
+        self.stat1.retain(|_| owned.next().unwrap_or(false));
     }
 }
 
@@ -243,22 +287,28 @@ pub fn is_d1_internal(name: &str) -> bool {
 /// every table's columns, keys and unique sets (a catalog across a network answers each round
 /// in one request, see [`Catalog::query_many`]).
 pub fn discover(db: &dyn Catalog) -> Result<Schema> {
-    discover_expecting(db, &[], false)
+    discover_rounds(db, &[], false, true)
 }
 
 /// [`discover`], asking for the columns, keys and unique sets of the `expected` tables in the
 /// first round already (a table that does not exist answers no rows), and for `sqlite_sequence`
 /// when `sequence` expects it: when the catalog holds just those (a target validated against
 /// its source), one round trip reads it all. A `sqlite_sequence` expected and absent fails that
-/// round, which is then asked again without it.
+/// round, which is then asked again without it. The planner's statistics (`sqlite_stat1`) are
+/// not read: a comparison does not need them.
 pub fn discover_expecting(db: &dyn Catalog, expected: &[String], sequence: bool) -> Result<Schema> {
-    match discover_rounds(db, expected, sequence) {
-        Err(_) if sequence => discover_rounds(db, expected, false),
+    match discover_rounds(db, expected, sequence, false) {
+        Err(_) if sequence => discover_rounds(db, expected, false, false),
         done => done,
     }
 }
 
-fn discover_rounds(db: &dyn Catalog, expected: &[String], sequence: bool) -> Result<Schema> {
+fn discover_rounds(
+    db: &dyn Catalog,
+    expected: &[String],
+    sequence: bool,
+    statistics: bool,
+) -> Result<Schema> {
     let mut schema = Schema::default();
     // D1 refuses the pragmas on its own tables.
     let expected: Vec<&String> = expected.iter().filter(|n| !is_d1_internal(n)).collect();
@@ -308,11 +358,14 @@ fn discover_rounds(db: &dyn Catalog, expected: &[String], sequence: bool) -> Res
         if name == "sqlite_sequence" {
             continue;
         }
+        if name == "sqlite_stat1" {
+            continue; // its rows are read below
+        }
         if name.starts_with("sqlite_stat") {
             schema.skipped.push((
                 name,
-                "SQLite's query-planner statistics (ANALYZE), not copied: run ANALYZE on D1 (it \
-                 allows it) once the data is in, for plans like the source's"
+                "SQLite's sampled query-planner statistics (ANALYZE in a SQLite built with \
+                 SQLITE_ENABLE_STAT4), not copied: D1 has no sqlite_stat4 (sqlite_stat1 is copied)"
                     .into(),
             ));
             continue;
@@ -327,9 +380,7 @@ fn discover_rounds(db: &dyn Catalog, expected: &[String], sequence: bool) -> Res
         }
         let (list_type, without_rowid) = kind_of(&name).unwrap_or(("table".into(), false));
         if list_type == "shadow" {
-            schema
-                .skipped
-                .push((name, "shadow table of a virtual table".into()));
+            schema.skipped.push((name, SHADOW_TABLE.into()));
             continue;
         }
         found.push((name, sql, list_type, without_rowid));
@@ -343,6 +394,10 @@ fn discover_rounds(db: &dyn Catalog, expected: &[String], sequence: bool) -> Res
     }
     if has_sequence && early_sequence.is_none() {
         second.push(SEQUENCE_SQL.to_string());
+    }
+    let has_stat1 = statistics && list.iter().any(|r| text(&r[0]) == "sqlite_stat1");
+    if has_stat1 {
+        second.push(STAT1_SQL.to_string());
     }
     let mut answers = if second.is_empty() {
         Vec::new().into_iter()
@@ -403,10 +458,23 @@ fn discover_rounds(db: &dyn Catalog, expected: &[String], sequence: bool) -> Res
             });
         }
     }
+    if has_stat1 {
+        for row in answers.next().unwrap_or_default() {
+            schema.stat1.push(StatRow {
+                rowid: int(&row[0]),
+                tbl: text(&row[1]),
+                idx: row[2].clone(),
+                stat: row[3].clone(),
+            });
+        }
+        // Rows of D1's own tables, of tables not copied, or left behind by hand, stay behind.
+        schema.retain_owned_statistics();
+    }
     Ok(schema)
 }
 
 const SEQUENCE_SQL: &str = "SELECT rowid, name, seq FROM sqlite_sequence ORDER BY rowid";
+const STAT1_SQL: &str = "SELECT rowid, tbl, idx, stat FROM sqlite_stat1 ORDER BY rowid";
 
 /// A table's columns, foreign keys and unique sets, in that order.
 fn table_queries(table: &str) -> [String; 3] {
@@ -583,6 +651,7 @@ pub fn select_tables(schema: &mut Schema, include: &[String], exclude: &[String]
                 .iter()
                 .any(|t| t.name.eq_ignore_ascii_case(&s.name))
     });
+    schema.retain_owned_statistics();
     for name in dropped {
         schema
             .skipped

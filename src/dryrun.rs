@@ -17,7 +17,7 @@ use crate::fit::{fit, Fit};
 use crate::plan::plan;
 use crate::produce::{pass_filter, passes, produce, read_anchors, Pass, Produced, Work};
 use crate::source::open_read_only;
-use crate::target::{missing_parents, ordered_objects, target_objects};
+use crate::target::{after_data_statements, missing_parents, ordered_objects, target_objects};
 use crate::transform::{source_schema, TableMapping, Transformed};
 use crate::value::quote_ident;
 
@@ -225,6 +225,13 @@ pub fn dry_run(config: &Config, client: &D1Client) -> Result<DryRun> {
                 .push(format!("{} {}", o.kind, o.name));
         }
     }
+    if !schema.stat1.is_empty() {
+        let n = schema.stat1.len();
+        out.objects_after_data.push(format!(
+            "sqlite_stat1: the planner's statistics, {n} row{}",
+            if n == 1 { "" } else { "s" }
+        ));
+    }
     for t in &mut out.tables {
         let fit = fitted
             .as_ref()
@@ -234,11 +241,11 @@ pub fn dry_run(config: &Config, client: &D1Client) -> Result<DryRun> {
     }
 
     let data_requests: u64 = out.tables.iter().map(|t| t.requests).sum();
-    // `sqlite_sequence` goes along with the virtual tables' or the indexes' DDL when there is
-    // any.
+    // `sqlite_sequence` and the planner's statistics go along with the virtual tables' or the
+    // indexes' DDL when there is any.
     let ddl_requests = u64::from(!plan.tables.is_empty())
         + u64::from(
-            !schema.sequence.is_empty()
+            !after_data_statements(schema).is_empty()
                 && plan.virtual_tables.is_empty()
                 && schema.objects.is_empty(),
         )

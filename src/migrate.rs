@@ -1,6 +1,7 @@
 //! The forward run, wiring the stages together: discover the source, plan the load order, create
 //! the tables on D1 (`target`), load the rows (`produce` → `load`), then deferred keys,
-//! `sqlite_sequence`, virtual tables, and indexes, views and triggers.
+//! `sqlite_sequence` and the planner's statistics, virtual tables, and indexes, views and
+//! triggers.
 //!
 //! Every write is idempotent (see `pack`), so a run that stops anywhere can simply be run again.
 
@@ -23,8 +24,8 @@ use crate::send::Rejects;
 use crate::source::{count_from, open_read_only};
 use crate::state::{Fingerprint, State};
 use crate::target::{
-    copy_sequence, create_missing, create_missing_along, if_not_exists, missing_parents,
-    ordered_objects, sequence_statements, target_objects,
+    after_data_statements, copy_after_data, create_missing, create_missing_along, if_not_exists,
+    missing_parents, ordered_objects, target_objects,
 };
 use crate::transform::source_schema;
 use crate::value::quote_ident;
@@ -115,6 +116,11 @@ pub fn forward(
             row.name = name.to_string();
         }
     }
+    for row in &mut schema.stat1 {
+        if let Some(name) = fit.d1_name(&row.tbl) {
+            row.tbl = name.to_string();
+        }
+    }
     let merged = fit.merges(MIGRATIONS_TABLE);
     if merged {
         // wrangler's history already on D1: the source's entries it lacks are added by name
@@ -125,6 +131,9 @@ pub fn forward(
         schema
             .sequence
             .retain(|s| !s.name.eq_ignore_ascii_case(MIGRATIONS_TABLE));
+        schema
+            .stat1
+            .retain(|s| !s.tbl.eq_ignore_ascii_case(MIGRATIONS_TABLE));
     }
     let plan = plan(&schema);
     let state = State::open(&config.state_dir, fingerprint)?;
@@ -200,7 +209,7 @@ pub fn forward(
     let later_passes = !deferred.is_empty() || !fill.is_empty() || !external.is_empty();
     if compact::eligible(config, empty_target, &state, &work, later_passes) {
         let head: Vec<String> = ordinary.iter().map(|t| if_not_exists(&t.sql)).collect();
-        let mut tail = sequence_statements(&schema);
+        let mut tail = after_data_statements(&schema);
         tail.extend(ordered_objects(&schema).map(|o| if_not_exists(&o.sql)));
         match compact::load(config, client, progress, &state, &work, &rows, head, tail)? {
             compact::Outcome::Loaded(stats) => {
@@ -246,11 +255,12 @@ pub fn forward(
     let mut failed = run_work(&ctx, &work, &mut report.tables)?;
     failed.extend(run_work(&ctx, &deferred, &mut report.tables)?);
 
-    // The sequence goes along with the next DDL after the data, in its request.
+    // The sequence and the planner's statistics go along with the next DDL after the data, in
+    // its request.
     let mut sequence = if state.phase_done("sequence") {
         Vec::new()
     } else {
-        sequence_statements(&schema)
+        after_data_statements(&schema)
     };
 
     let virtual_tables: Vec<&Table> = plan
@@ -305,7 +315,7 @@ pub fn forward(
     )?);
     if !state.phase_done("sequence") {
         if !sequence.is_empty() {
-            copy_sequence(client, &schema)?;
+            copy_after_data(client, &schema)?;
         }
         state.set_phase_done("sequence")?;
     }

@@ -1,6 +1,7 @@
 //! The reverse run, D1 → SQLite file: discover D1's catalog, read every table through the API
 //! page by key (exact values, see `remote`), and write the file with prepared statements in one
-//! transaction; then `sqlite_sequence`, indexes, views and triggers.
+//! transaction; then `sqlite_sequence`, indexes, views, triggers and the planner's statistics
+//! (`sqlite_stat1`).
 //!
 //! A new file is built under a temporary name beside the final one and renamed into place only
 //! when complete, so a failed run never leaves a half-written file under the final name. An
@@ -154,6 +155,7 @@ fn write_all(
             .map_err(|e| Error::Refused(format!("creating {} {:?}: {e}", o.kind, o.name)))?;
         report.objects_created.push(o.name.clone());
     }
+    write_statistics(&tx, schema, only_missing)?;
     tx.commit()?;
     Ok(())
 }
@@ -196,6 +198,68 @@ fn write_sequence(
             tx.execute(
                 "INSERT INTO sqlite_sequence (rowid, name, seq) VALUES (?1, ?2, ?3)",
                 rusqlite::params![s.rowid, s.name, seq],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether the file has a table of that name.
+fn has_table(tx: &rusqlite::Transaction<'_>, name: &str) -> Result<bool> {
+    let n: i64 = tx.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get(0),
+    )?;
+    Ok(n > 0)
+}
+
+/// D1's `sqlite_stat1` rows (its own `_cf_*` tables' aside) into the file. SQLite makes the
+/// table only through `ANALYZE`: `ANALYZE sqlite_schema` analyses nothing (SQLite never analyses
+/// its own tables) but creates it, and, in a SQLite built with SQLITE_ENABLE_STAT4 (as the one
+/// here is), `sqlite_stat4` too, which D1 does not have: that one is dropped again unless the
+/// file had it. A new file gets D1's rows, rowids included; an existing one (`missing`) gets the
+/// rows of the tables it has no statistics of.
+fn write_statistics(
+    tx: &rusqlite::Transaction<'_>,
+    schema: &Schema,
+    only_missing: bool,
+) -> Result<()> {
+    if schema.stat1.is_empty() {
+        return Ok(());
+    }
+    if !has_table(tx, "sqlite_stat1")? {
+        let had_stat4 = has_table(tx, "sqlite_stat4")?;
+        tx.execute_batch("ANALYZE sqlite_schema")?;
+        if !had_stat4 && has_table(tx, "sqlite_stat4")? {
+            tx.execute_batch("DROP TABLE sqlite_stat4")?;
+        }
+    }
+    // Tables the file already has statistics of (an existing file's own ANALYZE) keep them.
+    let kept: Vec<String> = if only_missing {
+        let mut stmt = tx.prepare("SELECT DISTINCT tbl FROM sqlite_stat1")?;
+        let rows = stmt.query_map([], |r| r.get::<_, Option<String>>(0))?;
+        let tables: Vec<Option<String>> = rows.collect::<rusqlite::Result<_>>()?;
+        tables.into_iter().flatten().collect()
+    } else {
+        Vec::new()
+    };
+    for s in &schema.stat1 {
+        let (idx, stat) = (
+            crate::source::to_sql(&s.idx),
+            crate::source::to_sql(&s.stat),
+        );
+        if only_missing {
+            if !kept.iter().any(|k| k.eq_ignore_ascii_case(&s.tbl)) {
+                tx.execute(
+                    "INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![s.tbl, idx, stat],
+                )?;
+            }
+        } else {
+            tx.execute(
+                "INSERT INTO sqlite_stat1 (rowid, tbl, idx, stat) VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![s.rowid, s.tbl, idx, stat],
             )?;
         }
     }

@@ -1,5 +1,6 @@
 //! The target's schema: what D1 already holds, creating what it lacks (tables before the data;
-//! indexes, views and triggers after it) with idempotent DDL, and `sqlite_sequence`.
+//! indexes, views and triggers after it) with idempotent DDL, `sqlite_sequence`, and the
+//! planner's statistics (`sqlite_stat1`).
 
 use std::collections::HashMap;
 
@@ -126,14 +127,113 @@ pub fn copy_sequence(client: &D1Client, schema: &Schema) -> Result<()> {
     send_sequence(client, &sequence_statements(schema))
 }
 
+/// Sets the target's `sqlite_sequence` and `sqlite_stat1` rows of the copied tables to the
+/// source's ([`after_data_statements`]).
+pub fn copy_after_data(client: &D1Client, schema: &Schema) -> Result<()> {
+    send_sequence(client, &after_data_statements(schema))
+}
+
 fn send_sequence(client: &D1Client, statements: &[String]) -> Result<()> {
     if statements.is_empty() {
         return Ok(());
     }
-    client
-        .execute(statements)
-        .map_err(|f| Error::Refused(format!("setting sqlite_sequence on D1: {}", f.error)))?;
+    client.execute(statements).map_err(|f| {
+        Error::Refused(format!(
+            "setting sqlite_sequence and sqlite_stat1 on D1: {}",
+            f.error
+        ))
+    })?;
     Ok(())
+}
+
+/// What follows the data in the request of the next DDL: `sqlite_sequence`
+/// ([`sequence_statements`]) and the planner's statistics ([`statistics_statements`]). Each is
+/// idempotent, so a request whose answer was lost is simply sent again.
+pub fn after_data_statements(schema: &Schema) -> Vec<String> {
+    let mut out = sequence_statements(schema);
+    out.extend(statistics_statements(schema));
+    out
+}
+
+/// A statement of the statistics' lists stays under this many bytes (D1 takes 100,000).
+const STATISTICS_STATEMENT_BYTES: usize = 50_000;
+
+/// The statements that set the target's `sqlite_stat1` rows of the copied tables to the
+/// source's, rowids included (none when the source has none): `ANALYZE sqlite_schema` creates
+/// the table where it is missing (analysing nothing: SQLite's own tables are never analysed),
+/// then the copied tables' rows are replaced. D1's rows of other tables (its own `_cf_*`, tables
+/// not copied) are kept; where one holds a source's rowid, D1 numbers the row.
+pub fn statistics_statements(schema: &Schema) -> Vec<String> {
+    if schema.stat1.is_empty() {
+        return Vec::new();
+    }
+    let mut names: Vec<String> = Vec::new();
+    for name in schema
+        .tables
+        .iter()
+        .map(|t| &t.name)
+        .chain(schema.stat1.iter().map(|s| &s.tbl))
+    {
+        let quoted = quote_text(name);
+        if !names.contains(&quoted) {
+            names.push(quoted);
+        }
+    }
+    let mut out = vec!["ANALYZE sqlite_schema".to_string()];
+    out.extend(chunked(
+        "DELETE FROM sqlite_stat1 WHERE tbl COLLATE NOCASE IN (",
+        names,
+        ", ",
+        ")",
+    ));
+    let rows = schema.stat1.iter().map(|s| {
+        format!(
+            "(CASE WHEN EXISTS (SELECT 1 FROM sqlite_stat1 WHERE rowid = {0}) THEN NULL ELSE {0} END, {1}, {2}, {3})",
+            s.rowid,
+            quote_text(&s.tbl),
+            s.idx.literal(),
+            s.stat.literal()
+        )
+    });
+    out.extend(chunked(
+        "INSERT INTO sqlite_stat1 (rowid, tbl, idx, stat) VALUES ",
+        rows,
+        ", ",
+        "",
+    ));
+    out
+}
+
+/// `head item, item, ... tail` statements of at most [`STATISTICS_STATEMENT_BYTES`] each (an
+/// item longer than that alone in its own).
+fn chunked(
+    head: &str,
+    items: impl IntoIterator<Item = String>,
+    separator: &str,
+    tail: &str,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for item in items {
+        if !current.is_empty()
+            && current.len() + separator.len() + item.len() + tail.len()
+                > STATISTICS_STATEMENT_BYTES
+        {
+            current.push_str(tail);
+            out.push(std::mem::take(&mut current));
+        }
+        if current.is_empty() {
+            current.push_str(head);
+        } else {
+            current.push_str(separator);
+        }
+        current.push_str(&item);
+    }
+    if !current.is_empty() {
+        current.push_str(tail);
+        out.push(current);
+    }
+    out
 }
 
 /// The statements that set the target's `sqlite_sequence` rows of the copied tables (none when

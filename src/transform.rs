@@ -659,6 +659,21 @@ fn convert_fts(schema: &mut Schema) -> Result<Vec<FtsConversion>> {
             lost,
         });
     }
+    // The statistics of their FTS3/FTS4 shadow tables describe tables D1 will not have.
+    let shadow_of_converted = |tbl: &str| {
+        let lower = tbl.to_lowercase();
+        schema.table(tbl).is_none()
+            && out
+                .iter()
+                .any(|f| lower.starts_with(&format!("{}_", f.table.to_lowercase())))
+    };
+    let keep: Vec<bool> = schema
+        .stat1
+        .iter()
+        .map(|s| !shadow_of_converted(&s.tbl))
+        .collect();
+    let mut keep = keep.into_iter();
+    schema.stat1.retain(|_| keep.next().unwrap_or(true));
     Ok(out)
 }
 
@@ -1022,6 +1037,50 @@ pub fn apply(transform: &Transform, conn: &Connection, schema: &Schema) -> Resul
             ..s.clone()
         })
         .collect();
+    // The planner's statistics travel with a table whose rows and values are the source's
+    // (renamed, or with columns dropped or renamed, the numbers still hold); a table whose rows
+    // are filtered or whose values are computed would get numbers that describe other data.
+    target.stat1 = Vec::new();
+    let mut reshaped: Vec<&str> = Vec::new();
+    for s in &schema.stat1 {
+        let reshaping = tables
+            .iter()
+            .find(|(t, _, _)| t.name.eq_ignore_ascii_case(&s.tbl));
+        if let Some((t, ts, _)) =
+            reshaping.filter(|(_, ts, _)| ts.filter.is_some() || !ts.set.is_empty())
+        {
+            if !reshaped.contains(&t.name.as_str()) {
+                reshaped.push(&t.name);
+                let why = if ts.filter.is_some() {
+                    "filters its rows"
+                } else {
+                    "computes values"
+                };
+                target.skipped.push((
+                    format!("sqlite_stat1 of {}", t.name),
+                    format!(
+                        "the transform {why} of table {:?}, so the source's planner statistics \
+                         (sqlite_stat1) would not describe D1's rows: not copied; run ANALYZE {} \
+                         on D1 once the data is in",
+                        t.name,
+                        quote_ident(&d1_name(&t.name))
+                    ),
+                ));
+            }
+            continue;
+        }
+        // An index left out has no statistics on D1.
+        let left_out = matches!(&s.idx, Value::Text(idx) if left_out.iter().any(|o| {
+            o.strip_prefix("index ")
+                .is_some_and(|n| n.as_bytes().eq_ignore_ascii_case(idx))
+        }));
+        if !left_out {
+            target.stat1.push(crate::discover::StatRow {
+                tbl: d1_name(&s.tbl),
+                ..s.clone()
+            });
+        }
+    }
 
     // 4. The reads, and the mappings.
     let mut reads = HashMap::new();
@@ -1237,6 +1296,53 @@ mod tests {
         assert_eq!(
             t.read_from("customers"),
             "(SELECT \"Id\" AS \"Id\", \"Name\" AS \"Name\", \"Email\" AS \"email\", \"Tenant\" AS \"Tenant\" FROM main.\"Customer\")"
+        );
+    }
+
+    /// The planner's statistics go with a table whose rows and values are the source's, under
+    /// its D1 name (an index left out has none); a filtered table's are left behind and told.
+    #[test]
+    fn statistics_travel_with_renamed_tables_and_stay_behind_for_filtered_ones() {
+        let db = source();
+        db.execute_batch("CREATE INDEX CustomerByName ON Customer(Name); ANALYZE")
+            .unwrap();
+        let schema = discover(&SqliteCatalog(&db)).unwrap();
+        let t = apply(
+            &transform(
+                "leave_out = [\"CustomerByFax\"]\n[table.Customer]\nrename = \"customers\"\n\
+                 drop = [\"Fax\"]\n[table.Invoice]\nwhere = \"Total > 2\"\n",
+            ),
+            &db,
+            &schema,
+        )
+        .unwrap();
+        let rows: Vec<(&str, Value)> = t
+            .schema
+            .stat1
+            .iter()
+            .map(|s| (s.tbl.as_str(), s.idx.clone()))
+            .collect();
+        assert_eq!(
+            rows,
+            [("customers", Value::Text(b"CustomerByName".to_vec()))]
+        );
+        let (name, why) = t
+            .schema
+            .skipped
+            .iter()
+            .find(|(n, _)| n.starts_with("sqlite_stat1"))
+            .unwrap();
+        assert_eq!(name, "sqlite_stat1 of Invoice");
+        assert!(
+            why.contains("filters its rows") && why.contains("ANALYZE \"Invoice\""),
+            "{why}"
+        );
+        let findings = crate::compat::check_schema(&t.schema);
+        assert!(
+            findings
+                .iter()
+                .any(|f| f.kind == "planner_statistics" && f.object == "sqlite_stat1 of Invoice"),
+            "{findings:?}"
         );
     }
 

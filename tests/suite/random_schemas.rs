@@ -12,7 +12,8 @@
 //! INTEGER PRIMARY KEY aliases, AUTOINCREMENT, WITHOUT ROWID keys of 1-12 columns, STRICT,
 //! generated columns, CHECKs, partial and expression indexes, views, triggers writing other
 //! tables, FTS5 with internal and external content; values over every storage class and edge,
-//! BLOBs up to a row just under 2 MB, 0 rows to several requests per table). proptest shrinks
+//! BLOBs up to a row just under 2 MB, 0 rows to several requests per table; the planner's
+//! statistics of `ANALYZE` in half the cases). proptest shrinks
 //! the sizes and switches of a failing case; the failure prints the knobs to replay it with
 //! `D1M_FUZZ_REPLAY`.
 //!
@@ -917,6 +918,14 @@ fn generate(k: &Knobs) -> Database {
                 ));
             }
         }
+    }
+    // The planner's statistics, as applications leave them (`ANALYZE`, `PRAGMA optimize`), in
+    // half the cases; drawn last, so a case's other choices stay what its seed made them. The
+    // SQLite here writes `sqlite_stat4` too, which D1 lacks: dropped, as a SQLite built without
+    // SQLITE_ENABLE_STAT4 (most) never makes it.
+    if rng.random_bool(0.5) {
+        after.push("ANALYZE".into());
+        after.push("DROP TABLE IF EXISTS sqlite_stat4".into());
     }
     Database { tables, after }
 }

@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::harness::{fresh, read_json, stderr, Run};
-use crate::shapes::round_trip;
+use crate::harness::{fresh, read_json, sqldiff, stderr, Run};
+use crate::shapes::{round_trip, round_trip_into};
 
 fn create(dir: &Path, name: &str, sql: &str) -> PathBuf {
     let path = dir.join(name);
@@ -156,7 +156,7 @@ fn rtree_tables_are_refused_before_any_write() {
 }
 
 /// D1 refuses `PRAGMA user_version` and `application_id`, and the run dropped them (and the
-/// planner's statistics, `sqlite_stat1`) without a word: an application that reads its schema version from `user_version` would migrate again
+/// planner's statistics, `sqlite_stat1`, copied since) without a word: an application that reads its schema version from `user_version` would migrate again
 /// on a rolled-back file. Each is told now: a warning of the run, a dry-run finding, an entry of
 /// the report's `skipped` with the statement that sets it again.
 #[test]
@@ -180,16 +180,32 @@ fn user_version_and_application_id_are_told_not_dropped_silently() {
         stderr(&out)
     );
     let findings = read_json(&report)["dry_run"]["findings"].clone();
-    // The planner's statistics (ANALYZE) are not copied either: the dry run says how to make them.
+    // The planner's statistics: `sqlite_stat1` is copied (see the next test); the sampled
+    // `sqlite_stat4` that this SQLite's ANALYZE writes too is not (D1 has none), and is told.
+    let planner: Vec<&serde_json::Value> = findings
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "planner_statistics")
+        .collect();
     assert!(
-        findings
+        planner.len() == 1
+            && planner[0]["object"] == "sqlite_stat4"
+            && planner[0]["severity"] == "warning"
+            && planner[0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("D1 has no sqlite_stat4"),
+        "{findings}"
+    );
+    let after = read_json(&report)["dry_run"]["objects_after_data"].clone();
+    assert!(
+        after
             .as_array()
             .unwrap()
             .iter()
-            .any(|f| f["kind"] == "planner_statistics"
-                && f["object"] == "sqlite_stat1"
-                && f["message"].as_str().unwrap().contains("run ANALYZE on D1")),
-        "{findings}"
+            .any(|o| o == "sqlite_stat1: the planner's statistics, 1 row"),
+        "{after}"
     );
     for pragma in ["PRAGMA user_version", "PRAGMA application_id"] {
         assert!(
@@ -222,6 +238,107 @@ fn user_version_and_application_id_are_told_not_dropped_silently() {
                 && s["reason"].as_str().unwrap().contains("= 42")),
         "{skipped}"
     );
+}
+
+/// `sqlite_stat1` of a file (or of D1's file), `_cf_*` rows aside: rowid, tbl, idx, stat.
+fn stat1_of(path: &Path) -> Vec<(i64, String, Option<String>, String)> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT rowid, tbl, idx, stat FROM sqlite_stat1 \
+             WHERE tbl NOT LIKE '\\_cf\\_%' ESCAPE '\\' ORDER BY rowid",
+        )
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap();
+    rows.collect::<rusqlite::Result<_>>().unwrap()
+}
+
+/// The planner's statistics (`sqlite_stat1`, written by `ANALYZE` and by `PRAGMA optimize`, which
+/// many applications run) were left behind with a note: D1 planned queries without them, and a
+/// copy rolled back was not the source (`sqldiff` printed `DROP TABLE sqlite_stat1;`). They travel
+/// now, after the data and indexes, and come back from D1. The sources are made as a SQLite built
+/// without SQLITE_ENABLE_STAT4 (Debian's CLI, most platforms' SQLite) makes them: the SQLite here
+/// has it and writes `sqlite_stat4` too, which D1 does not have (see the next test).
+#[test]
+fn planner_statistics_from_analyze_and_pragma_optimize_round_trip_exactly() {
+    let schema = r#"
+        CREATE TABLE parent(id INTEGER PRIMARY KEY, name TEXT UNIQUE, kind TEXT);
+        CREATE INDEX parent_kind ON parent(kind);
+        CREATE TABLE child(id INTEGER PRIMARY KEY, parent INTEGER REFERENCES parent(id), v REAL);
+        CREATE INDEX child_parent_v ON child(parent, v);
+        CREATE TABLE wr(a TEXT, b INTEGER, c, PRIMARY KEY (a, b)) WITHOUT ROWID;
+        CREATE TABLE "odd ""name"" é"(x, y);
+        CREATE INDEX "odd idx" ON "odd ""name"" é"(y);
+        CREATE TABLE plain(x);
+        WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300)
+        INSERT INTO parent SELECT i, 'p' || i, 'k' || (i % 7) FROM n;
+        WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 900)
+        INSERT INTO child SELECT i, 1 + i % 300, i / 3.0 FROM n;
+        WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 120)
+        INSERT INTO wr SELECT 'a' || (i % 10), i, NULL FROM n;
+        WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50)
+        INSERT INTO "odd ""name"" é" SELECT i, i % 4 FROM n;
+        INSERT INTO plain VALUES (1), (2), (3);
+    "#;
+    let fts = "CREATE VIRTUAL TABLE docs USING fts5(body);
+        INSERT INTO docs(body) VALUES ('one two'), ('two three'), ('three four');";
+    for (name, statistics) in [
+        // With an FTS5 table: loaded table by table.
+        ("analyze.sqlite", format!("{fts} ANALYZE;")),
+        // What applications run on opening (SQLite's advice; 0x10000: every table, as SQLite
+        // judges it worth it). Without virtual tables, small: the compact load.
+        (
+            "optimize.sqlite",
+            "SELECT count(*) FROM child WHERE parent = 3; PRAGMA optimize = 0x10002;".to_string(),
+        ),
+    ] {
+        let (d1, db, dir) = fresh();
+        let source = create(
+            dir.path(),
+            name,
+            &format!("{schema} {statistics} DROP TABLE IF EXISTS sqlite_stat4;"),
+        );
+        let stats = stat1_of(&source);
+        assert!(
+            stats
+                .iter()
+                .any(|(_, t, i, _)| t == "child" && i.as_deref() == Some("child_parent_v")),
+            "{name}: the source has statistics: {stats:?}"
+        );
+        // The shapes: a table without index (idx NULL), a WITHOUT ROWID table's key, an FTS5
+        // index's shadow tables.
+        for table in ["plain", "wr", "docs_idx"] {
+            if table == "docs_idx" && name == "optimize.sqlite" {
+                continue;
+            }
+            assert!(
+                stats.iter().any(|(_, t, ..)| t == table),
+                "{name}: {table} has statistics: {stats:?}"
+            );
+        }
+        round_trip_into(d1, &db, dir.path(), &source, &[]);
+        assert_eq!(stat1_of(d1.file(&db)), stats, "{name}: D1's sqlite_stat1");
+        let back = dir.path().join("back.sqlite");
+        assert_eq!(
+            stat1_of(&back),
+            stats,
+            "{name}: the rolled-back sqlite_stat1"
+        );
+        if name != "optimize.sqlite" {
+            continue;
+        }
+        // Sent again (a run resumed before its checkpoint recorded them; here the whole copy,
+        // table by table into the filled database), they are the same. (Without FTS5, whose
+        // index a second fill splits into other segments.)
+        Run::new(d1, &db, &source)
+            .env("MIGRATION_STATE_DIR", dir.path().join("again"))
+            .ok();
+        assert_eq!(stat1_of(d1.file(&db)), stats, "{name}: D1's, sent again");
+        let diff = sqldiff(&source, d1.file(&db));
+        assert!(diff.is_empty(), "{name}: {diff:?}");
+    }
 }
 
 /// The rows of every table of a file, read through SQLite (which gives UTF-16 text as UTF-8).
