@@ -287,7 +287,53 @@ pub fn is_d1_internal(name: &str) -> bool {
 /// every table's columns, keys and unique sets (a catalog across a network answers each round
 /// in one request, see [`Catalog::query_many`]).
 pub fn discover(db: &dyn Catalog) -> Result<Schema> {
-    discover_rounds(db, &[], false, true)
+    discover_rounds(db, &[], false, true, false)
+}
+
+/// [`discover`] in one round of queries where the catalog allows it: every table's columns,
+/// keys and unique sets are asked for beside the lists (the pragma functions joined to
+/// `pragma_table_list`), and `sqlite_sequence` with them. A catalog without `sqlite_sequence`
+/// (or with `sqlite_stat1`) takes a second round; one that refuses the joined queries, the
+/// rounds of [`discover`]. A catalog across a network (a rollback's D1) saves a round trip.
+pub fn discover_at_once(db: &dyn Catalog) -> Result<Schema> {
+    discover_rounds(db, &[], true, true, true)
+        .or_else(|_| discover_rounds(db, &[], false, true, true))
+        .or_else(|_| discover(db))
+}
+
+/// Every table's columns, foreign keys and unique sets, each row led by the table's name:
+/// [`table_queries`] of every table at once. The outer loop's filter keeps SQLite's and D1's
+/// own tables (whose pragmas D1 refuses) from the pragma functions.
+fn all_tables_queries() -> [String; 3] {
+    let filter = "WHERE m.schema = 'main' AND m.type IN ('table', 'virtual') \
+        AND m.name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND m.name NOT LIKE '\\_cf\\_%' ESCAPE '\\'";
+    [
+        format!(
+            "SELECT m.name, c.name, c.type, c.\"notnull\", c.pk, c.hidden FROM pragma_table_list AS m \
+             JOIN pragma_table_xinfo(m.name) AS c {filter} ORDER BY m.name, c.cid"
+        ),
+        format!(
+            "SELECT m.name, f.id, f.\"table\", f.\"from\", f.\"to\" FROM pragma_table_list AS m \
+             JOIN pragma_foreign_key_list(m.name) AS f {filter} ORDER BY m.name, f.id, f.seq"
+        ),
+        format!(
+            "SELECT m.name, il.name, ii.name, il.origin FROM pragma_table_list AS m \
+             JOIN pragma_index_list(m.name) AS il JOIN pragma_index_info(il.name) AS ii {filter} \
+             AND il.\"unique\" ORDER BY m.name, il.seq, ii.seqno"
+        ),
+    ]
+}
+
+/// Rows led by a table's name, grouped by it (the name taken off).
+fn by_table(rows: Vec<Vec<Value>>) -> HashMap<String, Vec<Vec<Value>>> {
+    let mut out: HashMap<String, Vec<Vec<Value>>> = HashMap::new();
+    for mut row in rows {
+        if !row.is_empty() {
+            let name = text(&row.remove(0));
+            out.entry(name).or_default().push(row);
+        }
+    }
+    out
 }
 
 /// [`discover`], asking for the columns, keys and unique sets of the `expected` tables in the
@@ -297,8 +343,8 @@ pub fn discover(db: &dyn Catalog) -> Result<Schema> {
 /// round, which is then asked again without it. The planner's statistics (`sqlite_stat1`) are
 /// not read: a comparison does not need them.
 pub fn discover_expecting(db: &dyn Catalog, expected: &[String], sequence: bool) -> Result<Schema> {
-    match discover_rounds(db, expected, sequence, false) {
-        Err(_) if sequence => discover_rounds(db, expected, false, false),
+    match discover_rounds(db, expected, sequence, false, false) {
+        Err(_) if sequence => discover_rounds(db, expected, false, false, false),
         done => done,
     }
 }
@@ -308,6 +354,7 @@ fn discover_rounds(
     expected: &[String],
     sequence: bool,
     statistics: bool,
+    at_once: bool,
 ) -> Result<Schema> {
     let mut schema = Schema::default();
     // D1 refuses the pragmas on its own tables.
@@ -320,6 +367,9 @@ fn discover_rounds(
     for name in &expected {
         queries.extend(table_queries(name));
     }
+    if at_once {
+        queries.extend(all_tables_queries());
+    }
     if sequence {
         queries.push(SEQUENCE_SQL.to_string());
     }
@@ -328,10 +378,23 @@ fn discover_rounds(
         first.next().unwrap_or_default(),
         first.next().unwrap_or_default(),
     );
-    let mut early: HashMap<&str, [Vec<Vec<Value>>; 3]> = HashMap::new();
+    let mut early: HashMap<String, [Vec<Vec<Value>>; 3]> = HashMap::new();
     for name in &expected {
         let mut next = || first.next().unwrap_or_default();
-        early.insert(name.as_str(), [next(), next(), next()]);
+        early.insert(name.to_string(), [next(), next(), next()]);
+    }
+    if at_once {
+        let mut next = || by_table(first.next().unwrap_or_default());
+        let (mut columns, mut keys, mut uniques) = (next(), next(), next());
+        // A table with no foreign keys or unique sets has no rows in those queries.
+        for r in &list {
+            let name = text(&r[0]);
+            if let Some(c) = columns.remove(&name) {
+                let k = keys.remove(&name).unwrap_or_default();
+                let u = uniques.remove(&name).unwrap_or_default();
+                early.insert(name, [c, k, u]);
+            }
+        }
     }
     let kind_of = |name: &str| {
         list.iter()
@@ -389,7 +452,7 @@ fn discover_rounds(
     let early_sequence = sequence.then(|| first.next().unwrap_or_default());
     let has_sequence = list.iter().any(|r| text(&r[0]) == "sqlite_sequence");
     let mut second = Vec::new();
-    for (name, ..) in found.iter().filter(|f| !early.contains_key(f.0.as_str())) {
+    for (name, ..) in found.iter().filter(|f| !early.contains_key(&f.0)) {
         second.extend(table_queries(name));
     }
     if has_sequence && early_sequence.is_none() {
@@ -405,7 +468,7 @@ fn discover_rounds(
         db.query_many(&second)?.into_iter()
     };
     for (name, sql, list_type, without_rowid) in found {
-        let [column_rows, keys, uniques] = match early.remove(name.as_str()) {
+        let [column_rows, keys, uniques] = match early.remove(&name) {
             Some(answered) => answered,
             None => {
                 let mut next = || answers.next().unwrap_or_default();

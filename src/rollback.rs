@@ -17,7 +17,7 @@ use rusqlite::{Connection, ToSql};
 
 use crate::config::{Config, RollbackMode};
 use crate::d1::D1Client;
-use crate::discover::{discover, select_tables, Schema};
+use crate::discover::{discover_at_once, select_tables, Schema};
 use crate::error::{Error, Result};
 use crate::pack::Shape;
 use crate::progress::Progress;
@@ -51,7 +51,7 @@ pub fn rollback(
             path.display()
         )));
     }
-    let mut schema = discover(&D1Catalog(client))?;
+    let mut schema = discover_at_once(&D1Catalog(client))?;
     select_tables(&mut schema, &config.tables, &config.exclude_tables)?;
     report.set_skipped(&schema.skipped);
 
