@@ -287,7 +287,17 @@ pub fn is_d1_internal(name: &str) -> bool {
 /// every table's columns, keys and unique sets (a catalog across a network answers each round
 /// in one request, see [`Catalog::query_many`]).
 pub fn discover(db: &dyn Catalog) -> Result<Schema> {
-    discover_rounds(db, &[], false, true, false)
+    discover_rounds(db, &[], false, Stat1::Listed, false)
+}
+
+/// Whether, and when, `sqlite_stat1` is read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stat1 {
+    Skip,
+    /// In the second round, when the lists hold it.
+    Listed,
+    /// In the first round: a target expected to hold it.
+    Expected,
 }
 
 /// [`discover`] in one round of queries where the catalog allows it: every table's columns,
@@ -296,8 +306,8 @@ pub fn discover(db: &dyn Catalog) -> Result<Schema> {
 /// (or with `sqlite_stat1`) takes a second round; one that refuses the joined queries, the
 /// rounds of [`discover`]. A catalog across a network (a rollback's D1) saves a round trip.
 pub fn discover_at_once(db: &dyn Catalog) -> Result<Schema> {
-    discover_rounds(db, &[], true, true, true)
-        .or_else(|_| discover_rounds(db, &[], false, true, true))
+    discover_rounds(db, &[], true, Stat1::Listed, true)
+        .or_else(|_| discover_rounds(db, &[], false, Stat1::Listed, true))
         .or_else(|_| discover(db))
 }
 
@@ -340,11 +350,28 @@ fn by_table(rows: Vec<Vec<Value>>) -> HashMap<String, Vec<Vec<Value>>> {
 /// first round already (a table that does not exist answers no rows), and for `sqlite_sequence`
 /// when `sequence` expects it: when the catalog holds just those (a target validated against
 /// its source), one round trip reads it all. A `sqlite_sequence` expected and absent fails that
-/// round, which is then asked again without it. The planner's statistics (`sqlite_stat1`) are
-/// not read: a comparison does not need them.
-pub fn discover_expecting(db: &dyn Catalog, expected: &[String], sequence: bool) -> Result<Schema> {
-    match discover_rounds(db, expected, sequence, false, false) {
-        Err(_) if sequence => discover_rounds(db, expected, false, false, false),
+/// round, which is then asked again without it. With `statistics`, `sqlite_stat1` is read too:
+/// in the first round when tables are expected (it is then expected too), else in the second.
+pub fn discover_expecting(
+    db: &dyn Catalog,
+    expected: &[String],
+    sequence: bool,
+    statistics: bool,
+) -> Result<Schema> {
+    let stat1 = match (statistics, expected.is_empty()) {
+        (false, _) => Stat1::Skip,
+        (true, true) => Stat1::Listed,
+        (true, false) => Stat1::Expected,
+    };
+    match discover_rounds(db, expected, sequence, stat1, false) {
+        Err(_) if sequence || stat1 == Stat1::Expected => {
+            let stat1 = if statistics {
+                Stat1::Listed
+            } else {
+                Stat1::Skip
+            };
+            discover_rounds(db, expected, false, stat1, false)
+        }
         done => done,
     }
 }
@@ -353,7 +380,7 @@ fn discover_rounds(
     db: &dyn Catalog,
     expected: &[String],
     sequence: bool,
-    statistics: bool,
+    stat1: Stat1,
     at_once: bool,
 ) -> Result<Schema> {
     let mut schema = Schema::default();
@@ -372,6 +399,9 @@ fn discover_rounds(
     }
     if sequence {
         queries.push(SEQUENCE_SQL.to_string());
+    }
+    if stat1 == Stat1::Expected {
+        queries.push(STAT1_SQL.to_string());
     }
     let mut first = db.query_many(&queries)?.into_iter();
     let (list, rows) = (
@@ -450,6 +480,7 @@ fn discover_rounds(
     }
 
     let early_sequence = sequence.then(|| first.next().unwrap_or_default());
+    let early_stat1 = (stat1 == Stat1::Expected).then(|| first.next().unwrap_or_default());
     let has_sequence = list.iter().any(|r| text(&r[0]) == "sqlite_sequence");
     let mut second = Vec::new();
     for (name, ..) in found.iter().filter(|f| !early.contains_key(&f.0)) {
@@ -458,8 +489,9 @@ fn discover_rounds(
     if has_sequence && early_sequence.is_none() {
         second.push(SEQUENCE_SQL.to_string());
     }
-    let has_stat1 = statistics && list.iter().any(|r| text(&r[0]) == "sqlite_stat1");
-    if has_stat1 {
+    let has_stat1 = early_stat1.is_some()
+        || (stat1 == Stat1::Listed && list.iter().any(|r| text(&r[0]) == "sqlite_stat1"));
+    if has_stat1 && early_stat1.is_none() {
         second.push(STAT1_SQL.to_string());
     }
     let mut answers = if second.is_empty() {
@@ -522,7 +554,11 @@ fn discover_rounds(
         }
     }
     if has_stat1 {
-        for row in answers.next().unwrap_or_default() {
+        let rows = match early_stat1 {
+            Some(rows) => rows,
+            None => answers.next().unwrap_or_default(),
+        };
+        for row in rows {
             schema.stat1.push(StatRow {
                 rowid: int(&row[0]),
                 tbl: text(&row[1]),

@@ -63,7 +63,11 @@ impl<'a> Sides<'a> {
             Vec::new()
         };
         let sequence = forward && !sqlite_schema.sequence.is_empty();
-        let d1_schema = discover_expecting(&D1Catalog(client), &expected, sequence)?;
+        // The planner's statistics are compared (a warning when they differ): forward, D1's
+        // when the source has some (asked for in the same round trip); back, always (D1's come
+        // with its tables' columns).
+        let statistics = !forward || !sqlite_schema.stat1.is_empty();
+        let d1_schema = discover_expecting(&D1Catalog(client), &expected, sequence, statistics)?;
         let (mut source_schema, target_schema) = if forward {
             (sqlite_schema, d1_schema)
         } else {

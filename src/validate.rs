@@ -657,6 +657,15 @@ pub fn validate_rechecked(
                 .push(format!("index {index:?} exists only on the target"));
         }
     }
+    // The planner's statistics change no answer: a difference is told, not failed.
+    for (table, warning) in compare_statistics(source_schema, target_schema) {
+        if let Some(t) = tables
+            .iter_mut()
+            .find(|t| t.table.eq_ignore_ascii_case(&table))
+        {
+            t.warnings.push(warning);
+        }
+    }
     Ok(Validation {
         ok: tables.iter().all(|t| t.ok) && index_problems.is_empty(),
         full: options.all_rows,
@@ -829,6 +838,59 @@ fn compare_indexes(source: &Schema, target: &Schema) -> (Vec<String>, Vec<(Strin
         .map(|(n, t)| (t.clone(), n.clone()))
         .collect();
     (problems, extra)
+}
+
+/// Tables (and shadow tables) whose `sqlite_stat1` rows differ, as (the validated table, a
+/// warning). The target's statistics are compared only when they were read (see `sides`).
+fn compare_statistics(source: &Schema, target: &Schema) -> Vec<(String, String)> {
+    let rows = |s: &Schema, tbl: &str| -> Vec<String> {
+        let mut r: Vec<String> = s
+            .stat1
+            .iter()
+            .filter(|r| r.tbl.eq_ignore_ascii_case(tbl))
+            .map(|r| format!("{} {}", r.idx.literal(), r.stat.literal()))
+            .collect();
+        r.sort();
+        r
+    };
+    let mut names: Vec<String> = Vec::new();
+    for r in source.stat1.iter().chain(&target.stat1) {
+        if !names.iter().any(|n| n.eq_ignore_ascii_case(&r.tbl)) {
+            names.push(r.tbl.clone());
+        }
+    }
+    let mut out = Vec::new();
+    for tbl in names {
+        let (a, b) = (rows(source, &tbl), rows(target, &tbl));
+        if a == b {
+            continue;
+        }
+        // The validated table it belongs to: itself, or the virtual table it is a shadow of.
+        let lower = tbl.to_lowercase();
+        let owner = source.table(&tbl).map(|t| t.name.clone()).or_else(|| {
+            source
+                .tables
+                .iter()
+                .find(|t| {
+                    t.is_virtual() && lower.starts_with(&format!("{}_", t.name.to_lowercase()))
+                })
+                .map(|t| t.name.clone())
+        });
+        if let Some(owner) = owner {
+            out.push((
+                owner,
+                format!(
+                    "the planner's statistics (sqlite_stat1) of {tbl:?} differ: the source has \
+                     [{}], the target [{}] (they change query plans, not answers; ANALYZE {} on \
+                     the target remakes them)",
+                    a.join("; "),
+                    b.join("; "),
+                    crate::value::quote_ident(&tbl)
+                ),
+            ));
+        }
+    }
+    out
 }
 
 /// The canonical bytes of a row, and of its key.

@@ -338,6 +338,40 @@ fn planner_statistics_from_analyze_and_pragma_optimize_round_trip_exactly() {
         assert_eq!(stat1_of(d1.file(&db)), stats, "{name}: D1's, sent again");
         let diff = sqldiff(&source, d1.file(&db));
         assert!(diff.is_empty(), "{name}: {diff:?}");
+        // Validation compares them: statistics that differ are a warning of their table (they
+        // change plans, not answers), and the run still exits 0.
+        let warnings = |report: &Path| -> Vec<String> {
+            let json = read_json(report);
+            let tables = json["validation"]["tables"].as_array().unwrap().clone();
+            tables
+                .iter()
+                .filter(|t| t["table"] == "child")
+                .flat_map(|t| t["warnings"].as_array().unwrap().clone())
+                .map(|w| w.as_str().unwrap().to_string())
+                .filter(|w| w.contains("sqlite_stat1"))
+                .collect()
+        };
+        let report = dir.path().join("validate.json");
+        let validate = || {
+            Run::new(d1, &db, &source)
+                .env("MIGRATION_MODE", "validate")
+                .env("MIGRATION_REPORT", &report)
+                .ok()
+        };
+        validate();
+        assert!(warnings(&report).is_empty(), "{:?}", warnings(&report));
+        d1.sql(
+            &db,
+            &["UPDATE sqlite_stat1 SET stat = '900 1 1' WHERE tbl = 'child'"],
+        );
+        validate();
+        let told = warnings(&report);
+        assert!(
+            told.len() == 1
+                && told[0].contains("'900 1 1'")
+                && told[0].contains("ANALYZE \"child\""),
+            "{told:?}"
+        );
     }
 }
 
