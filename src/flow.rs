@@ -351,6 +351,16 @@ impl Permits {
         }
     }
 
+    /// A permit if one is free now, without waiting.
+    pub fn try_take(&self) -> Option<Permit<'_>> {
+        let mut free = self.free.lock().expect("permits lock");
+        if *free == 0 {
+            return None;
+        }
+        *free -= 1;
+        Some(Permit { permits: self })
+    }
+
     /// Waits for a permit, held until the guard is dropped.
     pub fn take(&self) -> Permit<'_> {
         let mut free = self.free.lock().expect("permits lock");

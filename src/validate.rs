@@ -355,7 +355,169 @@ impl<'a> Walker<'a> {
 
     /// Walks the rows with keys in `range`: source pages in key order, the same key range read
     /// from the target; then what the target holds beyond the source's last key in the range.
+    ///
+    /// A walker sharing permits reads ahead: while the target's rows of one page are on their
+    /// way, the next page is read from the source and the target asked for its rows, when a
+    /// permit is free for it (a walker never waits for a permit while holding one, so walkers
+    /// cannot hold each other up). Pages are handed to `each` in key order.
     pub fn walk(&self, range: &KeyRange, each: &mut dyn FnMut(Page) -> Result<()>) -> Result<()> {
+        match self.permits {
+            Some(permits) => self.walk_ahead(range, permits, each),
+            None => self.walk_plain(range, each),
+        }
+    }
+
+    /// [`Walker::walk`] reading ahead, one page at most, each page under a permit.
+    fn walk_ahead(
+        &self,
+        range: &KeyRange,
+        permits: &Permits,
+        each: &mut dyn FnMut(Page) -> Result<()>,
+    ) -> Result<()> {
+        let keys = self.keys_sql();
+        let (mut after, upto) = range.clone();
+        let budget = || self.source.page_bytes().min(self.target.page_bytes());
+        let mut per_row = self.row_bytes;
+        let mut page = match per_row {
+            Some(b) => (budget() / b).clamp(1, self.first_page),
+            None => self.first_page,
+        };
+        let bounds = |after: &Option<String>| {
+            let mut conditions = Vec::new();
+            if let Some(k) = after {
+                conditions.push(format!("({keys}) > {k}"));
+            }
+            if let Some(k) = &upto {
+                conditions.push(format!("({keys}) <= {k}"));
+            }
+            if conditions.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", conditions.join(" AND "))
+            }
+        };
+        std::thread::scope(|scope| -> Result<()> {
+            // The page read last, its target's rows under way.
+            let mut pending: Option<Ahead<'_, '_>> = None;
+            loop {
+                let permit = match pending {
+                    Some(_) => match permits.try_take() {
+                        Some(p) => p,
+                        None => {
+                            let last = pending.take().expect("a page under way");
+                            self.finish_ahead(last, each)?;
+                            permits.take()
+                        }
+                    },
+                    None => permits.take(),
+                };
+                let tail = format!("{} ORDER BY {keys} LIMIT {page}", bounds(&after));
+                let source_rows = match self.source.select(self.shape, std::slice::from_ref(&tail))
+                {
+                    Ok(mut rows) => rows.pop().unwrap_or_default(),
+                    Err(e) if e.is_too_large() => {
+                        page = smaller_page(self.source, page, per_row).ok_or(e)?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                if source_rows.is_empty() {
+                    drop(permit);
+                    if let Some(last) = pending.take() {
+                        self.finish_ahead(last, each)?;
+                    }
+                    // What the target holds beyond the source's last key in the range is
+                    // extra.
+                    loop {
+                        let tail = format!("{} ORDER BY {keys} LIMIT {page}", bounds(&after));
+                        let extra = match self.target.select(self.shape, &[tail]) {
+                            Ok(mut rows) => rows.pop().unwrap_or_default(),
+                            Err(e) if e.is_too_large() => {
+                                page = smaller_page(self.target, page, per_row).ok_or(e)?;
+                                continue;
+                            }
+                            Err(e) => return Err(e),
+                        };
+                        let Some(last) = extra.last() else {
+                            return Ok(());
+                        };
+                        after = Some(self.key_tuple(last));
+                        each(Page {
+                            source: &[],
+                            target: &extra,
+                            equal: false,
+                        })?;
+                        per_row = row_bytes(&extra).or(per_row);
+                        page = page_rows_after(&extra, self.page, budget());
+                    }
+                }
+                let upper = self.key_tuple(source_rows.last().expect("a row"));
+                let read = match &after {
+                    Some(k) => {
+                        format!("WHERE ({keys}) > {k} AND ({keys}) <= {upper} ORDER BY {keys}")
+                    }
+                    None => format!("WHERE ({keys}) <= {upper} ORDER BY {keys}"),
+                };
+                let target = scope.spawn(move || {
+                    self.target
+                        .select(self.shape, &[read])
+                        .map(|mut rows| rows.pop().unwrap_or_default())
+                });
+                if let Some(last) = pending.take() {
+                    self.finish_ahead(last, each)?;
+                }
+                per_row = row_bytes(&source_rows).or(per_row);
+                page = page_rows_after(&source_rows, self.page, budget());
+                pending = Some(Ahead {
+                    _permit: permit,
+                    after: after.clone(),
+                    upper: upper.clone(),
+                    source_rows,
+                    target,
+                });
+                after = Some(upper);
+            }
+        })
+    }
+
+    /// Compares a page read ahead once the target's rows of it are in. A page the target found
+    /// too large to answer is walked again in smaller pages.
+    fn finish_ahead(
+        &self,
+        ahead: Ahead<'_, '_>,
+        each: &mut dyn FnMut(Page) -> Result<()>,
+    ) -> Result<()> {
+        let Ahead {
+            _permit,
+            after,
+            upper,
+            source_rows,
+            target,
+        } = ahead;
+        match target.join().expect("a target read") {
+            Ok(target_rows) => each(Page {
+                source: &source_rows,
+                target: &target_rows,
+                equal: page_hash(&source_rows) == page_hash(&target_rows),
+            }),
+            Err(e) if e.is_too_large() => {
+                let smaller = smaller_page(self.target, source_rows.len(), row_bytes(&source_rows))
+                    .ok_or(e)?;
+                drop(source_rows);
+                let again = Walker {
+                    first_page: smaller,
+                    row_bytes: None,
+                    permits: None,
+                    ..*self
+                };
+                again.walk_plain(&(after, Some(upper)), each)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`Walker::walk`] one page after the other.
+    fn walk_plain(&self, range: &KeyRange, each: &mut dyn FnMut(Page) -> Result<()>) -> Result<()> {
         let keys = self.keys_sql();
         let (mut after, upto) = range.clone();
         let budget = || self.source.page_bytes().min(self.target.page_bytes());
@@ -447,6 +609,16 @@ impl<'a> Walker<'a> {
             after = Some(upper);
         }
     }
+}
+
+/// A page of a walk read ahead: its permit, its key range, the source's rows, and the target's
+/// read of the same range, under way.
+struct Ahead<'scope, 'env> {
+    _permit: crate::flow::Permit<'env>,
+    after: Option<String>,
+    upper: String,
+    source_rows: Vec<Vec<Value>>,
+    target: std::thread::ScopedJoinHandle<'scope, Result<Vec<Vec<Value>>>>,
 }
 
 /// Keys named in one read when rows are read back by key.
