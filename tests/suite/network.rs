@@ -430,3 +430,39 @@ fn a_full_validation_against_a_d1_that_refuses_large_answers_reads_smaller_pages
     assert_eq!(notes["mismatched"], 1, "{notes}");
     assert_eq!(notes["differences"][0]["key"], "29000", "{notes}");
 }
+
+#[test]
+fn a_rollback_asks_for_its_first_pages_after_two_round_trips_and_reads_its_small_tables_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("shop.sqlite");
+    rusqlite::Connection::open(&source)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE orders (id INTEGER PRIMARY KEY AUTOINCREMENT, note TEXT);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 40000)
+             INSERT INTO orders (note) SELECT hex(randomblob(30)) FROM n;
+             CREATE TABLE colours (id INTEGER PRIMARY KEY, name TEXT UNIQUE);
+             INSERT INTO colours (name) VALUES ('red'), ('green');
+             CREATE TABLE sizes (name TEXT PRIMARY KEY) WITHOUT ROWID;
+             INSERT INTO sizes VALUES ('S'), ('M'), ('L');
+             CREATE TABLE notes (id INTEGER PRIMARY KEY, colour INTEGER REFERENCES colours(id));
+             CREATE INDEX orders_note ON orders(note);",
+        )
+        .unwrap();
+    let (d1, before, _) = round_trip(dir.path(), &source, "latency_ms=1");
+    let requests = &d1.settled_requests()[before..];
+    let first_page = requests
+        .iter()
+        .position(|r| r["statements"][0] == "SELECT CASE")
+        .expect("a page was read");
+    // D1's whole catalog (sqlite_sequence with it) in one round trip, every table's rows, width
+    // and key range in one.
+    assert_eq!(first_page, 2, "{:?}", &requests[..first_page]);
+    // The three small tables (one of them empty) in one request.
+    assert!(
+        requests.iter().any(|r| r["statements"]
+            .as_array()
+            .is_some_and(|s| s.len() == 3 && s.iter().all(|w| w == "SELECT CASE"))),
+        "the small tables were read one by one"
+    );
+}
