@@ -758,9 +758,9 @@ fn write_sqlite(
                 "DELETE FROM sqlite_sequence WHERE name IN ({})",
                 names.join(", ")
             ))?;
-            // D1's rowids are kept where they are free (as `copy_sequence` does forward): a
-            // sequence row of a table outside the selection may hold one, and then SQLite
-            // numbers the row.
+            // D1's rowids are kept where they are free: a sequence row of a table outside the
+            // selection may hold one, and then SQLite numbers the row (one row at a time, so
+            // no later rowid is taken; forward, D1's own rows make way instead).
             for s in &schema.sequence {
                 tx.execute(
                     "INSERT INTO sqlite_sequence (rowid, name, seq) VALUES \

@@ -162,7 +162,7 @@ const STATISTICS_STATEMENT_BYTES: usize = 50_000;
 /// source's, rowids included (none when the source has none): `ANALYZE sqlite_schema` creates
 /// the table where it is missing (analysing nothing: SQLite's own tables are never analysed),
 /// then the copied tables' rows are replaced. D1's rows of other tables (its own `_cf_*`, tables
-/// not copied) are kept; where one holds a source's rowid, D1 numbers the row.
+/// not copied) are kept, moved past the source's rowids where they hold one ([`make_way`]).
 pub fn statistics_statements(schema: &Schema) -> Vec<String> {
     if schema.stat1.is_empty() {
         return Vec::new();
@@ -186,9 +186,13 @@ pub fn statistics_statements(schema: &Schema) -> Vec<String> {
         ", ",
         ")",
     ));
+    out.extend(make_way(
+        "sqlite_stat1",
+        schema.stat1.iter().map(|s| s.rowid),
+    ));
     let rows = schema.stat1.iter().map(|s| {
         format!(
-            "(CASE WHEN EXISTS (SELECT 1 FROM sqlite_stat1 WHERE rowid = {0}) THEN NULL ELSE {0} END, {1}, {2}, {3})",
+            "({}, {}, {}, {})",
             s.rowid,
             quote_text(&s.tbl),
             s.idx.literal(),
@@ -202,6 +206,24 @@ pub fn statistics_statements(schema: &Schema) -> Vec<String> {
         "",
     ));
     out
+}
+
+/// The statement that moves the rows of `table` whose rowids lie within the range of `rowids`
+/// past every rowid it holds, so that rows can be inserted under those rowids. Its rows are
+/// bookkeeping (counters, statistics) found by name, never by rowid. A `CASE WHEN EXISTS` on
+/// each inserted row cannot do it: SQLite evaluates every row of an `INSERT` reading the table
+/// it writes before inserting any, so a row D1 numbers takes the rowid of a later one (`UNIQUE
+/// constraint failed: sqlite_stat1.rowid`).
+fn make_way(table: &str, rowids: impl Iterator<Item = i64>) -> Option<String> {
+    let (lo, hi) = rowids.fold(None, |range: Option<(i64, i64)>, r| {
+        Some(range.map_or((r, r), |(lo, hi)| (lo.min(r), hi.max(r))))
+    })?;
+    // Each row moves by the same amount to beyond the largest rowid, the table's and the
+    // range's: no two meet, and none lands in the range.
+    Some(format!(
+        "UPDATE {table} SET rowid = rowid - {lo} + 1 + max({hi}, (SELECT max(rowid) FROM {table})) \
+         WHERE rowid BETWEEN {lo} AND {hi}"
+    ))
 }
 
 /// `head item, item, ... tail` statements of at most [`STATISTICS_STATEMENT_BYTES`] each (an
@@ -247,14 +269,14 @@ pub fn sequence_statements(schema: &Schema) -> Vec<String> {
         .iter()
         .map(|s| quote_text(&s.name))
         .collect();
-    // The source's rowids are kept where they are free; a D1 that already has sequence rows of
-    // its own (wrangler's `d1_migrations`) may hold them, and then D1 numbers the row.
+    // The source's rowids are kept: a D1 that already has sequence rows of its own (wrangler's
+    // `d1_migrations`, an application's table) moves those that hold one out of the way.
     let values: Vec<String> = schema
         .sequence
         .iter()
         .map(|s| {
             format!(
-                "(CASE WHEN EXISTS (SELECT 1 FROM sqlite_sequence WHERE rowid = {0}) THEN NULL ELSE {0} END, {1}, {2})",
+                "({}, {}, {})",
                 s.rowid,
                 quote_text(&s.name),
                 s.seq.literal()
@@ -269,7 +291,13 @@ pub fn sequence_statements(schema: &Schema) -> Vec<String> {
         "INSERT INTO sqlite_sequence (rowid, name, seq) VALUES {}",
         values.join(", ")
     );
-    vec![delete, insert]
+    let mut out = vec![delete];
+    out.extend(make_way(
+        "sqlite_sequence",
+        schema.sequence.iter().map(|s| s.rowid),
+    ));
+    out.push(insert);
+    out
 }
 
 /// [`create_missing`] with `along` (the statements of a step that need not wait for a round

@@ -472,3 +472,48 @@ fn a_check_on_a_renamed_column_is_tried_through_the_transform() {
         "nothing was created"
     );
 }
+
+/// D1 keeps counters of its own (an AUTOINCREMENT table of the application's, wrangler's
+/// `d1_migrations`) under the rowids the source's counters have. The copy inserted the source's
+/// rows with `CASE WHEN EXISTS (rowid) THEN NULL`, but SQLite evaluates every row of an INSERT
+/// reading its own table before inserting any: the row D1 numbered took the next one's rowid and
+/// the run failed (`UNIQUE constraint failed: sqlite_sequence.rowid`). D1's rows make way now.
+#[test]
+fn the_sources_counters_keep_their_rowids_beside_counters_d1_already_has() {
+    let (d1, db, dir) = fresh();
+    d1.sql(
+        &db,
+        &[
+            "CREATE TABLE app_own(id INTEGER PRIMARY KEY AUTOINCREMENT, v)",
+            "INSERT INTO app_own(v) VALUES ('D1''s own')",
+        ],
+    );
+    let source = dir.path().join("counters.sqlite");
+    Connection::open(&source)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE a(id INTEGER PRIMARY KEY AUTOINCREMENT, v);
+             CREATE TABLE b(id INTEGER PRIMARY KEY AUTOINCREMENT, v);
+             CREATE TABLE c(id INTEGER PRIMARY KEY AUTOINCREMENT, v);
+             INSERT INTO a(v) VALUES (1), (2); INSERT INTO b(v) VALUES (1);
+             INSERT INTO c(v) VALUES (1), (2), (3);
+             UPDATE sqlite_sequence SET seq = seq + 100;",
+        )
+        .unwrap();
+    Run::new(d1, &db, &source).ok();
+    let read = |path: &Path, sql: &str| -> Vec<(i64, String, i64)> {
+        let conn = Connection::open(path).unwrap();
+        let mut stmt = conn.prepare(sql).unwrap();
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap();
+        rows.collect::<rusqlite::Result<_>>().unwrap()
+    };
+    let sql = "SELECT rowid, name, seq FROM sqlite_sequence WHERE name <> 'app_own' ORDER BY rowid";
+    assert_eq!(read(d1.file(&db), sql), read(&source, sql));
+    let own = read(
+        d1.file(&db),
+        "SELECT rowid, name, seq FROM sqlite_sequence WHERE name = 'app_own'",
+    );
+    assert!(own.len() == 1 && own[0].2 == 1, "{own:?}");
+}
