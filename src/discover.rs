@@ -358,11 +358,7 @@ pub fn discover_expecting(
     sequence: bool,
     statistics: bool,
 ) -> Result<Schema> {
-    let stat1 = match (statistics, expected.is_empty()) {
-        (false, _) => Stat1::Skip,
-        (true, true) => Stat1::Listed,
-        (true, false) => Stat1::Expected,
-    };
+    let stat1 = stat1_of(statistics, expected);
     match discover_rounds(db, expected, sequence, stat1, false) {
         Err(_) if sequence || stat1 == Stat1::Expected => {
             let stat1 = if statistics {
@@ -384,25 +380,8 @@ fn discover_rounds(
     at_once: bool,
 ) -> Result<Schema> {
     let mut schema = Schema::default();
-    // D1 refuses the pragmas on its own tables.
+    let queries = round_queries(expected, sequence, stat1, at_once);
     let expected: Vec<&String> = expected.iter().filter(|n| !is_d1_internal(n)).collect();
-    // PRAGMA table_list tells shadow tables and virtual tables apart (SQLite 3.37+, allowed on D1).
-    let mut queries = vec![
-        "SELECT name, type, wr FROM pragma_table_list WHERE schema = 'main'".to_string(),
-        "SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY rowid".to_string(),
-    ];
-    for name in &expected {
-        queries.extend(table_queries(name));
-    }
-    if at_once {
-        queries.extend(all_tables_queries());
-    }
-    if sequence {
-        queries.push(SEQUENCE_SQL.to_string());
-    }
-    if stat1 == Stat1::Expected {
-        queries.push(STAT1_SQL.to_string());
-    }
     let mut first = db.query_many(&queries)?.into_iter();
     let (list, rows) = (
         first.next().unwrap_or_default(),
@@ -570,6 +549,82 @@ fn discover_rounds(
         schema.retain_owned_statistics();
     }
     Ok(schema)
+}
+
+/// The first round of [`discover_expecting`]'s queries (same arguments): the table list, the
+/// schema, the `expected` tables' columns and keys, `sqlite_sequence` and `sqlite_stat1` when
+/// they are expected. A side across a network may send them along with other statements and
+/// answer them through [`Answered`].
+pub fn first_queries(expected: &[String], sequence: bool, statistics: bool) -> Vec<String> {
+    round_queries(expected, sequence, stat1_of(statistics, expected), false)
+}
+
+/// When [`discover_expecting`] reads `sqlite_stat1`.
+fn stat1_of(statistics: bool, expected: &[String]) -> Stat1 {
+    match (statistics, expected.is_empty()) {
+        (false, _) => Stat1::Skip,
+        (true, true) => Stat1::Listed,
+        (true, false) => Stat1::Expected,
+    }
+}
+
+/// The first round's queries of [`discover_rounds`]: the lists, the expected tables', (at once)
+/// every table's, then `sqlite_sequence`'s and an expected `sqlite_stat1`'s.
+fn round_queries(expected: &[String], sequence: bool, stat1: Stat1, at_once: bool) -> Vec<String> {
+    // PRAGMA table_list tells shadow tables and virtual tables apart (SQLite 3.37+, allowed on D1).
+    let mut queries = vec![
+        "SELECT name, type, wr FROM pragma_table_list WHERE schema = 'main'".to_string(),
+        "SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY rowid".to_string(),
+    ];
+    // D1 refuses the pragmas on its own tables.
+    for name in expected.iter().filter(|n| !is_d1_internal(n)) {
+        queries.extend(table_queries(name));
+    }
+    if at_once {
+        queries.extend(all_tables_queries());
+    }
+    if sequence {
+        queries.push(SEQUENCE_SQL.to_string());
+    }
+    if stat1 == Stat1::Expected {
+        queries.push(STAT1_SQL.to_string());
+    }
+    queries
+}
+
+/// A catalog whose rows for some queries were read already (sent along with other statements):
+/// those queries are answered from them, once; any other goes to `inner`.
+pub struct Answered<'a> {
+    inner: &'a dyn Catalog,
+    /// The queries answered already, and each one's rows; taken by the first `query_many`.
+    read: std::sync::Mutex<Option<(Vec<String>, QueryRows)>>,
+}
+
+/// Each query's rows.
+type QueryRows = Vec<Vec<Vec<Value>>>;
+
+impl<'a> Answered<'a> {
+    pub fn new(inner: &'a dyn Catalog, queries: Vec<String>, rows: Vec<Vec<Vec<Value>>>) -> Self {
+        Answered {
+            inner,
+            read: std::sync::Mutex::new(Some((queries, rows))),
+        }
+    }
+}
+
+impl Catalog for Answered<'_> {
+    fn query(&self, sql: &str) -> Result<Vec<Vec<Value>>> {
+        self.inner.query(sql)
+    }
+
+    fn query_many(&self, sqls: &[String]) -> Result<Vec<Vec<Vec<Value>>>> {
+        let mut read = self.read.lock().expect("answered lock");
+        if read.as_ref().is_some_and(|(queries, _)| queries == sqls) {
+            return Ok(read.take().expect("rows read").1);
+        }
+        drop(read);
+        self.inner.query_many(sqls)
+    }
 }
 
 const SEQUENCE_SQL: &str = "SELECT rowid, name, seq FROM sqlite_sequence ORDER BY rowid";

@@ -32,11 +32,17 @@ use crate::value::quote_ident;
 
 /// Runs the forward migration, filling `report`. Resumes from the checkpoint in
 /// `MIGRATION_STATE_DIR` when there is one.
+///
+/// `validated_after`: a validation follows in this run. A migration whose checkpoint says it is
+/// complete then sends nothing here: that validation (D1's catalog, every table's count and
+/// sampled rows) proves D1 still holds it, and `run` comes back here (with false) to check D1
+/// against the checkpoint, and copy again what it lacks, only when it finds a difference.
 pub fn forward(
     config: &Config,
     client: &D1Client,
     progress: &Progress,
     report: &mut Report,
+    validated_after: bool,
 ) -> Result<()> {
     let source = open_read_only(config.source_file())?;
     let transformed = source_schema(&source, &config.reshape())?;
@@ -69,6 +75,19 @@ pub fn forward(
         )));
     }
     transformed.check_references(&source)?;
+    if validated_after && State::says_complete(&config.state_dir, &fingerprint) {
+        // Its lock is taken all the same: a second run of the migration at once is refused.
+        let state = State::open(&config.state_dir, fingerprint.clone())?;
+        if state.is_complete() {
+            log::info(&format!(
+                "this migration is already complete (checkpoint {}); validation checks that D1 \
+                 still holds it. Remove that folder to run it again from the start.",
+                state.path().display()
+            ));
+            report.already_complete = true;
+            return Ok(());
+        }
+    }
 
     // Reading the target's catalog first also proves the token, account and database id. A
     // database the run has just created holds nothing. The Time Travel bookmark is asked for

@@ -216,7 +216,7 @@ pub struct D1Side<'a> {
 const READS_PER_REQUEST: usize = 50;
 
 /// Catalog queries per request: short statements with short answers (three per table).
-const CATALOG_PER_REQUEST: usize = 300;
+pub const CATALOG_PER_REQUEST: usize = 300;
 
 impl D1Side<'_> {
     /// Fills in a large TEXT or BLOB value piece by piece.
@@ -320,7 +320,24 @@ impl crate::validate::RowSide for D1Side<'_> {
         shapes: &[&crate::pack::Shape],
         reads: &[(&crate::pack::Shape, &[String])],
     ) -> Result<(Vec<crate::validate::Survey>, Vec<crate::validate::Rows>)> {
-        // Every statement, the surveys first, in requests of at most READS_PER_REQUEST; a
+        let (_, surveys, rows) = self.catalog_surveys_and_reads(&[], shapes, reads)?;
+        Ok((surveys, rows))
+    }
+
+    fn catalog_surveys_and_reads(
+        &self,
+        catalog: &[String],
+        shapes: &[&crate::pack::Shape],
+        reads: &[(&crate::pack::Shape, &[String])],
+    ) -> Result<crate::validate::CatalogSurveysReads> {
+        if catalog.len() > CATALOG_PER_REQUEST {
+            return Err(Error::Refused(format!(
+                "{} catalog statements do not go along with the first read",
+                catalog.len()
+            )));
+        }
+        // Every statement, the catalog's and the surveys first, in requests of at most
+        // READS_PER_REQUEST reads (the catalog's short statements go along with the first); a
         // tail's column groups stay in one request.
         let mut sqls: Vec<String> = shapes
             .iter()
@@ -346,11 +363,27 @@ impl crate::validate::RowSide for D1Side<'_> {
             at += n;
         }
         cuts.push(sqls.len());
+        // The catalog's statements lead the first request.
+        let sqls: Vec<String> = catalog.iter().cloned().chain(sqls).collect();
+        for cut in cuts.iter_mut().skip(1) {
+            *cut += catalog.len();
+        }
         let mut results = Vec::with_capacity(sqls.len());
         for pair in cuts.windows(2).filter(|p| p[1] > p[0]) {
             results.extend(self.client.read(&sqls[pair[0]..pair[1]])?);
         }
         let mut results = results.into_iter();
+        let catalog_rows = results
+            .by_ref()
+            .take(catalog.len())
+            .map(|result| {
+                result
+                    .rows
+                    .into_iter()
+                    .map(|row| row.into_iter().map(json_value).collect())
+                    .collect()
+            })
+            .collect();
         let surveys = results
             .by_ref()
             .take(shapes.len())
@@ -371,7 +404,7 @@ impl crate::validate::RowSide for D1Side<'_> {
             out.push(self.decode(plan, &rest[from..from + n])?);
             from += n;
         }
-        Ok((surveys, out))
+        Ok((catalog_rows, surveys, out))
     }
 }
 

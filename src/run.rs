@@ -5,11 +5,11 @@ use std::time::Instant;
 
 use crate::config::{Config, Direction, RunMode};
 use crate::d1::D1Client;
-use crate::error::Error;
+use crate::error::{D1Error, Error};
 use crate::progress::{Mode, Progress};
 use crate::report::Report;
 use crate::snapshot::Snapshot;
-use crate::{dryrun, log, migrate, rollback, sides, sync, validate};
+use crate::{discover, dryrun, log, migrate, remote, rollback, sides, sync, validate};
 
 /// How a run ended: its report, and the error that stopped it, if any.
 pub struct Outcome {
@@ -27,8 +27,45 @@ impl Outcome {
     }
 }
 
-/// Compares the SQLite file and the D1 database, source against target.
-fn validation(config: &Config, client: &D1Client) -> Result<validate::Validation, Error> {
+/// Compares the SQLite file and the D1 database, source against target. `along`: D1 is known
+/// to hold every table of the source (a forward copy has completed), so its catalog is read with
+/// its counts and sampled rows, in one request for a small database; should it lack a table or
+/// a column after all, D1 refuses that request and validation reads the catalog first.
+fn validation(
+    config: &Config,
+    client: &D1Client,
+    along: bool,
+) -> Result<validate::Validation, Error> {
+    if along && config.direction == Direction::SqliteToD1 {
+        let sides = sides::Sides::unread(config, client)?;
+        let (expected, sequence, statistics) = sides.catalog_wanted();
+        let catalog = discover::first_queries(&expected, sequence, statistics);
+        if catalog.len() <= remote::CATALOG_PER_REQUEST {
+            let d1 = remote::D1Catalog(client);
+            let discover = |rows| {
+                let read = discover::Answered::new(&d1, catalog.clone(), rows);
+                discover::discover_expecting(&read, &expected, sequence, statistics)
+            };
+            match validate::validate_along(
+                sides.source(),
+                sides.target(),
+                &sides.source_schema,
+                &catalog,
+                &discover,
+                sides::options(config, config.validate_all_rows),
+                config.parallel_tables,
+            ) {
+                Err(e @ Error::D1(D1Error::Sql { .. })) => log::info(&format!(
+                    "D1 refused validation's reads with its catalog ({e}): reading the catalog first"
+                )),
+                Err(e) if e.is_too_large() => log::info(&format!(
+                    "validation's reads with D1's catalog were too large for one answer ({e}): \
+                     reading the catalog first"
+                )),
+                done => return done,
+            }
+        }
+    }
     let sides = sides::Sides::open(config, client)?;
     validate::validate(
         sides.source(),
@@ -120,26 +157,46 @@ fn run_on(
         report.source_snapshot = snapshot();
         return finish(config, report, result, client, started);
     }
+    let forward = config.direction == Direction::SqliteToD1 && config.mode == RunMode::Migrate;
+    let validates = config.mode == RunMode::Validate || config.validate;
     let copied = match (config.direction, config.mode) {
         (_, RunMode::Validate | RunMode::Sync) => Ok(()),
         (Direction::SqliteToD1, RunMode::Migrate) => {
             client.begin_phase("forward");
-            migrate::forward(config, client, progress, &mut report)
+            migrate::forward(config, client, progress, &mut report, validates)
         }
         (Direction::D1ToSqlite, RunMode::Migrate) => {
             client.begin_phase("rollback");
             rollback::rollback(config, client, progress, &mut report)
         }
     };
+    let validate = |report: &mut Report| {
+        client.begin_phase("validate");
+        // After a forward copy D1 holds every table of the source.
+        let validation = validation(config, client, forward)?;
+        let verdict = validation.verdict();
+        report.validation = Some(validation);
+        verdict
+    };
     let result = copied.and_then(|()| {
-        if config.mode == RunMode::Validate || config.validate {
-            client.begin_phase("validate");
-            let validation = validation(config, client)?;
-            let verdict = validation.verdict();
-            report.validation = Some(validation);
+        if !validates {
+            return Ok(());
+        }
+        let verdict = validate(&mut report);
+        if !(forward && report.already_complete && matches!(verdict, Err(Error::Differences(_)))) {
             return verdict;
         }
-        Ok(())
+        // The checkpoint says the copy is complete and D1 differs: D1 is checked against the
+        // checkpoint (tables gone, or holding fewer rows than it recorded, are copied again),
+        // then validated again.
+        log::warn(
+            "the checkpoint says this migration is complete but D1 differs from the source: \
+             checking D1 against the checkpoint, copying again what it lacks, and validating again",
+        );
+        report.already_complete = false;
+        client.begin_phase("forward");
+        migrate::forward(config, client, progress, &mut report, false)?;
+        validate(&mut report)
     });
     progress.finish();
     report.source_snapshot = snapshot();

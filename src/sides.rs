@@ -23,6 +23,25 @@ impl<'a> Sides<'a> {
     /// Opens the SQLite file read-only, reads both catalogs, and applies `MIGRATION_TABLES` /
     /// `MIGRATION_EXCLUDE_TABLES` to the source (and, forward, `MIGRATION_TRANSFORM`).
     pub fn open(config: &Config, client: &'a D1Client) -> Result<Sides<'a>> {
+        let mut sides = Sides::unread(config, client)?;
+        let (expected, sequence, statistics) = sides.catalog_wanted();
+        let d1_schema = discover_expecting(&D1Catalog(client), &expected, sequence, statistics)?;
+        if sides.direction == Direction::SqliteToD1 {
+            sides.target_schema = d1_schema;
+        } else {
+            sides.source_schema = d1_schema;
+            select_tables(
+                &mut sides.source_schema,
+                &config.tables,
+                &config.exclude_tables,
+            )?;
+        }
+        Ok(sides)
+    }
+
+    /// Both sides with D1's catalog not read yet (its schema empty): forward, validation reads
+    /// it along with D1's counts and sampled rows (`validate::validate_along`).
+    pub fn unread(config: &Config, client: &'a D1Client) -> Result<Sides<'a>> {
         let forward = config.direction == Direction::SqliteToD1;
         let sqlite_label = if forward {
             "source (SQLite)"
@@ -51,31 +70,12 @@ impl<'a> Sides<'a> {
                 "source (D1)"
             },
         };
-        // Forward, D1 is expected to hold the source's tables: their columns are asked for with
-        // the catalog's lists, in one round trip.
-        let expected: Vec<String> = if forward {
-            sqlite_schema
-                .tables
-                .iter()
-                .map(|t| t.name.clone())
-                .collect()
+        // The SQLite side's schema stands in the place of its role; D1's is read later.
+        let (source_schema, target_schema) = if forward {
+            (sqlite_schema, Schema::default())
         } else {
-            Vec::new()
+            (Schema::default(), sqlite_schema)
         };
-        let sequence = forward && !sqlite_schema.sequence.is_empty();
-        // The planner's statistics are compared (a warning when they differ): forward, D1's
-        // when the source has some (asked for in the same round trip); back, always (D1's come
-        // with its tables' columns).
-        let statistics = !forward || !sqlite_schema.stat1.is_empty();
-        let d1_schema = discover_expecting(&D1Catalog(client), &expected, sequence, statistics)?;
-        let (mut source_schema, target_schema) = if forward {
-            (sqlite_schema, d1_schema)
-        } else {
-            (d1_schema, sqlite_schema)
-        };
-        if !forward {
-            select_tables(&mut source_schema, &config.tables, &config.exclude_tables)?;
-        }
         Ok(Sides {
             sqlite,
             d1,
@@ -83,6 +83,28 @@ impl<'a> Sides<'a> {
             target_schema,
             direction: config.direction,
         })
+    }
+
+    /// What D1's catalog is read for (see `discover_expecting`): forward, D1 is expected to hold
+    /// the source's tables (their columns are asked for with the catalog's lists, in one round
+    /// trip), and its `sqlite_sequence` when the source has one. The planner's statistics are
+    /// compared (a warning when they differ): forward, D1's when the source has some (asked for
+    /// in the same round trip); back, always (D1's come with its tables' columns).
+    pub fn catalog_wanted(&self) -> (Vec<String>, bool, bool) {
+        if self.direction != Direction::SqliteToD1 {
+            return (Vec::new(), false, true);
+        }
+        let expected = self
+            .source_schema
+            .tables
+            .iter()
+            .map(|t| t.name.clone())
+            .collect();
+        (
+            expected,
+            !self.source_schema.sequence.is_empty(),
+            !self.source_schema.stat1.is_empty(),
+        )
     }
 
     pub fn source(&self) -> &dyn RowSide {

@@ -23,6 +23,10 @@ use crate::value::Value;
 /// Rows of each tail of a read.
 pub type Rows = Vec<Vec<Vec<Value>>>;
 
+/// What [`RowSide::catalog_surveys_and_reads`] answers: each catalog statement's rows, then
+/// what [`RowSide::surveys_and_reads`] answers.
+pub type CatalogSurveysReads = (Vec<Vec<Vec<Value>>>, Vec<Survey>, Vec<Rows>);
+
 /// One side of a comparison: reads rows exactly, in key order.
 pub trait RowSide: Sync {
     fn label(&self) -> &'static str;
@@ -53,6 +57,44 @@ pub trait RowSide: Sync {
             .map(|(shape, tails)| self.select(shape, tails))
             .collect::<Result<_>>()?;
         Ok((surveys, rows))
+    }
+
+    /// [`RowSide::select`] of `tail` once for each of `values`, `?1` in it standing for the
+    /// value: a side that can prepares the statement once. The rows are those of the tail with
+    /// the value written in.
+    fn select_each(&self, shape: &Shape, tail: &str, values: &[i64]) -> Result<Rows> {
+        let tails: Vec<String> = values
+            .iter()
+            .map(|v| tail.replace("?1", &v.to_string()))
+            .collect();
+        self.select(shape, &tails)
+    }
+
+    /// The row of `shape` at each of `ranks` (0 the first, ascending) in the order `order`
+    /// (unique keys), as `ORDER BY order LIMIT 1 OFFSET rank` selects it: a side that can walks
+    /// the rows once instead of skipping `rank` rows for each.
+    fn at_ranks(&self, shape: &Shape, order: &str, ranks: &[u64]) -> Result<Rows> {
+        self.select_each(
+            shape,
+            &format!("ORDER BY {order} LIMIT 1 OFFSET ?1"),
+            &ranks.iter().map(|&r| r as i64).collect::<Vec<_>>(),
+        )
+    }
+
+    /// [`RowSide::surveys_and_reads`] with the `catalog` statements (the side's own schema) sent
+    /// ahead in its first request, and their rows: for a small database, its catalog, counts
+    /// and sampled rows in one round trip. A side that cannot refuses.
+    fn catalog_surveys_and_reads(
+        &self,
+        catalog: &[String],
+        _shapes: &[&Shape],
+        _reads: &[(&Shape, &[String])],
+    ) -> Result<CatalogSurveysReads> {
+        Err(Error::Refused(format!(
+            "{} does not read its catalog along with rows ({} statements)",
+            self.label(),
+            catalog.len()
+        )))
     }
 }
 
@@ -726,13 +768,75 @@ pub fn validate_rechecked(
     parallel: usize,
     rechecks: &HashMap<String, Recheck>,
 ) -> Result<Validation> {
+    validate_against(
+        source,
+        target,
+        source_schema,
+        TargetSchema::Read(target_schema),
+        options,
+        parallel,
+        rechecks,
+    )
+}
+
+/// Makes the target's schema of its catalog statements' rows.
+pub type Discover<'a> = dyn Fn(Vec<Vec<Vec<Value>>>) -> Result<Schema> + Sync + 'a;
+
+/// How validation learns the target's schema.
+enum TargetSchema<'a> {
+    /// Read before validation starts.
+    Read(&'a Schema),
+    /// Read in the target's first request, with its counts and sampled rows: the catalog's
+    /// statements, and how their rows become the schema.
+    Along(&'a [String], &'a Discover<'a>),
+}
+
+/// [`validate`] of a target that holds every table of the source (a forward run that has just
+/// completed, or completed before): the target's catalog (`catalog`, made a schema by
+/// `discover`) is read along with its counts and sampled rows, in one request for a small
+/// database. A target that lacks a table or a column of the source refuses that request
+/// (D1Error::Sql), and the caller validates the usual way, catalog first.
+pub fn validate_along(
+    source: &dyn RowSide,
+    target: &dyn RowSide,
+    source_schema: &Schema,
+    catalog: &[String],
+    discover: &Discover<'_>,
+    options: Options,
+    parallel: usize,
+) -> Result<Validation> {
+    validate_against(
+        source,
+        target,
+        source_schema,
+        TargetSchema::Along(catalog, discover),
+        options,
+        parallel,
+        &HashMap::new(),
+    )
+}
+
+fn validate_against(
+    source: &dyn RowSide,
+    target: &dyn RowSide,
+    source_schema: &Schema,
+    target_schema: TargetSchema<'_>,
+    options: Options,
+    parallel: usize,
+    rechecks: &HashMap<String, Recheck>,
+) -> Result<Validation> {
     let tables: Vec<&Table> = source_schema.tables.iter().collect();
     // Every table's rows (and the source's row widths) in one round trip per side.
     let shapes: Vec<Shape> = tables.iter().map(|t| Shape::new(t, &[])).collect();
     let sources = source.surveys(&shapes.iter().collect::<Vec<_>>())?;
+    // The target's tables, as read or (along) as the source's.
+    let on_target = |name: &str| match &target_schema {
+        TargetSchema::Read(schema) => schema.table(name),
+        TargetSchema::Along(..) => source_schema.table(name),
+    };
     let present: Vec<Shape> = tables
         .iter()
-        .filter_map(|t| target_schema.table(&t.name))
+        .filter_map(|t| on_target(&t.name))
         .map(|t| Shape::new(t, &[]))
         .collect();
     // Pages read and compared at once, across every table and key segment.
@@ -756,8 +860,8 @@ pub fn validate_rechecked(
     // they fit, rather than a few per table.
     let plans: Vec<Option<SamplePlan>> = parallel_map(&order, workers, |i| {
         let c = comparison(i);
-        if !samples(tables[i], target_schema, options, rechecks) || !c.prefetchable(sources[i].rows)
-        {
+        let held = on_target(&tables[i].name).is_some();
+        if !samples(tables[i], held, options, rechecks) || !c.prefetchable(sources[i].rows) {
             return Ok(None);
         }
         c.sample_plan(sources[i].rows)
@@ -772,18 +876,31 @@ pub fn validate_rechecked(
         .filter_map(|(i, p)| p.as_ref().map(|p| (&shapes[i], p.tails.as_slice())))
         .collect();
     let present_shapes: Vec<&Shape> = present.iter().collect();
-    let (target_surveys, mut read, plans) = match target.surveys_and_reads(&present_shapes, &reads)
-    {
-        Ok((surveys, read)) => (surveys, read, plans),
-        // A table read whole was too large for the target to answer at once: the tables are
-        // compared each on its own (a table read whole in pages).
-        Err(e) if e.is_too_large() => (
-            target.surveys(&present_shapes)?,
-            Vec::new(),
-            plans.into_iter().map(|_| None).collect(),
-        ),
-        Err(e) => return Err(e),
+    // A table read whole too large for the target to answer at once: the tables are compared
+    // each on its own (a table read whole in pages). Along, the caller reads the catalog first.
+    let (target_schema, target_surveys, mut read, plans) = match target_schema {
+        TargetSchema::Read(schema) => match target.surveys_and_reads(&present_shapes, &reads) {
+            Ok((surveys, read)) => (std::borrow::Cow::Borrowed(schema), surveys, read, plans),
+            Err(e) if e.is_too_large() => (
+                std::borrow::Cow::Borrowed(schema),
+                target.surveys(&present_shapes)?,
+                Vec::new(),
+                plans.into_iter().map(|_| None).collect(),
+            ),
+            Err(e) => return Err(e),
+        },
+        TargetSchema::Along(catalog, discover) => {
+            let (rows, surveys, read) =
+                target.catalog_surveys_and_reads(catalog, &present_shapes, &reads)?;
+            (
+                std::borrow::Cow::Owned(discover(rows)?),
+                surveys,
+                read,
+                plans,
+            )
+        }
     };
+    let target_schema: &Schema = &target_schema;
     let targets: HashMap<String, u64> = present
         .iter()
         .map(|s| s.table.to_lowercase())
@@ -881,14 +998,11 @@ fn parallel_map<R: Send>(items: &[usize], workers: usize, f: impl Fn(usize) -> R
 /// name), on a target that has it.
 fn samples(
     table: &Table,
-    target_schema: &Schema,
+    on_target: bool,
     options: Options,
     rechecks: &HashMap<String, Recheck>,
 ) -> bool {
-    !options.all_rows
-        && !rechecks.contains_key(&table.name)
-        && target_schema.table(&table.name).is_some()
-        && !merged_by_name(table)
+    !options.all_rows && !rechecks.contains_key(&table.name) && on_target && !merged_by_name(table)
 }
 
 /// wrangler's history, merged by name: every source entry must be on the target, which may
@@ -1268,37 +1382,43 @@ impl Comparison<'_> {
         if !self.single_integer_key() {
             // Ranks: stratum i holds ranks [i*rows/n, (i+1)*rows/n), never empty as rows > n.
             let (rows, n128) = (rows as u128, n as u128);
-            let tails: Vec<String> = (0..n128)
+            let ranks: Vec<u64> = (0..n128)
                 .map(|i| {
                     let (a, b) = ((i * rows / n128) as u64, ((i + 1) * rows / n128) as u64);
-                    format!(
-                        "ORDER BY {keys} LIMIT 1 OFFSET {}",
-                        rng.random_range(a..b.max(a + 1))
-                    )
+                    rng.random_range(a..b.max(a + 1))
                 })
                 .collect();
-            take(self.source.select(&key_shape, &tails)?, &mut picked);
+            take(
+                self.source.at_ranks(&key_shape, &keys, &ranks)?,
+                &mut picked,
+            );
         } else {
             let (lo, hi) = self.key_range()?;
             let (lo, span) = (lo as i128, hi as i128 - lo as i128 + 1);
-            let at =
-                |tail_from: i128| format!("WHERE {keys} >= {tail_from} ORDER BY {keys} LIMIT 1");
-            let tails: Vec<String> = (0..n as i128)
+            // Draws fall within lo..=hi, which are i64 keys.
+            let at = format!("WHERE {keys} >= ?1 ORDER BY {keys} LIMIT 1");
+            let starts: Vec<i64> = (0..n as i128)
                 .map(|i| {
                     let a = lo + span * i / n as i128;
                     let b = (lo + span * (i + 1) / n as i128).max(a + 1);
-                    at(rng.random_range(a..b))
+                    rng.random_range(a..b) as i64
                 })
                 .collect();
-            take(self.source.select(&key_shape, &tails)?, &mut picked);
+            take(
+                self.source.select_each(&key_shape, &at, &starts)?,
+                &mut picked,
+            );
             for _ in 0..2 {
                 if picked.len() >= n {
                     break;
                 }
-                let tails: Vec<String> = (picked.len()..n)
-                    .map(|_| at(rng.random_range(lo..lo + span)))
+                let starts: Vec<i64> = (picked.len()..n)
+                    .map(|_| rng.random_range(lo..lo + span) as i64)
                     .collect();
-                take(self.source.select(&key_shape, &tails)?, &mut picked);
+                take(
+                    self.source.select_each(&key_shape, &at, &starts)?,
+                    &mut picked,
+                );
             }
         }
         if picked.len() < n {

@@ -92,7 +92,11 @@ fn a_target_emptied_behind_a_complete_checkpoint_is_copied_again() {
     d1.sql(&db, &["DELETE FROM order_lines"]);
     let out = Run::new(d1, &db, &source).ok();
     let log = stderr(&out);
-    assert!(!log.contains("already complete"), "{log}");
+    // The checkpoint says complete; the validation finds D1 differs, and D1 is checked.
+    assert!(
+        log.contains("D1 differs from the source: checking D1 against the checkpoint"),
+        "{log}"
+    );
     assert!(
         log.contains("order_lines: copied again from its start: D1's table \"order_lines\" holds 0 rows, fewer than the"),
         "{log}"
@@ -104,7 +108,11 @@ fn a_target_emptied_behind_a_complete_checkpoint_is_copied_again() {
     empty_the_sample(d1, &db);
     let out = Run::new(d1, &db, &source).ok();
     let log = stderr(&out);
-    assert!(!log.contains("already complete"), "{log}");
+    // The checkpoint says complete; the validation finds D1 differs, and D1 is checked.
+    assert!(
+        log.contains("D1 differs from the source: checking D1 against the checkpoint"),
+        "{log}"
+    );
     assert!(
         log.contains("customers: copied again from its start: D1 has no table \"customers\""),
         "{log}"

@@ -404,8 +404,7 @@ fn small_tenant(path: &Path) {
 }
 
 #[test]
-fn a_database_the_run_creates_is_copied_in_one_request_validated_in_two_and_a_rerun_writes_nothing()
-{
+fn a_database_the_run_creates_is_copied_in_one_request_validated_in_one_and_a_rerun_sends_one() {
     let d1 = server();
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("small.sqlite");
@@ -459,7 +458,7 @@ fn a_database_the_run_creates_is_copied_in_one_request_validated_in_two_and_a_re
     drop(copy);
 
     // Created by the run: no catalog read, no bookmark; every table in one request, the
-    // validation in two (the catalog with each table's columns; counts with sampled rows).
+    // validation in one (the catalog with each table's columns, counts and sampled rows).
     let r = read_json(&report);
     let line = &r["databases"][0]["report"];
     assert_eq!(line["validation"]["ok"], true, "{line}");
@@ -472,14 +471,14 @@ fn a_database_the_run_creates_is_copied_in_one_request_validated_in_two_and_a_re
             .map(|p| p["requests"].as_u64().unwrap())
     };
     assert_eq!(phase("forward"), Some(1), "{line}");
-    assert_eq!(phase("validate"), Some(2), "{line}");
+    assert_eq!(phase("validate"), Some(1), "{line}");
     assert!(line["bookmark_before"].is_null(), "{line}");
     let to_it: Vec<serde_json::Value> = d1
         .settled_requests()
         .into_iter()
         .filter(|q| q["path"].as_str().unwrap_or_default().contains(&id))
         .collect();
-    assert_eq!(to_it.len(), 3, "{to_it:?}");
+    assert_eq!(to_it.len(), 2, "{to_it:?}");
     let first = to_it[0]["statements"].to_string();
     assert!(
         first.contains("CREATE TABLE")
@@ -487,10 +486,109 @@ fn a_database_the_run_creates_is_copied_in_one_request_validated_in_two_and_a_re
             && first.contains("CREATE TRIGGER"),
         "{first}"
     );
+    let second = to_it[1]["statements"].to_string();
+    assert!(
+        second.contains("SELECT NAME") && second.contains("SELECT COUNT(*),"),
+        "the catalog and the counts in one request: {second}"
+    );
 
-    // Again: the database is found complete, nothing is written.
+    // Again: the checkpoint says complete; the validation alone (one request, after the
+    // listing) shows D1 still holds it, and nothing is written.
+    let before = d1.settled_requests().len();
     let r = rerun(&d1, &manifest, &state, dir.path());
     assert_eq!(r["totals"]["d1_rows_written"], 0, "{r}");
-    assert_eq!(r["databases"][0]["report"]["already_complete"], true);
+    let line = &r["databases"][0]["report"];
+    assert_eq!(line["already_complete"], true);
+    assert_eq!(line["validation"]["ok"], true, "{line}");
+    assert_eq!(line["http_requests"], 1, "{line}");
+    assert_eq!(
+        r["totals"]["http_requests"], 2,
+        "the listing and the validation: {r}"
+    );
+    assert_eq!(d1.settled_requests().len() - before, 2);
     assert!(sqldiff(&source, &file).is_empty());
+}
+
+/// A rerun of a complete line trusts its validation rather than reading D1's catalog and counts
+/// first: when D1 lost rows since (here a table's rows, deleted), the validation finds the
+/// difference, D1 is checked against the checkpoint, the table is copied again, and the line
+/// ends validated and exact (not with differences, as a rerun that only validated would).
+#[test]
+fn a_rerun_of_a_complete_line_whose_database_lost_rows_copies_them_again() {
+    let d1 = server();
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("small.sqlite");
+    small_tenant(&source);
+    let manifest = dir.path().join("tenants.csv");
+    std::fs::write(
+        &manifest,
+        "sqlite_path,database
+small.sqlite,lossy
+",
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let first = rerun(&d1, &manifest, &state, dir.path());
+    assert_eq!(first["totals"]["ok"], 1, "{first}");
+    let (id, file) = databases(&d1)["lossy"].clone();
+    d1.sql(&id, &["DELETE FROM audit WHERE rowid > 100"]);
+    assert!(!sqldiff(&source, &file).is_empty());
+
+    let r = rerun(&d1, &manifest, &state, dir.path());
+    let line = &r["databases"][0]["report"];
+    assert_eq!(r["databases"][0]["result"], "ok", "{r}");
+    assert_eq!(line["validation"]["ok"], true, "{line}");
+    assert_eq!(line["already_complete"], false, "{line}");
+    let diff = sqldiff(&source, &file);
+    assert!(diff.is_empty(), "differs:\n{}", diff.join("\n"));
+}
+
+/// Validation after a copy reads D1's catalog with its counts and sampled rows, assuming D1
+/// holds every table of the source; when it does not (here a table dropped on D1 after the
+/// copy), D1 refuses that request, validation reads the catalog first and finds the table
+/// missing, and the rerun copies it again.
+#[test]
+fn validation_along_a_target_that_lacks_a_table_reads_the_catalog_first_and_names_it() {
+    let d1 = server();
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("small.sqlite");
+    small_tenant(&source);
+    let manifest = dir.path().join("tenants.csv");
+    std::fs::write(
+        &manifest,
+        "sqlite_path,database
+small.sqlite,dropped
+",
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let first = rerun(&d1, &manifest, &state, dir.path());
+    assert_eq!(first["totals"]["ok"], 1, "{first}");
+    let (id, file) = databases(&d1)["dropped"].clone();
+    d1.sql(&id, &["DROP TRIGGER invoice_audit", "DROP TABLE audit"]);
+
+    // The rerun: validation along is refused (no table audit), the catalog is read first, the
+    // differences found, the checkpoint checked against D1 and audit copied again.
+    let r = rerun(&d1, &manifest, &state, dir.path());
+    let line = &r["databases"][0]["report"];
+    assert_eq!(r["databases"][0]["result"], "ok", "{r}");
+    assert_eq!(line["validation"]["ok"], true, "{line}");
+    assert!(
+        line["objects_created"].to_string().contains("audit"),
+        "{line}"
+    );
+    // Validation: along, refused; the catalog, then counts and samples (finding audit
+    // missing); after the repair, along again.
+    let validate = line["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["phase"] == "validate")
+        .map(|p| p["requests"].as_u64().unwrap());
+    assert_eq!(validate, Some(4), "{line}");
+    let copy = rusqlite::Connection::open(&file).unwrap();
+    let audit: i64 = copy
+        .query_row("SELECT count(*) FROM audit", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(audit, 400);
 }
