@@ -498,6 +498,11 @@ const INTERESTING = /['"`[;A-Za-z_]|--|\/\*/g;
 const WORD = /[A-Za-z0-9_$]*/y;
 
 export function splitStatements(sql) {
+  // No semicolon anywhere (most batch items): one statement, nothing to scan.
+  if (!sql.includes(";")) {
+    const text = sql.trim();
+    return text && !onlyComments(text) ? [text] : [];
+  }
   const out = [];
   let start = 0;
   let depth = 0; // BEGIN/CASE ... END nesting inside a trigger body
