@@ -72,6 +72,29 @@ def start_d1(name, log=None):
     raise SystemExit("the local D1 did not start")
 
 
+def engine_cpu(proc):
+    """CPU seconds the local D1 (node and workerd, its child) has used so far: workerd runs every
+    database's SQL on one thread, so this bounds how fast any client can go."""
+    pids, todo = [], [proc.pid]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                todo += [int(k) for k in f.read().split()]
+        except OSError:
+            pass
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def floor(url):
     """Creates TENANTS databases and sends each one trivial query, PARALLEL at once: what the
     engine itself costs per database, whatever the client."""
@@ -93,15 +116,19 @@ def floor(url):
     return time.time() - start
 
 
-def timed(env):
+def timed(env, d1=None):
+    """Wall seconds and peak RSS of one run; with `d1` (the local D1's process) also the CPU
+    seconds of the migrator and of the local D1 during it."""
     start = time.time()
+    engine = engine_cpu(d1) if d1 else 0
     proc = subprocess.Popen([BIN], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.time() - start
     err = proc.stderr.read().decode(errors="replace")
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"the migrator failed:\n{err[-3000:]}")
-    return wall, usage.ru_maxrss / 1024
+    used = (usage.ru_utime + usage.ru_stime, engine_cpu(d1) - engine) if d1 else None
+    return wall, usage.ru_maxrss / 1024, used
 
 
 def base_env(url, **extra):
@@ -144,24 +171,26 @@ def main():
     results = []
     try:
         report = os.path.join(work, "single.json")
-        wall, rss = timed(base_env(url, MIGRATION_SQLITE_PATH=single, MIGRATION_D1_DATABASE_ID="single",
-                                   MIGRATION_REPORT=report))
+        env = base_env(url, MIGRATION_SQLITE_PATH=single, MIGRATION_D1_DATABASE_ID="single", MIGRATION_REPORT=report)
+        wall, rss, used = timed(env, d1)
         r = json.load(open(report))
-        results.append(("one database, same rows", wall, rss, r["http_requests"]))
+        results.append(("one database, same rows", wall, rss, r["http_requests"], used))
         report = os.path.join(work, "fleet.json")
-        wall, rss = timed(base_env(url, MIGRATION_MANIFEST=manifest, MIGRATION_CREATE_DATABASES="true",
-                                   MIGRATION_REPORT=report))
+        env = base_env(url, MIGRATION_MANIFEST=manifest, MIGRATION_CREATE_DATABASES="true", MIGRATION_REPORT=report)
+        wall, rss, used = timed(env, d1)
         r = json.load(open(report))
         assert r["totals"]["ok"] == TENANTS, r["totals"]
-        results.append((f"fleet, {TENANTS} databases", wall, rss, r["totals"]["http_requests"]))
+        results.append((f"fleet, {TENANTS} databases", wall, rss, r["totals"]["http_requests"], used))
         per_line = {}
         for d in r["databases"]:
             for p in d["report"]["phases"]:
                 per_line[p["phase"]] = per_line.get(p["phase"], 0) + p["requests"]
         report = os.path.join(work, "fleet-again.json")
-        again, _ = timed(base_env(url, MIGRATION_MANIFEST=manifest, MIGRATION_REPORT=report))
+        again, _, _ = timed(base_env(url, MIGRATION_MANIFEST=manifest, MIGRATION_REPORT=report))
         r2 = json.load(open(report))
+        before = engine_cpu(d1)
         engine = floor(url)
+        engine_floor_cpu = engine_cpu(d1) - before
     finally:
         d1.terminate()
         d1.wait()
@@ -169,7 +198,7 @@ def main():
     log = os.path.join(work, "requests.jsonl")
     d1, url = start_d1("d1-logged", log)
     try:
-        limited, _ = timed(base_env(url, MIGRATION_MANIFEST=manifest, MIGRATION_CREATE_DATABASES="true",
+        limited, _, _ = timed(base_env(url, MIGRATION_MANIFEST=manifest, MIGRATION_CREATE_DATABASES="true",
                                     MIGRATION_STATE_DIR=os.path.join(work, "state-limited"),
                                     MIGRATION_RATE_LIMIT=RATE_LIMIT, MIGRATION_RATE_WINDOW=RATE_WINDOW))
     finally:
@@ -185,16 +214,18 @@ def main():
         peak = max(peak, i - j + 1)
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; {TENANTS} tenants, "
           f"{total_rows:,} rows, {total_mb:.1f} MB in all; {PARALLEL} databases at once")
-    print(f"{'run':<32} {'wall s':>8} {'rows/s':>10} {'requests':>9} {'peak RSS MB':>12}")
-    for name, wall, rss, requests in results:
-        print(f"{name:<32} {wall:>8.2f} {round(total_rows / wall):>10} {requests:>9} {round(rss):>12}")
+    print(f"{'run':<32} {'wall s':>8} {'rows/s':>10} {'requests':>9} {'peak RSS MB':>12} {'CPU s: migrator':>16} {'local D1':>9}")
+    for name, wall, rss, requests, (mine, engine_s) in results:
+        print(f"{name:<32} {wall:>8.2f} {round(total_rows / wall):>10} {requests:>9} {round(rss):>12} {mine:>16.2f} {engine_s:>9.2f}")
     print(f"fleet / one database: {results[1][1] / results[0][1]:.2f}x (target <= 1.5x); peak RSS {round(results[1][2])} MB "
           f"(target < 200 MB)")
     print(f"requests per manifest line: {', '.join(f'{k} {v / TENANTS:.2f}' for k, v in per_line.items())} "
           f"(and creating its database: 1)")
-    print(f"the engine alone: creating {TENANTS} databases and one trivial query to each: {engine:.2f} s "
+    print(f"the engine alone: creating {TENANTS} databases and one trivial query to each: {engine:.2f} s, "
+          f"local D1 CPU {engine_floor_cpu:.2f} s "
           f"(one database + that = {(results[0][1] + engine) / results[0][1]:.2f}x one database)")
-    print(f"rerun of the finished fleet: {again:.2f} s, D1 rows written {r2['totals']['d1_rows_written']}")
+    print(f"rerun of the finished fleet: {again:.2f} s, {r2['totals']['http_requests']} requests, "
+          f"D1 rows written {r2['totals']['d1_rows_written']}")
     print(f"rate limit {RATE_LIMIT} per {RATE_WINDOW} s (MIGRATION_RATE_WINDOW): the fleet took {limited:.1f} s for "
           f"{len(times)} requests; most in any {RATE_WINDOW} s of the request log: {peak} "
           f"({'kept' if peak <= RATE_LIMIT else 'EXCEEDED'})")
