@@ -24,8 +24,8 @@ use crate::send::Rejects;
 use crate::source::{count_from, open_read_only};
 use crate::state::{Fingerprint, State};
 use crate::target::{
-    after_data_statements, copy_after_data, create_missing, create_missing_along, if_not_exists,
-    missing_parents, ordered_objects, target_objects,
+    after_data_statements, copy_after_data, create_missing, create_missing_along, d1_triggers_on,
+    if_not_exists, missing_parents, ordered_objects, target_objects, Suspended,
 };
 use crate::transform::source_schema;
 use crate::value::quote_ident;
@@ -253,6 +253,15 @@ pub fn forward(
             }
         }
     }
+    // Triggers D1 already has on the tables the run writes (the application's own, or the
+    // source's from an earlier run of this migration) would fire on rows that already hold
+    // their effects: they are dropped for the writes and created again after them.
+    let written: Vec<&str> = ordinary.iter().map(|t| t.name.as_str()).collect();
+    let suspended = Suspended::new(
+        client,
+        &state,
+        &d1_triggers_on(client, &existing, &written)?,
+    )?;
     report.objects_created.extend(create_missing(
         client,
         ordinary
@@ -326,6 +335,13 @@ pub fn forward(
         }
     }
 
+    let resumed = suspended.resume()?;
+    if !resumed.is_empty() {
+        log::info(&format!(
+            "D1's triggers {} were dropped for the copy and created again after it",
+            resumed.join(", ")
+        ));
+    }
     report.objects_created.extend(create_missing_along(
         client,
         &mut sequence,

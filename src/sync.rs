@@ -44,7 +44,7 @@ use crate::send::Rejects;
 use crate::sides::{options, Sides};
 use crate::source::{open_read_only, to_sql};
 use crate::state::{Fingerprint, State};
-use crate::target::{copy_sequence, if_not_exists};
+use crate::target::{copy_sequence, resume_d1_triggers, suspend_d1_triggers};
 use crate::validate::{validate_rechecked, Options, Recheck};
 use crate::value::{quote_ident, Value};
 
@@ -124,7 +124,11 @@ pub fn sync(
             if writes || sequence_differs {
                 report.take_bookmark(client);
             }
-            let dropped = suspend_d1_triggers(client, &state, &suspended, writes)?;
+            let on_tables: Vec<(String, String)> = suspended
+                .iter()
+                .map(|t| (t.name.clone(), t.sql.clone()))
+                .collect();
+            let dropped = suspend_d1_triggers(client, &state, &on_tables, writes)?;
             // The triggers are created again whatever the writes did: a failed write must not
             // leave the live database without them until a rerun.
             let written = if writes {
@@ -333,65 +337,6 @@ fn triggers_on<'s>(target: &'s Schema, items: &[Item]) -> Vec<&'s SchemaObject> 
 /// database) must match on a rerun, so the triggers it recorded survive another selection.
 fn fingerprint(config: &Config) -> Fingerprint {
     Fingerprint::of(config, "sync".into())
-}
-
-/// Drops the target's triggers before D1 writes (when there are writes), recording them first;
-/// returns every trigger to create again: these and any an interrupted run had dropped.
-fn suspend_d1_triggers(
-    client: &D1Client,
-    state: &State,
-    triggers: &[&SchemaObject],
-    writes: bool,
-) -> Result<Vec<(String, String)>> {
-    let mut all = state.dropped_triggers();
-    if !all.is_empty() {
-        log::info(&format!(
-            "an earlier sync dropped {} triggers on D1; they are created again after this one",
-            all.len()
-        ));
-    }
-    if !writes {
-        return Ok(all);
-    }
-    for t in triggers {
-        if !all.iter().any(|(n, _)| n.eq_ignore_ascii_case(&t.name)) {
-            all.push((t.name.clone(), t.sql.clone()));
-        }
-    }
-    if triggers.is_empty() {
-        return Ok(all);
-    }
-    state.set_dropped_triggers(all.clone())?;
-    let drops: Vec<String> = triggers
-        .iter()
-        .map(|t| format!("DROP TRIGGER IF EXISTS {}", quote_ident(&t.name)))
-        .collect();
-    client.execute(&drops).map_err(|f| {
-        Error::Refused(format!(
-            "dropping triggers on D1 before a sync: {}",
-            f.error
-        ))
-    })?;
-    Ok(all)
-}
-
-/// Creates the recorded triggers again (idempotently), then forgets them.
-fn resume_d1_triggers(
-    client: &D1Client,
-    state: &State,
-    triggers: &[(String, String)],
-) -> Result<()> {
-    if triggers.is_empty() {
-        return Ok(());
-    }
-    let creates: Vec<String> = triggers.iter().map(|(_, sql)| if_not_exists(sql)).collect();
-    client.execute(&creates).map_err(|f| {
-        Error::Refused(format!(
-            "creating triggers on D1 again after a sync (run it again to retry): {}",
-            f.error
-        ))
-    })?;
-    state.set_dropped_triggers(Vec::new())
 }
 
 /// FTS5 tables a sync changed: their index is rebuilt from their rows after the writes, so that

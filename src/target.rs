@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use crate::d1::{D1Client, Failure};
 use crate::discover::{Schema, SchemaObject};
 use crate::error::{D1Error, Error, Result};
-use crate::value::quote_text;
+use crate::log;
+use crate::state::State;
+use crate::value::{quote_ident, quote_text};
 
 /// Indexes, then views, then triggers (which may use views), each in catalog order.
 pub fn ordered_objects(schema: &Schema) -> impl Iterator<Item = &SchemaObject> {
@@ -333,6 +335,134 @@ pub fn create_missing_along<'a>(
     }
     along.clear();
     Ok(todo.iter().map(|(n, _)| n.to_string()).collect())
+}
+
+/// D1's triggers (name, SQL) on the `tables` a run writes, read only when D1's catalog
+/// (`existing`) holds a trigger at all.
+pub fn d1_triggers_on(
+    client: &D1Client,
+    existing: &HashMap<String, (String, String)>,
+    tables: &[&str],
+) -> Result<Vec<(String, String)>> {
+    if !existing.values().any(|(kind, _)| kind == "trigger") {
+        return Ok(Vec::new());
+    }
+    let written: Vec<String> = tables.iter().map(|t| t.to_lowercase()).collect();
+    let result =
+        client.query("SELECT name, tbl_name, sql FROM sqlite_schema WHERE type = 'trigger'")?;
+    Ok(result
+        .rows
+        .into_iter()
+        .filter_map(|r| {
+            let s = |i: usize| {
+                r.get(i)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            written.contains(&s(1).to_lowercase()).then(|| (s(0), s(2)))
+        })
+        .collect())
+}
+
+/// Triggers dropped for a run's writes, created again when it is dropped if the run did not
+/// (an error on the way): a failed copy must not leave the live database without them until a
+/// rerun. The checkpoint keeps them too, for a run that did not get that far.
+pub struct Suspended<'a> {
+    client: &'a D1Client,
+    state: &'a State,
+    triggers: Vec<(String, String)>,
+}
+
+impl<'a> Suspended<'a> {
+    /// Drops `triggers` on D1 (and takes over those an interrupted run dropped).
+    pub fn new(
+        client: &'a D1Client,
+        state: &'a State,
+        triggers: &[(String, String)],
+    ) -> Result<Suspended<'a>> {
+        let triggers = suspend_d1_triggers(client, state, triggers, true)?;
+        Ok(Suspended {
+            client,
+            state,
+            triggers,
+        })
+    }
+
+    /// Creates them again; returns their names.
+    pub fn resume(mut self) -> Result<Vec<String>> {
+        let triggers = std::mem::take(&mut self.triggers);
+        resume_d1_triggers(self.client, self.state, &triggers)?;
+        Ok(triggers.into_iter().map(|(n, _)| n).collect())
+    }
+}
+
+impl Drop for Suspended<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = resume_d1_triggers(self.client, self.state, &self.triggers) {
+            log::warn(&e.to_string());
+        }
+    }
+}
+
+/// Drops D1's `triggers` (name, SQL) before writes (when there are writes), recording them in
+/// the checkpoint first: they would fire on rows that already hold their effects (a sync's, a
+/// copy's). Returns every trigger to create again: these and any an interrupted run had dropped.
+pub fn suspend_d1_triggers(
+    client: &D1Client,
+    state: &State,
+    triggers: &[(String, String)],
+    writes: bool,
+) -> Result<Vec<(String, String)>> {
+    let mut all = state.dropped_triggers();
+    if !all.is_empty() {
+        log::info(&format!(
+            "an earlier run dropped {} triggers on D1; they are created again after this one's writes",
+            all.len()
+        ));
+    }
+    if !writes {
+        return Ok(all);
+    }
+    for (name, sql) in triggers {
+        if !all.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            all.push((name.clone(), sql.clone()));
+        }
+    }
+    if triggers.is_empty() {
+        return Ok(all);
+    }
+    state.set_dropped_triggers(all.clone())?;
+    let drops: Vec<String> = triggers
+        .iter()
+        .map(|(name, _)| format!("DROP TRIGGER IF EXISTS {}", quote_ident(name)))
+        .collect();
+    client.execute(&drops).map_err(|f| {
+        Error::Refused(format!(
+            "dropping triggers on D1 before writing: {}",
+            f.error
+        ))
+    })?;
+    Ok(all)
+}
+
+/// Creates the recorded triggers again (idempotently), then forgets them.
+pub fn resume_d1_triggers(
+    client: &D1Client,
+    state: &State,
+    triggers: &[(String, String)],
+) -> Result<()> {
+    if triggers.is_empty() {
+        return Ok(());
+    }
+    let creates: Vec<String> = triggers.iter().map(|(_, sql)| if_not_exists(sql)).collect();
+    client.execute(&creates).map_err(|f| {
+        Error::Refused(format!(
+            "creating triggers on D1 again after writing (run it again to retry): {}",
+            f.error
+        ))
+    })?;
+    state.set_dropped_triggers(Vec::new())
 }
 
 #[cfg(test)]

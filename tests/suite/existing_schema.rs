@@ -517,3 +517,51 @@ fn the_sources_counters_keep_their_rowids_beside_counters_d1_already_has() {
     );
     assert!(own.len() == 1 && own[0].2 == 1, "{own:?}");
 }
+
+/// An application's migrations made D1's schema with a trigger (an audit row for every order);
+/// the source's rows already hold the trigger's effects. Copied with the trigger in place, every
+/// order fired it again: its rows took the audit table's keys first and the source's audit rows
+/// were left out (`ON CONFLICT DO NOTHING`), and validation found the table different (exit 3).
+/// The run now drops D1's triggers on the tables it writes for the writes, and creates them
+/// again after them.
+#[test]
+fn triggers_already_on_d1_do_not_fire_on_the_copied_rows_and_are_there_again_after() {
+    let (d1, db, dir) = fresh();
+    let ddl = [
+        "CREATE TABLE orders(id INTEGER PRIMARY KEY, total REAL)",
+        "CREATE TABLE audit(id INTEGER PRIMARY KEY, order_id INTEGER, what TEXT)",
+        "CREATE TRIGGER orders_audit AFTER INSERT ON orders BEGIN \
+         INSERT INTO audit(order_id, what) VALUES (new.id, 'created'); END",
+    ];
+    let source = dir.path().join("app.sqlite");
+    {
+        let conn = Connection::open(&source).unwrap();
+        for s in ddl {
+            conn.execute_batch(s).unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO orders(total) VALUES (1.5), (2.5), (3.5);
+             UPDATE audit SET what = 'imported from the old system' WHERE id = 2;
+             INSERT INTO audit(order_id, what) VALUES (9, 'written by hand');",
+        )
+        .unwrap();
+    }
+    d1.sql(&db, &ddl);
+    let out = Run::new(d1, &db, &source)
+        .env("MIGRATION_VALIDATE_ALL_ROWS", "true")
+        .ok();
+    assert!(stderr(&out).contains("orders_audit"), "{}", stderr(&out));
+    assert_eq!(
+        crate::harness::sqldiff(&source, d1.file(&db)),
+        Vec::<String>::new()
+    );
+    // The trigger is there again, and fires for the application's next order.
+    d1.sql(&db, &["INSERT INTO orders(id, total) VALUES (10, 4.5)"]);
+    assert_eq!(
+        d1.sql(
+            &db,
+            &["SELECT count(*) FROM audit WHERE order_id = 10 AND what = 'created'"]
+        )[0],
+        serde_json::json!([[1]])
+    );
+}
