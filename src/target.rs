@@ -45,15 +45,20 @@ pub fn target_objects(client: &D1Client) -> Result<HashMap<String, (String, Stri
         .rows
         .into_iter()
         .map(|r| {
-            let s = |i: usize| {
-                r.get(i)
-                    .and_then(|v| v.as_str())
-                    .unwrap_or_default()
-                    .to_string()
-            };
-            (s(1).to_lowercase(), (s(0), s(2)))
+            (
+                text_at(&r, 1).to_lowercase(),
+                (text_at(&r, 0), text_at(&r, 2)),
+            )
         })
         .collect())
+}
+
+/// Column `i` of a catalog row as text ("" for NULL).
+fn text_at(row: &[serde_json::Value], i: usize) -> String {
+    row.get(i)
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Creates what the target lacks; what it has is kept (`fit` has compared it with the source's
@@ -353,15 +358,8 @@ pub fn d1_triggers_on(
     Ok(result
         .rows
         .into_iter()
-        .filter_map(|r| {
-            let s = |i: usize| {
-                r.get(i)
-                    .and_then(|v| v.as_str())
-                    .unwrap_or_default()
-                    .to_string()
-            };
-            written.contains(&s(1).to_lowercase()).then(|| (s(0), s(2)))
-        })
+        .filter(|r| written.contains(&text_at(r, 1).to_lowercase()))
+        .map(|r| (text_at(&r, 0), text_at(&r, 2)))
         .collect())
 }
 

@@ -424,20 +424,7 @@ impl<'a> Walker<'a> {
             Some(b) => (budget() / b).clamp(1, self.first_page),
             None => self.first_page,
         };
-        let bounds = |after: &Option<String>| {
-            let mut conditions = Vec::new();
-            if let Some(k) = after {
-                conditions.push(format!("({keys}) > {k}"));
-            }
-            if let Some(k) = &upto {
-                conditions.push(format!("({keys}) <= {k}"));
-            }
-            if conditions.is_empty() {
-                String::new()
-            } else {
-                format!("WHERE {}", conditions.join(" AND "))
-            }
-        };
+        let bounds = |after: &Option<String>| key_bounds(&keys, after, &upto);
         std::thread::scope(|scope| -> Result<()> {
             // The page read last, its target's rows under way.
             let mut pending: Option<Ahead<'_, '_>> = None;
@@ -577,20 +564,7 @@ impl<'a> Walker<'a> {
                 Err(e)
             }
         };
-        let bounds = |after: &Option<String>| {
-            let mut conditions = Vec::new();
-            if let Some(k) = after {
-                conditions.push(format!("({keys}) > {k}"));
-            }
-            if let Some(k) = &upto {
-                conditions.push(format!("({keys}) <= {k}"));
-            }
-            if conditions.is_empty() {
-                String::new()
-            } else {
-                format!("WHERE {}", conditions.join(" AND "))
-            }
-        };
+        let bounds = |after: &Option<String>| key_bounds(&keys, after, &upto);
         loop {
             let _permit = self.permits.map(Permits::take);
             let tail = format!("{} ORDER BY {keys} LIMIT {page}", bounds(&after));
@@ -1722,6 +1696,22 @@ impl Validation {
             }
         }
         out
+    }
+}
+
+/// The `WHERE` of a page of keys after `after` and up to `upto` (either may be open).
+fn key_bounds(keys: &str, after: &Option<String>, upto: &Option<String>) -> String {
+    let mut conditions = Vec::new();
+    if let Some(k) = after {
+        conditions.push(format!("({keys}) > {k}"));
+    }
+    if let Some(k) = upto {
+        conditions.push(format!("({keys}) <= {k}"));
+    }
+    if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
     }
 }
 
