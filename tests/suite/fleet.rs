@@ -510,8 +510,8 @@ fn a_database_the_run_creates_is_copied_in_one_request_validated_in_one_and_a_re
 }
 
 /// A rerun of a complete line trusts its validation rather than reading D1's catalog and counts
-/// first: when D1 lost rows since (here a table's rows, deleted), the validation finds the
-/// difference, D1 is checked against the checkpoint, the table is copied again, and the line
+/// first: when D1 lost rows since (here rows of two tables, deleted), the validation finds the
+/// difference, D1 is checked against the checkpoint, the tables are copied again, and the line
 /// ends validated and exact (not with differences, as a rerun that only validated would).
 #[test]
 fn a_rerun_of_a_complete_line_whose_database_lost_rows_copies_them_again() {
@@ -531,7 +531,15 @@ small.sqlite,lossy
     let first = rerun(&d1, &manifest, &state, dir.path());
     assert_eq!(first["totals"]["ok"], 1, "{first}");
     let (id, file) = databases(&d1)["lossy"].clone();
-    d1.sql(&id, &["DELETE FROM audit WHERE rowid > 100"]);
+    // Invoices lost too: D1 holds the source's trigger on invoice, which must not fire on the
+    // invoices copied again (their audit rows are copied from the source).
+    d1.sql(
+        &id,
+        &[
+            "DELETE FROM invoice WHERE id > 300",
+            "DELETE FROM audit WHERE rowid > 100",
+        ],
+    );
     assert!(!sqldiff(&source, &file).is_empty());
 
     let r = rerun(&d1, &manifest, &state, dir.path());
