@@ -17,7 +17,9 @@ use crate::fit::{fit, Fit};
 use crate::plan::plan;
 use crate::produce::{pass_filter, passes, produce, read_anchors, Pass, Produced, Work};
 use crate::source::open_read_only;
-use crate::target::{after_data_statements, missing_parents, ordered_objects, target_objects};
+use crate::target::{
+    after_data_statements, d1_triggers_on, missing_parents, ordered_objects, target_objects,
+};
 use crate::transform::{source_schema, TableMapping, Transformed};
 use crate::value::quote_ident;
 
@@ -497,6 +499,24 @@ fn target_check(
         for n in &t.notes {
             findings.push(Finding::warning("target_table_note", &t.table, n.clone()));
         }
+    }
+    // The real run drops D1's triggers on the tables it writes and creates them again after the
+    // data (`target::Suspended`): the copied rows already hold their effects.
+    let written: Vec<&str> = schema
+        .tables
+        .iter()
+        .filter(|t| !t.is_virtual())
+        .map(|t| t.name.as_str())
+        .collect();
+    for (name, _) in d1_triggers_on(client, &existing, &written)? {
+        findings.push(Finding::warning(
+            "target_trigger_suspended",
+            &name,
+            format!(
+                "D1's trigger {name:?} is on a table the copy writes: it is dropped while the rows \
+                 are written (they already hold its effects) and created again after the data"
+            ),
+        ));
     }
     for o in &fit.objects {
         if let Some(message) = &o.message {

@@ -523,7 +523,7 @@ fn the_sources_counters_keep_their_rowids_beside_counters_d1_already_has() {
 /// order fired it again: its rows took the audit table's keys first and the source's audit rows
 /// were left out (`ON CONFLICT DO NOTHING`), and validation found the table different (exit 3).
 /// The run now drops D1's triggers on the tables it writes for the writes, and creates them
-/// again after them.
+/// again after them; the dry run says it will.
 #[test]
 fn triggers_already_on_d1_do_not_fire_on_the_copied_rows_and_are_there_again_after() {
     let (d1, db, dir) = fresh();
@@ -547,6 +547,22 @@ fn triggers_already_on_d1_do_not_fire_on_the_copied_rows_and_are_there_again_aft
         .unwrap();
     }
     d1.sql(&db, &ddl);
+    // The dry run says so, and writes nothing (the trigger stays).
+    let dry = Run::new(d1, &db, &source)
+        .env("MIGRATION_DRY_RUN", "true")
+        .ok();
+    assert!(
+        stderr(&dry).contains("D1's trigger \"orders_audit\" is on a table the copy writes"),
+        "{}",
+        stderr(&dry)
+    );
+    assert_eq!(
+        d1.sql(
+            &db,
+            &["SELECT count(*) FROM sqlite_schema WHERE name = 'orders_audit'"]
+        )[0],
+        serde_json::json!([[1]])
+    );
     let out = Run::new(d1, &db, &source)
         .env("MIGRATION_VALIDATE_ALL_ROWS", "true")
         .ok();
