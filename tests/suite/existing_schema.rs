@@ -581,3 +581,62 @@ fn triggers_already_on_d1_do_not_fire_on_the_copied_rows_and_are_there_again_aft
         serde_json::json!([[1]])
     );
 }
+
+/// A copy that stops on the way (D1 refuses a row: its parent is missing) does not leave the
+/// live database without the triggers it dropped for its writes: they are created again as the
+/// run fails. The rerun, once the source is mended, drops them again for its writes and ends
+/// exact, with the trigger in place.
+#[test]
+fn a_copy_that_fails_on_the_way_puts_d1s_triggers_back_and_its_rerun_ends_exact() {
+    let (d1, db, dir) = fresh();
+    let ddl = [
+        "CREATE TABLE parent (id INTEGER PRIMARY KEY, name TEXT)",
+        "CREATE TABLE child (id INTEGER PRIMARY KEY, \
+         parent_id INTEGER NOT NULL REFERENCES parent(id), note TEXT)",
+        "CREATE TABLE audit (id INTEGER PRIMARY KEY, child_id INTEGER)",
+        "CREATE TRIGGER child_audit AFTER INSERT ON child BEGIN \
+         INSERT INTO audit(child_id) VALUES (new.id); END",
+    ];
+    let source = dir.path().join("app.sqlite");
+    let conn = Connection::open(&source).unwrap();
+    for s in ddl {
+        conn.execute_batch(s).unwrap();
+    }
+    conn.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500)
+         INSERT INTO parent SELECT i, 'p' || i FROM n;
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
+         INSERT INTO child SELECT i, 1 + i % 500, printf('%.200c', 'c') FROM n;
+         PRAGMA foreign_keys = OFF;
+         UPDATE child SET parent_id = 9999 WHERE id = 2345;",
+    )
+    .unwrap();
+    d1.sql(&db, &ddl);
+    let trigger_on_d1 = |d1: &LocalD1| {
+        d1.sql(
+            &db,
+            &["SELECT count(*) FROM sqlite_schema WHERE name = 'child_audit'"],
+        )[0]
+        .clone()
+    };
+
+    let failed = Run::new(d1, &db, &source).output();
+    assert_eq!(failed.status.code(), Some(1), "{}", stderr(&failed));
+    assert!(
+        stderr(&failed).contains("table child, row 2345"),
+        "{}",
+        stderr(&failed)
+    );
+    assert_eq!(trigger_on_d1(d1), serde_json::json!([[1]]));
+
+    conn.execute_batch("UPDATE child SET parent_id = 1 WHERE id = 2345")
+        .unwrap();
+    Run::new(d1, &db, &source)
+        .env("MIGRATION_VALIDATE_ALL_ROWS", "true")
+        .ok();
+    assert_eq!(
+        crate::harness::sqldiff(&source, d1.file(&db)),
+        Vec::<String>::new()
+    );
+    assert_eq!(trigger_on_d1(d1), serde_json::json!([[1]]));
+}
