@@ -33,7 +33,8 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ("MIGRATION_IMPORT_MB", "size of each import file, megabytes (decimals allowed)", "50"),
     ("MIGRATION_BATCH_SIZE", "rows read from the source per batch", "1000"),
     ("MIGRATION_PARALLEL_TABLES", "tables worked on at once", "2"),
-    ("MIGRATION_CONCURRENCY", "most HTTP requests in flight at once; writes keep fewer while that covers the round trip", "8"),
+    ("MIGRATION_CONCURRENCY", "reads in flight at once (a rollback's key segments, a validation's), and threads decoding them", "8"),
+    ("MIGRATION_WRITES_IN_FLIGHT", "most write requests in flight at once: the ceiling of the adaptive window, which keeps fewer while they keep D1 busy (more when answers are slow to arrive but quick to execute)", "16"),
     ("MIGRATION_REQUEST_BYTES", "target bytes of SQL per HTTP request", "1048576"),
     ("MIGRATION_TIMEOUT", "per-request timeout, milliseconds", "60000"),
     ("MIGRATION_MAX_RETRIES", "retries of one request before the run stops", "8"),
@@ -127,6 +128,7 @@ pub struct RawConfig {
     batch_size: Option<String>,
     parallel_tables: Option<String>,
     concurrency: Option<String>,
+    writes_in_flight: Option<String>,
     request_bytes: Option<String>,
     timeout: Option<String>,
     max_retries: Option<String>,
@@ -208,6 +210,8 @@ pub struct Config {
     pub batch_size: usize,
     pub parallel_tables: usize,
     pub concurrency: usize,
+    /// Senders of writes, the ceiling of the adaptive window (`MIGRATION_WRITES_IN_FLIGHT`).
+    pub writes_in_flight: usize,
     pub limits: Limits,
     pub retry: RetryPolicy,
     pub tables: Vec<String>,
@@ -434,6 +438,13 @@ impl Config {
             100 << 20,
         )?;
         let concurrency = number(raw.concurrency, "MIGRATION_CONCURRENCY", 8, 1, 64)?;
+        let writes_in_flight = number(
+            raw.writes_in_flight,
+            "MIGRATION_WRITES_IN_FLIGHT",
+            16,
+            1,
+            64,
+        )?;
         Ok(Config {
             sqlite_path,
             endpoint: Endpoint {
@@ -455,6 +466,7 @@ impl Config {
             batch_size: number(raw.batch_size, "MIGRATION_BATCH_SIZE", 1000, 1, 1_000_000)?,
             parallel_tables: number(raw.parallel_tables, "MIGRATION_PARALLEL_TABLES", 2, 1, 64)?,
             concurrency,
+            writes_in_flight,
             limits: Limits {
                 request_bytes,
                 ..Limits::default()
@@ -476,7 +488,7 @@ impl Config {
                     1,
                     3600,
                 )? as u64),
-                max_in_flight: concurrency,
+                max_in_flight: writes_in_flight,
                 ..RetryPolicy::default()
             },
             tables: list(raw.tables),

@@ -61,7 +61,7 @@ pub struct RetryPolicy {
     /// Requests allowed per `rate_window` (0: no limit).
     pub rate_limit: usize,
     pub rate_window: Duration,
-    /// The ceiling of the adaptive window of writes in flight (`MIGRATION_CONCURRENCY`).
+    /// The ceiling of the adaptive window of writes in flight (`MIGRATION_WRITES_IN_FLIGHT`).
     pub max_in_flight: usize,
 }
 

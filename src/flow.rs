@@ -9,10 +9,13 @@
 //! (one that found D1 idle) and D1's answer time (the round trip over the requests in flight),
 //! it counts the requests that were waiting at D1, and grows while fewer than two were (answers
 //! slow to arrive, quick to execute), shrinks when more than four were. Over a network that
-//! answers in 250 ms a request D1 executes in 50 ms, that is 8 to 10 in flight; on this
-//! machine without latency, 3 to 5. `MIGRATION_CONCURRENCY` is the ceiling, and the rate limit caps it once its budget is
-//! spent. A 429 or a timeout halves the window, after which it grows back by one request per
-//! window of answers.
+//! answers in 250 ms a request D1 executes in 50 ms, that is 8 to 10 in flight; in 26 ms (a
+//! 1 MB write on a quiet machine), 11 to 13; on this machine without latency, 3 to 5.
+//! `MIGRATION_WRITES_IN_FLIGHT` (16) is the ceiling: requests on the wire cost D1 nothing (the
+//! window keeps at most four waiting there whatever the ceiling), only memory (a request body
+//! each, `MIGRATION_REQUEST_BYTES`) and the rate limit, which caps the window once its budget
+//! is spent. A 429 or a timeout halves the window, after which it grows back by one request
+//! per window of answers.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -573,6 +576,52 @@ mod tests {
             4,
             "MIGRATION_CONCURRENCY is the ceiling"
         );
+    }
+
+    #[test]
+    fn the_window_grows_past_eight_when_the_round_trip_is_ten_times_d1s_time_and_halves_on_429s() {
+        // 250 ms on the wire, 26 ms at D1 (a 1 MB write on a quiet machine): D1 stays busy only
+        // with 11 in flight. The old ceiling, 8 (MIGRATION_CONCURRENCY), gave 8 / 276 ms = 29
+        // requests per second against D1's 38; MIGRATION_WRITES_IN_FLIGHT's 16 lets it grow.
+        let service = MS(26);
+        let (limits, took) = simulate_jittery(
+            &Window::new(16),
+            MS(250),
+            |_| (MS(0), service),
+            600,
+            |_| false,
+        );
+        let settled = &limits[100..];
+        assert!(
+            settled.iter().all(|&l| (11..=16).contains(&l)),
+            "window {settled:?}"
+        );
+        let busy = service * 600;
+        assert!(
+            took.as_secs_f64() < 1.15 * busy.as_secs_f64() + 0.3,
+            "{took:?} for {busy:?} of D1's time: {limits:?}"
+        );
+        let (_, capped) = simulate_jittery(
+            &Window::new(8),
+            MS(250),
+            |_| (MS(0), service),
+            600,
+            |_| false,
+        );
+        assert!(
+            capped.as_secs_f64() > 1.25 * busy.as_secs_f64(),
+            "8 in flight: {capped:?} for {busy:?} of D1's time"
+        );
+        // It still halves on a 429 or a timeout (both call `congested`), and repeated ones keep
+        // it small.
+        let w = Window::new(16);
+        simulate(&w, MS(250), service, 200, |_| false);
+        let grown = w.limit();
+        assert!(grown > 8, "window {grown}");
+        w.congested();
+        assert_eq!(w.limit(), grown / 2);
+        let limits = simulate(&Window::new(16), MS(250), service, 300, |n| n % 10 == 9);
+        assert!(limits[100..].iter().all(|&l| l <= 6), "{limits:?}");
     }
 
     #[test]

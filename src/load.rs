@@ -157,8 +157,10 @@ fn merge(into: &mut Vec<TableStats>, s: TableStats) {
 }
 
 /// Runs a list of table work items: tables start when their parents are done, at most
-/// `parallel_tables` at once; requests go through `concurrency` senders. Returns the tables
-/// that failed when `continue_on_error` let the run go on without them.
+/// `parallel_tables` at once; requests go through `writes_in_flight` senders (the window of
+/// writes in flight decides how many send at once; a sender waiting for room holds one request
+/// packed). Returns the tables that failed when `continue_on_error` let the run go on without
+/// them.
 pub fn run_work(
     ctx: &Loader<'_>,
     work: &[Work],
@@ -181,7 +183,7 @@ pub fn run_work(
             let rx = job_rx.clone();
             scope.spawn(move || crate::import::importer(&ctx.outlet(), rx));
         } else {
-            for _ in 0..config.concurrency {
+            for _ in 0..config.writes_in_flight {
                 let rx = job_rx.clone();
                 scope.spawn(move || sender(ctx, rx));
             }

@@ -135,6 +135,7 @@ fn a_second_run_of_the_same_migration_at_once_is_refused_and_a_killed_runs_lock_
             .env("MIGRATION_STATE_DIR", &state)
             .env("MIGRATION_REQUEST_BYTES", "100000")
             .env("MIGRATION_CONCURRENCY", "1")
+            .env("MIGRATION_WRITES_IN_FLIGHT", "1")
     };
     let locked = || {
         state.is_dir()
