@@ -21,6 +21,8 @@
 //   LOCAL_D1_TOKEN      bearer token accepted (default "local-dev-token")
 //   LOCAL_D1_ACCOUNT    account id accepted (default: any)
 //   LOCAL_D1_FAULTS     e.g. "429=0.05,500=0.05,drop=0.02,lost=0.01,latency_ms=30,seed=7,retry_after=1";
+//                       jitter_ms=N delays each request a further 0 to N ms (drawn from the seed),
+//                       so requests sent together reach D1 in another order, as over a network;
 //                       max_body=N refuses request bodies over N bytes with HTTP 413 and an HTML
 //                       page, as Cloudflare's edge does, before D1 sees them; max_answer=N answers
 //                       a query whose answer would be over N bytes with D1's error for a result
@@ -49,10 +51,10 @@ const faults = parseFaults(env.LOCAL_D1_FAULTS || "");
 const logPath = env.LOCAL_D1_LOG || "";
 
 function parseFaults(text) {
-  const f = { p429: 0, p500: 0, p503: 0, drop: 0, lost: 0, latencyMs: 0, seed: 1, retryAfter: 1, maxBody: 0,
-    maxAnswer: 0 };
+  const f = { p429: 0, p500: 0, p503: 0, drop: 0, lost: 0, latencyMs: 0, jitterMs: 0, seed: 1, retryAfter: 1,
+    maxBody: 0, maxAnswer: 0 };
   const keys = { "429": "p429", "500": "p500", "503": "p503", drop: "drop", lost: "lost",
-    latency_ms: "latencyMs", seed: "seed", retry_after: "retryAfter", max_body: "maxBody",
+    latency_ms: "latencyMs", jitter_ms: "jitterMs", seed: "seed", retry_after: "retryAfter", max_body: "maxBody",
     max_answer: "maxAnswer" };
   for (const part of text.split(",").map((s) => s.trim()).filter(Boolean)) {
     const [k, v] = part.split("=");
@@ -77,6 +79,8 @@ function rng(seed) {
   };
 }
 const random = rng(faults.seed);
+// Its own generator: a seed's fault sequence is the same with or without jitter.
+const jitter = rng(faults.seed ^ 0x9e3779b9);
 
 function pickFault() {
   let r = random();
@@ -193,7 +197,8 @@ async function handle(req, res) {
   const body = Buffer.concat(chunks);
   const tooLarge = faults.maxBody > 0 && body.length > faults.maxBody;
   const fault = tooLarge ? "413" : pickFault();
-  if (faults.latencyMs) await sleep(faults.latencyMs);
+  const delay = faults.latencyMs + (faults.jitterMs ? jitter() * faults.jitterMs : 0);
+  if (delay) await sleep(delay);
   const entry = { t: Date.now(), method: req.method, path: req.url, bytes: body.length, fault, in_flight: inFlight };
   if (log) entry.statements = req.method === "PUT" ? [] : firstWords(body.toString("utf8"));
   // With max_answer, a request is logged once its answer is known (its size, and whether it

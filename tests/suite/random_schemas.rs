@@ -13,7 +13,9 @@
 //! generated columns, CHECKs, partial and expression indexes, views, triggers writing other
 //! tables, FTS5 with internal and external content; values over every storage class and edge,
 //! BLOBs up to a row just under 2 MB, 0 rows to several requests per table; the planner's
-//! statistics of `ANALYZE` in half the cases). proptest shrinks
+//! statistics of `ANALYZE` in half the cases). Half the cases (odd seeds) reach D1 through the
+//! local D1's front end delaying each request by 0 to 30 ms (`jitter_ms`): the requests a run
+//! keeps in flight reach D1 in another order than they were sent. proptest shrinks
 //! the sizes and switches of a failing case; the failure prints the knobs to replay it with
 //! `D1M_FUZZ_REPLAY`.
 //!
@@ -1093,29 +1095,41 @@ fn annotate(e: rusqlite::Error, sql: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // Running cases against the local D1.
 
-/// Local D1 servers with fresh databases: a new server when one runs out.
+/// Local D1 servers with fresh databases: a new server when one runs out. Two kinds: workerd
+/// alone, and workerd behind the front end delaying each request by 0 to `JITTER_MS` (so the
+/// requests a run keeps in flight reach D1 in another order than they were sent, as over a
+/// network: a write sent before another may be executed after it).
+#[derive(Default)]
 struct Pool {
-    server: Option<LocalD1>,
-    next: usize,
-    generation: usize,
+    servers: [Option<LocalD1>; 2],
+    next: [usize; 2],
+    generation: [usize; 2],
+    generations: usize,
 }
 
 const DATABASES_PER_SERVER: usize = 48;
+const JITTER_MS: u32 = 30;
 
 impl Pool {
-    fn database(&mut self) -> (&LocalD1, String) {
-        if self.server.is_none() || self.next == DATABASES_PER_SERVER {
-            self.server = None;
-            self.generation += 1;
+    fn database(&mut self, jittered: bool) -> (&LocalD1, String) {
+        let k = jittered as usize;
+        if self.servers[k].is_none() || self.next[k] == DATABASES_PER_SERVER {
+            self.servers[k] = None;
+            self.generations += 1;
+            self.generation[k] = self.generations;
             let ids: Vec<String> = (0..DATABASES_PER_SERVER)
-                .map(|i| format!("gen{}-{i}", self.generation))
+                .map(|i| format!("gen{}-{i}", self.generations))
                 .collect();
-            self.server = Some(LocalD1::unlogged(&ids));
-            self.next = 0;
+            self.servers[k] = Some(if jittered {
+                LocalD1::start(&ids, Some(&format!("jitter_ms={JITTER_MS}")))
+            } else {
+                LocalD1::unlogged(&ids)
+            });
+            self.next[k] = 0;
         }
-        self.next += 1;
-        let id = format!("gen{}-{}", self.generation, self.next - 1);
-        (self.server.as_ref().expect("started"), id)
+        self.next[k] += 1;
+        let id = format!("gen{}-{}", self.generation[k], self.next[k] - 1);
+        (self.servers[k].as_ref().expect("started"), id)
     }
 }
 
@@ -1137,7 +1151,8 @@ fn run_case(knobs: &Knobs, pool: &Mutex<Pool>) -> Result<(), String> {
         ))
     };
     let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
-    let (d1, db) = pool.database();
+    // Half the cases reach D1 through a network's jitter.
+    let (d1, db) = pool.database(knobs.seed % 2 == 1);
     let common = |run: Run| {
         run.env("MIGRATION_VALIDATE_ALL_ROWS", "true")
             .env("MIGRATION_REQUEST_BYTES", "100000")
@@ -1309,11 +1324,7 @@ fn env_number(name: &str, default: u64) -> u64 {
 
 #[test]
 fn random_legal_databases_round_trip_exactly() {
-    let pool = Mutex::new(Pool {
-        server: None,
-        next: 0,
-        generation: 0,
-    });
+    let pool = Mutex::new(Pool::default());
     if let Ok(replay) = std::env::var("D1M_FUZZ_REPLAY") {
         let knobs = Knobs::parse(&replay);
         eprintln!("replaying {knobs:?}");
@@ -1409,11 +1420,7 @@ fn an_fts5_index_the_source_split_into_segments_round_trips_by_content() {
         )
         .unwrap();
     assert!(segments > 1, "the source's index holds {segments} segment");
-    let pool = Mutex::new(Pool {
-        server: None,
-        next: 0,
-        generation: 0,
-    });
+    let pool = Mutex::new(Pool::default());
     if let Err(e) = run_case(&knobs, &pool) {
         panic!("{e}");
     }
