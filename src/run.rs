@@ -27,16 +27,13 @@ impl Outcome {
     }
 }
 
-/// Compares the SQLite file and the D1 database, source against target. `along`: D1 is known
-/// to hold every table of the source (a forward copy has completed), so its catalog is read with
-/// its counts and sampled rows, in one request for a small database; should it lack a table or
-/// a column after all, D1 refuses that request and validation reads the catalog first.
-fn validation(
-    config: &Config,
-    client: &D1Client,
-    along: bool,
-) -> Result<validate::Validation, Error> {
-    if along && config.direction == Direction::SqliteToD1 {
+/// Compares the SQLite file and the D1 database, source against target. Forward, D1 is
+/// expected to hold every table of the source (a forward copy has completed, or a validation is
+/// asked for after one), so its catalog is read with its counts and sampled rows, in one request
+/// for a small database; should it lack a table or a column after all, D1 refuses that request
+/// and validation reads the catalog first (one request more).
+fn validation(config: &Config, client: &D1Client) -> Result<validate::Validation, Error> {
+    if config.direction == Direction::SqliteToD1 {
         let sides = sides::Sides::unread(config, client)?;
         let (expected, sequence, statistics) = sides.catalog_wanted();
         let catalog = discover::first_queries(&expected, sequence, statistics);
@@ -172,8 +169,7 @@ fn run_on(
     };
     let validate = |report: &mut Report| {
         client.begin_phase("validate");
-        // After a forward copy D1 holds every table of the source.
-        let validation = validation(config, client, forward)?;
+        let validation = validation(config, client)?;
         let verdict = validation.verdict();
         report.validation = Some(validation);
         verdict

@@ -343,6 +343,10 @@ impl crate::validate::RowSide for SqliteSide {
         self.label
     }
 
+    fn local(&self) -> bool {
+        true
+    }
+
     fn count(&self, table: &str) -> Result<u64> {
         self.with(|c| count_from(c, &self.read_from(table)))
     }

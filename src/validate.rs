@@ -44,6 +44,12 @@ pub trait RowSide: Sync {
     /// A read of a page of about `bytes` of values failed as too large for this side to answer
     /// ([`Error::is_too_large`]): pages hold less from now on.
     fn page_too_large(&self, _bytes: usize) {}
+    /// Whether a read costs this side no round trip (a file on this machine): a full walk then
+    /// asks it where a page ends before the other side is asked for the page's rows, and reads
+    /// its rows once those are in (see [`Walker::walk`]).
+    fn local(&self) -> bool {
+        false
+    }
     /// [`RowSide::surveys`] of `shapes` and [`RowSide::select`] of each read, together: a side
     /// across a network answers them in as few round trips as fit (one, for a small database).
     fn surveys_and_reads(
@@ -118,7 +124,8 @@ pub struct Options {
 /// under 150 MB (4 MiB reached 138 MB on the generated 1 GB database).
 pub const PAGE_BYTES: usize = 2 << 20;
 
-/// Pages read and compared at once, at most, whatever `MIGRATION_CONCURRENCY`: each holds a
+/// Pages read and compared at once, at most, whatever `MIGRATION_CONCURRENCY`, when the source
+/// is read across a network (a page on its way from a local source holds no rows): each holds a
 /// source page and a target page of [`PAGE_BYTES`] of values, about 15 MB in memory for narrow
 /// rows (a value takes 32 bytes however small): eight reached 151 MB on Northwind's full
 /// validation. Six still cover a 250 ms round trip (a page's answer takes D1 about 100 ms).
@@ -398,10 +405,13 @@ impl<'a> Walker<'a> {
     /// Walks the rows with keys in `range`: source pages in key order, the same key range read
     /// from the target; then what the target holds beyond the source's last key in the range.
     ///
-    /// A walker sharing permits reads ahead: while the target's rows of one page are on their
-    /// way, the next page is read from the source and the target asked for its rows, when a
-    /// permit is free for it (a walker never waits for a permit while holding one, so walkers
-    /// cannot hold each other up). Pages are handed to `each` in key order.
+    /// A walker sharing permits reads ahead, each page under a permit (a walker never waits for
+    /// a permit while holding one, so walkers cannot hold each other up), and pages are handed
+    /// to `each` in key order. A source whose reads cost no round trip ([`RowSide::local`]) is
+    /// asked only where a page ends (its last key) before the target is asked for the page's
+    /// rows, and its rows are read once the target's are in: a page on its way holds no rows,
+    /// and up to [`READ_AHEAD`] pages of one walker are on their way at once. Otherwise the
+    /// source's page is read first, and one page is read ahead (two on their way).
     pub fn walk(&self, range: &KeyRange, each: &mut dyn FnMut(Page) -> Result<()>) -> Result<()> {
         match self.permits {
             Some(permits) => self.walk_ahead(range, permits, each),
@@ -409,7 +419,20 @@ impl<'a> Walker<'a> {
         }
     }
 
-    /// [`Walker::walk`] reading ahead, one page at most, each page under a permit.
+    /// Bytes of values a page may hold now, on both sides.
+    fn budget(&self) -> usize {
+        self.source.page_bytes().min(self.target.page_bytes())
+    }
+
+    /// Rows of the first page: as many as `per_row` fit the budget, at most the first page's.
+    fn first_rows(&self, per_row: Option<usize>) -> usize {
+        match per_row {
+            Some(b) => (self.budget() / b).clamp(1, self.first_page),
+            None => self.first_page,
+        }
+    }
+
+    /// [`Walker::walk`] reading ahead.
     fn walk_ahead(
         &self,
         range: &KeyRange,
@@ -418,86 +441,73 @@ impl<'a> Walker<'a> {
     ) -> Result<()> {
         let keys = self.keys_sql();
         let (mut after, upto) = range.clone();
-        let budget = || self.source.page_bytes().min(self.target.page_bytes());
         let mut per_row = self.row_bytes;
-        let mut page = match per_row {
-            Some(b) => (budget() / b).clamp(1, self.first_page),
-            None => self.first_page,
-        };
-        let bounds = |after: &Option<String>| key_bounds(&keys, after, &upto);
+        let mut page = self.first_rows(per_row);
+        let local = self.source.local();
+        let depth = if local { READ_AHEAD } else { 2 };
         std::thread::scope(|scope| -> Result<()> {
-            // The page read last, its target's rows under way.
-            let mut pending: Option<Ahead<'_, '_>> = None;
+            // Pages read ahead, oldest first, the target's rows of each under way.
+            let mut pending: std::collections::VecDeque<Ahead<'_, '_>> = Default::default();
             loop {
-                let permit = match pending {
-                    Some(_) => match permits.try_take() {
-                        Some(p) => p,
-                        None => {
-                            let last = pending.take().expect("a page under way");
-                            self.finish_ahead(last, each)?;
-                            permits.take()
+                // A permit for the next page: while pages are under way, only one free now
+                // (the oldest page is compared meanwhile); with none, waiting for one.
+                let permit = loop {
+                    if pending.len() < depth {
+                        if let Some(p) = permits.try_take() {
+                            break p;
                         }
-                    },
-                    None => permits.take(),
-                };
-                let tail = format!("{} ORDER BY {keys} LIMIT {page}", bounds(&after));
-                let source_rows = match self.source.select(self.shape, std::slice::from_ref(&tail))
-                {
-                    Ok(mut rows) => rows.pop().unwrap_or_default(),
-                    Err(e) if e.is_too_large() => {
-                        page = smaller_page(self.source, page, per_row).ok_or(e)?;
-                        continue;
                     }
-                    Err(e) => return Err(e),
-                };
-                if source_rows.is_empty() {
-                    drop(permit);
-                    if let Some(last) = pending.take() {
-                        self.finish_ahead(last, each)?;
-                    }
-                    // What the target holds beyond the source's last key in the range is
-                    // extra.
-                    loop {
-                        let tail = format!("{} ORDER BY {keys} LIMIT {page}", bounds(&after));
-                        let extra = match self.target.select(self.shape, &[tail]) {
-                            Ok(mut rows) => rows.pop().unwrap_or_default(),
-                            Err(e) if e.is_too_large() => {
-                                page = smaller_page(self.target, page, per_row).ok_or(e)?;
-                                continue;
+                    match pending.pop_front() {
+                        Some(oldest) => {
+                            if let Some(b) = self.finish_ahead(oldest, each)? {
+                                per_row = Some(b);
+                                page = (self.budget() / b).clamp(1, self.page);
                             }
-                            Err(e) => return Err(e),
-                        };
-                        let Some(last) = extra.last() else {
-                            return Ok(());
-                        };
-                        after = Some(self.key_tuple(last));
-                        each(Page {
-                            source: &[],
-                            target: &extra,
-                            equal: false,
-                        })?;
-                        per_row = row_bytes(&extra).or(per_row);
-                        page = page_rows_after(&extra, self.page, budget());
+                        }
+                        None => break permits.take(),
                     }
-                }
-                let upper = self.key_tuple(source_rows.last().expect("a row"));
-                let read = match &after {
-                    Some(k) => {
-                        format!("WHERE ({keys}) > {k} AND ({keys}) <= {upper} ORDER BY {keys}")
-                    }
-                    None => format!("WHERE ({keys}) <= {upper} ORDER BY {keys}"),
                 };
+                let here = key_bounds(&keys, &after, &upto);
+                // The page's last key; a source read first, its rows.
+                let found = if local {
+                    self.page_end(&here, page)?.map(|upper| (upper, None))
+                } else {
+                    let tail = format!("{here} ORDER BY {keys} LIMIT {page}");
+                    match self.source.select(self.shape, std::slice::from_ref(&tail)) {
+                        Ok(mut rows) => {
+                            let rows = rows.pop().unwrap_or_default();
+                            rows.last()
+                                .map(|last| self.key_tuple(last))
+                                .map(|upper| (upper, Some(rows)))
+                        }
+                        Err(e) if e.is_too_large() => {
+                            page = smaller_page(self.source, page, per_row).ok_or(e)?;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
+                let Some((upper, source_rows)) = found else {
+                    drop(permit);
+                    while let Some(oldest) = pending.pop_front() {
+                        self.finish_ahead(oldest, each)?;
+                    }
+                    return self.extra(after, &upto, page, per_row, each);
+                };
+                let read = format!(
+                    "{} ORDER BY {keys}",
+                    key_bounds(&keys, &after, &Some(upper.clone()))
+                );
                 let target = scope.spawn(move || {
                     self.target
                         .select(self.shape, &[read])
                         .map(|mut rows| rows.pop().unwrap_or_default())
                 });
-                if let Some(last) = pending.take() {
-                    self.finish_ahead(last, each)?;
+                if let Some(rows) = &source_rows {
+                    per_row = row_bytes(rows).or(per_row);
+                    page = page_rows_after(rows, self.page, self.budget());
                 }
-                per_row = row_bytes(&source_rows).or(per_row);
-                page = page_rows_after(&source_rows, self.page, budget());
-                pending = Some(Ahead {
+                pending.push_back(Ahead {
                     _permit: permit,
                     after: after.clone(),
                     upper: upper.clone(),
@@ -509,13 +519,43 @@ impl<'a> Walker<'a> {
         })
     }
 
-    /// Compares a page read ahead once the target's rows of it are in. A page the target found
-    /// too large to answer is walked again in smaller pages.
+    /// The key (a SQL tuple) of the last row of a page of `rows` rows of the source within
+    /// `bounds` (a `WHERE`, or nothing), read without the rows; none when it holds no row.
+    fn page_end(&self, bounds: &str, rows: usize) -> Result<Option<String>> {
+        let keys = self.keys_sql();
+        let shape = key_shape(self.shape);
+        let tuple = |found: Vec<Vec<Vec<Value>>>| {
+            found.into_iter().flatten().next().map(|key| {
+                let parts: Vec<String> = key.iter().map(Value::literal).collect();
+                format!("({})", parts.join(", "))
+            })
+        };
+        let at = format!(
+            "{bounds} ORDER BY {keys} LIMIT 1 OFFSET {}",
+            rows.max(1) - 1
+        );
+        if let Some(upper) = tuple(self.source.select(&shape, &[at])?) {
+            return Ok(Some(upper));
+        }
+        // Fewer rows than a page: the last of them.
+        let down: Vec<String> = self
+            .shape
+            .key_exprs
+            .iter()
+            .map(|k| format!("{k} DESC"))
+            .collect();
+        let last = format!("{bounds} ORDER BY {} LIMIT 1", down.join(", "));
+        Ok(tuple(self.source.select(&shape, &[last])?))
+    }
+
+    /// Compares a page read ahead once the target's rows of it are in (the source's read now,
+    /// when they were not read first), and returns the bytes of an average source row of it.
+    /// A page the target found too large to answer is walked again in smaller pages.
     fn finish_ahead(
         &self,
         ahead: Ahead<'_, '_>,
         each: &mut dyn FnMut(Page) -> Result<()>,
-    ) -> Result<()> {
+    ) -> Result<Option<usize>> {
         let Ahead {
             _permit,
             after,
@@ -523,15 +563,30 @@ impl<'a> Walker<'a> {
             source_rows,
             target,
         } = ahead;
-        match target.join().expect("a target read") {
+        let target_rows = target.join().expect("a target read");
+        let keys = self.keys_sql();
+        let source_rows = match source_rows {
+            Some(rows) => rows,
+            None => {
+                let tail = format!(
+                    "{} ORDER BY {keys}",
+                    key_bounds(&keys, &after, &Some(upper.clone()))
+                );
+                self.source
+                    .select(self.shape, &[tail])?
+                    .pop()
+                    .unwrap_or_default()
+            }
+        };
+        let per_row = row_bytes(&source_rows);
+        match target_rows {
             Ok(target_rows) => each(Page {
                 source: &source_rows,
                 target: &target_rows,
                 equal: page_hash(&source_rows) == page_hash(&target_rows),
-            }),
+            })?,
             Err(e) if e.is_too_large() => {
-                let smaller = smaller_page(self.target, source_rows.len(), row_bytes(&source_rows))
-                    .ok_or(e)?;
+                let smaller = smaller_page(self.target, source_rows.len(), per_row).ok_or(e)?;
                 drop(source_rows);
                 let again = Walker {
                     first_page: smaller,
@@ -539,35 +594,24 @@ impl<'a> Walker<'a> {
                     permits: None,
                     ..*self
                 };
-                again.walk_plain(&(after, Some(upper)), each)
+                again.walk_plain(&(after, Some(upper)), each)?;
             }
-            Err(e) => Err(e),
+            Err(e) => return Err(e),
         }
+        Ok(per_row)
     }
 
     /// [`Walker::walk`] one page after the other.
     fn walk_plain(&self, range: &KeyRange, each: &mut dyn FnMut(Page) -> Result<()>) -> Result<()> {
         let keys = self.keys_sql();
         let (mut after, upto) = range.clone();
-        let budget = || self.source.page_bytes().min(self.target.page_bytes());
         let mut per_row = self.row_bytes;
-        let mut page = match per_row {
-            Some(b) => (budget() / b).clamp(1, self.first_page),
-            None => self.first_page,
-        };
-        // A page that one side found too large to answer is read again, smaller; every
-        // walker's pages are smaller from then on.
-        let shrink = |side: &dyn RowSide, e: Error, page: usize, per_row| {
-            if e.is_too_large() {
-                smaller_page(side, page, per_row).ok_or(e)
-            } else {
-                Err(e)
-            }
-        };
-        let bounds = |after: &Option<String>| key_bounds(&keys, after, &upto);
+        let mut page = self.first_rows(per_row);
         loop {
-            let _permit = self.permits.map(Permits::take);
-            let tail = format!("{} ORDER BY {keys} LIMIT {page}", bounds(&after));
+            let tail = format!(
+                "{} ORDER BY {keys} LIMIT {page}",
+                key_bounds(&keys, &after, &upto)
+            );
             let source_rows = match self.source.select(self.shape, std::slice::from_ref(&tail)) {
                 Ok(mut rows) => rows.pop().unwrap_or_default(),
                 Err(e) => {
@@ -576,34 +620,10 @@ impl<'a> Walker<'a> {
                 }
             };
             let Some(last) = source_rows.last() else {
-                // What the target holds beyond the source's last key in the range is extra.
-                loop {
-                    let tail = format!("{} ORDER BY {keys} LIMIT {page}", bounds(&after));
-                    let extra = match self.target.select(self.shape, &[tail]) {
-                        Ok(mut rows) => rows.pop().unwrap_or_default(),
-                        Err(e) => {
-                            page = shrink(self.target, e, page, per_row)?;
-                            continue;
-                        }
-                    };
-                    let Some(last) = extra.last() else {
-                        return Ok(());
-                    };
-                    after = Some(self.key_tuple(last));
-                    each(Page {
-                        source: &[],
-                        target: &extra,
-                        equal: false,
-                    })?;
-                    per_row = row_bytes(&extra).or(per_row);
-                    page = page_rows_after(&extra, self.page, budget());
-                }
+                return self.extra(after, &upto, page, per_row, each);
             };
             let upper = self.key_tuple(last);
-            let range = match &after {
-                Some(k) => format!("WHERE ({keys}) > {k} AND ({keys}) <= {upper}"),
-                None => format!("WHERE ({keys}) <= {upper}"),
-            };
+            let range = key_bounds(&keys, &after, &Some(upper.clone()));
             let target_rows = match self
                 .target
                 .select(self.shape, &[format!("{range} ORDER BY {keys}")])
@@ -621,20 +641,91 @@ impl<'a> Walker<'a> {
                 equal: page_hash(&source_rows) == page_hash(&target_rows),
             })?;
             per_row = row_bytes(&source_rows).or(per_row);
-            page = page_rows_after(&source_rows, self.page, budget());
+            page = page_rows_after(&source_rows, self.page, self.budget());
             after = Some(upper);
+        }
+    }
+
+    /// What the target holds after the source's last key `after` in the range (up to `upto`):
+    /// rows only the target holds, handed to `each` as extra, in pages of `page` rows at first.
+    fn extra(
+        &self,
+        mut after: Option<String>,
+        upto: &Option<String>,
+        mut page: usize,
+        mut per_row: Option<usize>,
+        each: &mut dyn FnMut(Page) -> Result<()>,
+    ) -> Result<()> {
+        let keys = self.keys_sql();
+        loop {
+            let tail = format!(
+                "{} ORDER BY {keys} LIMIT {page}",
+                key_bounds(&keys, &after, upto)
+            );
+            let extra = match self.target.select(self.shape, &[tail]) {
+                Ok(mut rows) => rows.pop().unwrap_or_default(),
+                Err(e) => {
+                    page = shrink(self.target, e, page, per_row)?;
+                    continue;
+                }
+            };
+            let Some(last) = extra.last() else {
+                return Ok(());
+            };
+            after = Some(self.key_tuple(last));
+            each(Page {
+                source: &[],
+                target: &extra,
+                equal: false,
+            })?;
+            per_row = row_bytes(&extra).or(per_row);
+            page = page_rows_after(&extra, self.page, self.budget());
         }
     }
 }
 
-/// A page of a walk read ahead: its permit, its key range, the source's rows, and the target's
-/// read of the same range, under way.
+/// After a read of a page of `page` rows failed with `e`: when `side` found it too large to
+/// answer, the rows to ask for instead (every walker's pages are smaller from then on);
+/// otherwise, or for a single row, the error.
+fn shrink(side: &dyn RowSide, e: Error, page: usize, per_row: Option<usize>) -> Result<usize> {
+    if e.is_too_large() {
+        smaller_page(side, page, per_row).ok_or(e)
+    } else {
+        Err(e)
+    }
+}
+
+/// Pages one walker keeps on their way at once when its source is local (see
+/// [`Walker::walk`]): the permits bound them across walkers.
+pub const READ_AHEAD: usize = 4;
+
+/// A page of a walk read ahead: its permit, its key range, the source's rows (when they were
+/// read first), and the target's read of the same range, under way.
 struct Ahead<'scope, 'env> {
     _permit: crate::flow::Permit<'env>,
     after: Option<String>,
     upper: String,
-    source_rows: Vec<Vec<Value>>,
+    source_rows: Option<Vec<Vec<Value>>>,
     target: std::thread::ScopedJoinHandle<'scope, Result<Vec<Vec<Value>>>>,
+}
+
+/// The shape of `shape`'s key columns alone.
+fn key_shape(s: &Shape) -> Shape {
+    Shape {
+        table: s.table.clone(),
+        columns: s
+            .key_positions
+            .iter()
+            .map(|&p| s.columns[p].clone())
+            .collect(),
+        affinities: s.key_positions.iter().map(|&p| s.affinities[p]).collect(),
+        key_positions: (0..s.key_positions.len()).collect(),
+        key_exprs: s.key_exprs.clone(),
+        deferred: Vec::new(),
+        anchored: Vec::new(),
+        is_virtual: s.is_virtual,
+        read_from: s.read_from.clone(),
+    }
 }
 
 /// Keys named in one read when rows are read back by key.
@@ -813,8 +904,14 @@ fn validate_against(
         .filter_map(|t| on_target(&t.name))
         .map(|t| Shape::new(t, &[]))
         .collect();
-    // Pages read and compared at once, across every table and key segment.
-    let permits = Permits::new(options.segments.min(PAGES_AT_ONCE));
+    // Pages read and compared at once, across every table and key segment. Pages on their way
+    // from a local source hold no rows until the target's are in (see `Walker::walk`): more of
+    // them, as many as a rollback's readers, cover the round trip.
+    let permits = Permits::new(if source.local() {
+        options.segments + parallel
+    } else {
+        options.segments.min(PAGES_AT_ONCE)
+    });
     // The largest tables first, so that they do not start last.
     let mut order: Vec<usize> = (0..tables.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(sources[i].rows));
@@ -1342,7 +1439,7 @@ impl Comparison<'_> {
     fn sample_keys(&self, n: usize, rows: u64) -> Result<Vec<Vec<Value>>> {
         let mut rng = StdRng::seed_from_u64(self.options.seed ^ table_seed(&self.table.name));
         let keys = self.keys_sql();
-        let key_shape = self.key_shape();
+        let key_shape = key_shape(self.shape);
         let mut picked: std::collections::BTreeMap<Vec<u8>, Vec<Value>> = Default::default();
         let take =
             |found: Vec<Vec<Vec<Value>>>,
@@ -1454,26 +1551,6 @@ impl Comparison<'_> {
             ));
         }
         Ok(())
-    }
-
-    /// The shape of the key columns alone.
-    fn key_shape(&self) -> Shape {
-        let s = self.shape;
-        Shape {
-            table: s.table.clone(),
-            columns: s
-                .key_positions
-                .iter()
-                .map(|&p| s.columns[p].clone())
-                .collect(),
-            affinities: s.key_positions.iter().map(|&p| s.affinities[p]).collect(),
-            key_positions: (0..s.key_positions.len()).collect(),
-            key_exprs: s.key_exprs.clone(),
-            deferred: Vec::new(),
-            anchored: Vec::new(),
-            is_virtual: s.is_virtual,
-            read_from: s.read_from.clone(),
-        }
     }
 
     /// The tail selecting the rows of `keys`, in key order.

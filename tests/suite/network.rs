@@ -440,21 +440,7 @@ fn a_full_validation_against_a_d1_that_refuses_large_answers_reads_smaller_pages
 #[test]
 fn a_rollback_asks_for_its_first_pages_after_two_round_trips_and_reads_its_small_tables_together() {
     let dir = tempfile::tempdir().unwrap();
-    let source = dir.path().join("shop.sqlite");
-    rusqlite::Connection::open(&source)
-        .unwrap()
-        .execute_batch(
-            "CREATE TABLE orders (id INTEGER PRIMARY KEY AUTOINCREMENT, note TEXT);
-             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 40000)
-             INSERT INTO orders (note) SELECT hex(randomblob(30)) FROM n;
-             CREATE TABLE colours (id INTEGER PRIMARY KEY, name TEXT UNIQUE);
-             INSERT INTO colours (name) VALUES ('red'), ('green');
-             CREATE TABLE sizes (name TEXT PRIMARY KEY) WITHOUT ROWID;
-             INSERT INTO sizes VALUES ('S'), ('M'), ('L');
-             CREATE TABLE notes (id INTEGER PRIMARY KEY, colour INTEGER REFERENCES colours(id));
-             CREATE INDEX orders_note ON orders(note);",
-        )
-        .unwrap();
+    let source = shop(dir.path());
     let (d1, before, _) = round_trip(dir.path(), &source, "latency_ms=1");
     let requests = &d1.settled_requests()[before..];
     let first_page = requests
@@ -471,4 +457,94 @@ fn a_rollback_asks_for_its_first_pages_after_two_round_trips_and_reads_its_small
             .is_some_and(|s| s.len() == 3 && s.iter().all(|w| w == "SELECT CASE"))),
         "the small tables were read one by one"
     );
+}
+
+/// A shop: a table of 40,000 orders, two small tables (one WITHOUT ROWID), an empty one.
+fn shop(dir: &std::path::Path) -> std::path::PathBuf {
+    let source = dir.join("shop.sqlite");
+    rusqlite::Connection::open(&source)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE orders (id INTEGER PRIMARY KEY AUTOINCREMENT, note TEXT);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 40000)
+             INSERT INTO orders (note) SELECT hex(randomblob(30)) FROM n;
+             CREATE TABLE colours (id INTEGER PRIMARY KEY, name TEXT UNIQUE);
+             INSERT INTO colours (name) VALUES ('red'), ('green');
+             CREATE TABLE sizes (name TEXT PRIMARY KEY) WITHOUT ROWID;
+             INSERT INTO sizes VALUES ('S'), ('M'), ('L');
+             CREATE TABLE notes (id INTEGER PRIMARY KEY, colour INTEGER REFERENCES colours(id));
+             CREATE INDEX orders_note ON orders(note);",
+        )
+        .unwrap();
+    source
+}
+
+/// Copies `source` into a local D1 with `faults`, then validates every row of it
+/// (`MIGRATION_MODE=validate`), which must find the copy exact. Returns the D1, how many
+/// requests it had logged before the validation, and the validation's report.
+fn validated(
+    dir: &std::path::Path,
+    source: &std::path::Path,
+    faults: &str,
+) -> (LocalD1, usize, serde_json::Value) {
+    let id = "validated".to_string();
+    let d1 = LocalD1::start(std::slice::from_ref(&id), Some(faults));
+    Run::new(&d1, &id, source)
+        .env("MIGRATION_VALIDATE", "false")
+        .ok();
+    let before = d1.settled_requests().len();
+    let report = dir.join("validate.json");
+    Run::new(&d1, &id, source)
+        .env("MIGRATION_MODE", "validate")
+        .env("MIGRATION_VALIDATE_ALL_ROWS", "true")
+        .env("MIGRATION_REPORT", &report)
+        .ok();
+    let report = read_json(&report);
+    let validation = &report["validation"];
+    assert_eq!(validation["ok"], true, "{validation}");
+    for t in validation["tables"].as_array().unwrap() {
+        assert_eq!(t["compared"], t["source_rows"], "{t}");
+    }
+    (d1, before, report)
+}
+
+#[test]
+fn a_full_validation_asks_for_its_first_pages_after_one_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = shop(dir.path());
+    let (d1, before, _) = validated(dir.path(), &source, "latency_ms=1");
+    let requests = &d1.settled_requests()[before..];
+    let first_page = requests
+        .iter()
+        .position(|r| r["statements"][0] == "SELECT CASE")
+        .expect("a page was read");
+    // D1's catalog, with the source's tables' columns, and every table's rows in one round
+    // trip (the catalog alone first was one more).
+    assert_eq!(first_page, 1, "{:?}", &requests[..first_page]);
+}
+
+#[test]
+fn a_full_validation_keeps_several_pages_of_one_table_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    // About 13 MB of rows keyed by text: one key range, walked page after page, six pages of
+    // 2 MiB of values.
+    let source = dir.path().join("words.sqlite");
+    rusqlite::Connection::open(&source)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE words (word TEXT PRIMARY KEY, body TEXT) WITHOUT ROWID;
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 36000)
+             INSERT INTO words SELECT 'w' || hex(randomblob(8)), hex(randomblob(150)) FROM n;",
+        )
+        .unwrap();
+    let (d1, before, _) = validated(dir.path(), &source, "latency_ms=300");
+    let pages = d1.settled_requests()[before..]
+        .iter()
+        .filter(|r| r["statements"][0] == "SELECT CASE")
+        .count();
+    assert!(pages >= 6, "{pages} pages");
+    // The source's pages end where a key says: the target's pages are asked for before the
+    // source's rows are read, several at once (one page read ahead kept two on their way).
+    let reads = most_reads_in_flight(&d1, before);
+    assert!(reads >= 4, "only {reads} pages of the one table in flight");
 }
