@@ -115,6 +115,13 @@ const TRANSIENT: &[&str] = &[
     "exceeded timeout",
 ];
 
+/// Whether D1 says its queue of requests is full ("D1 DB is overloaded. Too many requests
+/// queued." or "... Requests queued for too long."): retried, and the window of writes halves,
+/// as after a 429 (D1_FACTS: back off and send less on overloaded).
+fn overloaded(messages: &str) -> bool {
+    messages.to_lowercase().contains("overloaded")
+}
+
 /// What the API (or a proxy before it) answers, often as an HTML page, to a body too large.
 const BODY_TOO_LARGE: &[&str] = &[
     "request entity too large",
@@ -460,21 +467,9 @@ impl D1Client {
         defer_keys: bool,
         alone: bool,
     ) -> Result<Vec<RawResult>, Failure> {
-        let body = batch_body(statements, defer_keys);
-        let limit = self.max_body();
-        if statements.len() > 1 && body.len() > limit {
-            // The API refused a body this large before: the caller sends halves.
-            return Err(Failure {
-                error: D1Error::Http {
-                    status: 413,
-                    message: format!(
-                        "a request of {} bytes is over the {limit} bytes the API accepted",
-                        body.len()
-                    ),
-                },
-                shrink: true,
-            });
-        }
+        // A write's body is built once it has its place in the window: a sender waiting for
+        // one holds only its statements (half the memory).
+        let mut built: Option<String> = None;
         let mut attempt = 0u32;
         loop {
             // Writes take a place in the window (a request sent alone has the gate to itself).
@@ -484,6 +479,21 @@ impl D1Client {
                     .in_flight_cap(self.writes.round_trip().unwrap_or(Duration::ZERO));
                 self.writes.acquire(cap)
             });
+            let body: &str = built.get_or_insert_with(|| batch_body(statements, defer_keys));
+            let limit = self.max_body();
+            if statements.len() > 1 && body.len() > limit {
+                // The API refused a body this large before: the caller sends halves.
+                return Err(Failure {
+                    error: D1Error::Http {
+                        status: 413,
+                        message: format!(
+                            "a request of {} bytes is over the {limit} bytes the API accepted",
+                            body.len()
+                        ),
+                    },
+                    shrink: true,
+                });
+            }
             let counted = self.sending(body.len(), attempt);
             let sent_at = Instant::now();
             let Answer {
@@ -494,7 +504,7 @@ impl D1Client {
                 congested,
             } = {
                 let _shared = (!alone).then(|| self.gate.read().unwrap_or_else(|e| e.into_inner()));
-                self.attempt(&body, defer_keys)
+                self.attempt(body, defer_keys)
             };
             let round_trip = sent_at.elapsed();
             drop(counted);
@@ -676,12 +686,13 @@ impl D1Client {
             let message = messages.join("; ");
             Err(D1Error::refused(status, message, true))
         };
+        let joined = messages.join("; ");
         Answer {
             verdict,
             outcome,
-            too_large: body_too_large(status, &messages.join("; ")),
+            too_large: body_too_large(status, &joined),
             received,
-            congested: status == 429,
+            congested: status == 429 || overloaded(&joined),
         }
     }
 
@@ -976,6 +987,23 @@ mod tests {
         let slow = client_of(TOO_MANY, Duration::from_secs(2));
         assert!(slow.execute(&["INSERT INTO t VALUES (1)"]).is_err());
         assert_eq!(slow.window(), 1, "a timeout halves it");
+    }
+
+    #[test]
+    fn an_overloaded_d1_halves_the_window_of_writes() {
+        const OVERLOADED: &str = "HTTP/1.1 500 Internal Server Error\r\n\
+            content-type: application/json\r\nconnection: close\r\n\r\n\
+            {\"success\":false,\"result\":[],\"errors\":[{\"code\":7500,\
+            \"message\":\"D1 DB is overloaded. Too many requests queued.\"}]}";
+        let client = client_of(OVERLOADED, Duration::ZERO);
+        for _ in 0..3 {
+            client.writes.answered(Duration::from_millis(300), 1 << 20);
+        }
+        let grown = client.window();
+        assert!(grown > 2, "window {grown}");
+        let e = client.execute(&["INSERT INTO t VALUES (1)"]).unwrap_err();
+        assert!(e.error.to_string().contains("overloaded"), "{}", e.error);
+        assert_eq!(client.window(), grown / 2, "an overloaded D1 halves it");
     }
 
     #[test]

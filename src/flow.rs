@@ -14,8 +14,8 @@
 //! `MIGRATION_WRITES_IN_FLIGHT` (16) is the ceiling: requests on the wire cost D1 nothing (the
 //! window keeps at most four waiting there whatever the ceiling), only memory (a request body
 //! each, `MIGRATION_REQUEST_BYTES`) and the rate limit, which caps the window once its budget
-//! is spent. A 429 or a timeout halves the window, after which it grows back by one request
-//! per window of answers.
+//! is spent. A 429, a timeout or D1 saying it is overloaded halves the window, after which it
+//! grows back by one request per window of answers.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -315,7 +315,7 @@ impl Window {
         self.freed.notify_all();
     }
 
-    /// A 429 or a timeout: D1 or the API is saturated; halve the window.
+    /// A 429, a timeout or an overloaded D1: D1 or the API is saturated; halve the window.
     pub fn congested(&self) {
         let mut s = self.state.lock().expect("window lock");
         s.limit = (s.limit / 2.0).max(1.0);

@@ -171,7 +171,9 @@ pub fn run_work(
     }
     let config = ctx.config;
     let cancel = AtomicBool::new(false);
-    let (job_tx, job_rx) = bounded::<Job>(config.concurrency);
+    // The senders waiting for room in the window hold the requests packed ahead; the channel
+    // adds one (memory: a request each, about MIGRATION_REQUEST_BYTES).
+    let (job_tx, job_rx) = bounded::<Job>(1);
     let (done_tx, done_rx) = unbounded::<(usize, TableStats, Option<Error>)>();
     let mut first_error: Option<Error> = None;
     let mut failed: Vec<String> = Vec::new();
