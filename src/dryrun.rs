@@ -18,7 +18,8 @@ use crate::plan::plan;
 use crate::produce::{pass_filter, passes, produce, read_anchors, Pass, Produced, Work};
 use crate::source::open_read_only;
 use crate::target::{
-    after_data_statements, d1_triggers_on, missing_parents, ordered_objects, target_objects,
+    after_data_statements, d1_triggers_on, if_not_exists, missing_parents, ordered_objects,
+    target_objects,
 };
 use crate::transform::{source_schema, TableMapping, Transformed};
 use crate::value::quote_ident;
@@ -47,6 +48,10 @@ pub struct PlannedTable {
     /// Rows over D1's row-size limit, left out of `rows`, `bytes` and the requests (each is a
     /// finding naming its key).
     pub rows_over_limit: u64,
+    /// Bytes and statements of its last request (what the statements after the data may ride
+    /// with).
+    #[serde(skip)]
+    last_request: (usize, usize),
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -127,14 +132,22 @@ pub fn dry_run(config: &Config, client: &D1Client) -> Result<DryRun> {
             transformed.adapt(shape);
         }
     }
-    // The small tables the real run sends together in one request (see `bundle`).
+    // The small tables the real run sends together in one request (see `bundle`), after the
+    // CREATE statements of the tables it creates, at the head of that request.
+    let head: usize = plan
+        .tables
+        .iter()
+        .map(|t| &schema.tables[t.table])
+        .filter(|t| fitted.as_ref().is_none_or(|f| f.creates_table(&t.name)))
+        .map(|t| if_not_exists(&t.sql).len())
+        .sum();
     let small = choose(
         config,
         &source,
         schema,
         &rows,
         &deferred,
-        config.limits.request_bytes,
+        config.limits.request_bytes.saturating_sub(head),
     )?
     .shares();
     let reason_of = |table: &str| {
@@ -243,16 +256,32 @@ pub fn dry_run(config: &Config, client: &D1Client) -> Result<DryRun> {
     }
 
     let data_requests: u64 = out.tables.iter().map(|t| t.requests).sum();
+    // Nothing follows the rows but the statements after the data: no keys set after them, no
+    // virtual table, none of D1's triggers to create again.
+    let nothing_after = plan.virtual_tables.is_empty()
+        && fill.is_empty()
+        && !out
+            .findings
+            .iter()
+            .any(|f| f.kind == "target_trigger_suspended")
+        && (0..deferred.len()).all(|i| small.iter().any(|s| s.deferred == Some(i)));
+    // The last table of the load order with a request of its own.
+    let last = out
+        .tables
+        .iter()
+        .filter(|t| !small.iter().any(|s| rows[s.work].shape.table == t.table))
+        .rfind(|t| t.requests > 0);
     // `sqlite_sequence` and the planner's statistics go along with the virtual tables' or the
     // indexes' DDL when there is any.
-    let ddl_requests = u64::from(!plan.tables.is_empty())
-        + u64::from(
-            !after_data_statements(schema).is_empty()
-                && plan.virtual_tables.is_empty()
-                && schema.objects.is_empty(),
-        )
+    // The tables' DDL goes in a request of its own only when no small table's rows take it along.
+    let ddl_requests = u64::from(!plan.tables.is_empty() && !small.iter().any(|s| s.requests > 0))
         + u64::from(!plan.virtual_tables.is_empty())
-        + u64::from(!schema.objects.is_empty());
+        + u64::from(
+            !rides_last(config, schema, last, &fitted, nothing_after)
+                && (!schema.objects.is_empty()
+                    || (plan.virtual_tables.is_empty()
+                        && !after_data_statements(schema).is_empty())),
+        );
     // 2: reading the target's catalog, and the Time Travel bookmark taken before the first write
     out.http_requests = 2 + ddl_requests + data_requests;
     out.statements = out.tables.iter().map(|t| t.statements).sum();
@@ -278,6 +307,33 @@ pub fn dry_run(config: &Config, client: &D1Client) -> Result<DryRun> {
         .iter()
         .any(|f| f.is_error() && !(skip && f.key.is_some()));
     Ok(out)
+}
+
+/// Whether the statements after the data (`sqlite_sequence`, statistics, indexes, views and
+/// triggers) ride at the end of the last data request, as `migrate` sends them when nothing else
+/// follows the rows and they fit: predicted with the last table of the load order that has a
+/// request of its own, `last` (tables load in parallel, so another may end last in the real run).
+fn rides_last(
+    config: &Config,
+    schema: &Schema,
+    last: Option<&PlannedTable>,
+    fitted: &Option<Fit>,
+    nothing_after: bool,
+) -> bool {
+    let mut tail: Vec<String> = after_data_statements(schema);
+    tail.extend(
+        ordered_objects(schema)
+            .filter(|o| fitted.as_ref().is_none_or(|f| f.creates_object(&o.name)))
+            .map(|o| if_not_exists(&o.sql)),
+    );
+    let bytes: usize = tail.iter().map(String::len).sum();
+    config.method == Method::Query
+        && nothing_after
+        && !tail.is_empty()
+        && last.is_some_and(|t| {
+            t.last_request.0 + bytes <= config.limits.request_bytes
+                && t.last_request.1 + tail.len() <= config.limits.request_statements
+        })
 }
 
 /// Reads and packs one table's pass, counting what the real run would send.
@@ -311,6 +367,7 @@ fn count(
                     }
                 }
                 Produced::Request(r) => {
+                    planned.last_request = (r.bytes, r.statements.len());
                     planned.requests += 1;
                     planned.statements += r.statements.len() as u64;
                     planned.bytes += r.bytes as u64;

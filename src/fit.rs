@@ -97,7 +97,14 @@ impl Fit {
             .any(|t| t.table.eq_ignore_ascii_case(table) && t.action == "merge by name")
     }
 
-    /// Whether the object is to be created (D1 lacks it).
+    /// Whether the run creates the table `name` (D1 lacks it).
+    pub fn creates_table(&self, name: &str) -> bool {
+        self.tables
+            .iter()
+            .any(|t| t.table.eq_ignore_ascii_case(name) && t.action == "create")
+    }
+
+    /// Whether the run creates the index, view or trigger `name`.
     pub fn creates_object(&self, name: &str) -> bool {
         self.objects
             .iter()

@@ -50,23 +50,37 @@ impl<'a> Loader<'a> {
     /// Sends the small tables of `work` (and their deferred keys, from `deferred`) in one request,
     /// and marks what it sent done in both lists and in the checkpoint. Tables it leaves out, or
     /// every table when D1 refuses the request, load through the loader as before.
+    ///
+    /// `head`: the tables' CREATE statements, which ride at the head of that request (D1 runs
+    /// a request's statements in order, as one transaction): the tables are created and the
+    /// small ones filled in one round trip. `create_alone` creates them on their own instead,
+    /// naming the statement D1 refuses: when there are no small tables, or when D1 refuses the
+    /// request (nothing of it was written), before the small tables are sent again alone.
     pub fn send_small_tables(
         &self,
         schema: &Schema,
         work: &mut [Work],
         deferred: &mut [Work],
         stats: &mut Vec<TableStats>,
+        head: &[String],
+        create_alone: impl FnOnce() -> Result<()>,
     ) -> Result<()> {
         let started = std::time::Instant::now();
+        let mut create_alone = Some(create_alone);
+        let mut create = || create_alone.take().map_or(Ok(()), |f| f());
         let conn = open_read_only(self.config.source_file())?;
-        let budget = self.client.request_bytes(self.config.limits.request_bytes);
+        let head_bytes: usize = head.iter().map(String::len).sum();
+        let budget = self
+            .client
+            .request_bytes(self.config.limits.request_bytes)
+            .saturating_sub(head_bytes);
         let small = bundle::choose(self.config, &conn, schema, work, deferred, budget)?;
         let SmallTables {
             members,
             bytes: used,
         } = &small;
         if members.is_empty() {
-            return Ok(());
+            return create();
         }
         let sqls = small.sql();
         let names: Vec<&str> = members
@@ -87,21 +101,36 @@ impl<'a> Loader<'a> {
                 (data, keys)
             })
             .collect();
-        if !sqls.is_empty() {
-            match self.client.execute(&sqls) {
-                Ok(_) => {}
-                Err(f) if f.shrink || matches!(f.error, D1Error::Sql { .. }) => {
-                    // Their bars close at nothing; each table's own pass counts its rows.
-                    drop(bars);
-                    log::info(&format!(
-                        "the small tables {} did not go in one request ({}); each is sent on its own",
-                        names.join(", "),
-                        f.error
-                    ));
-                    return Ok(());
-                }
-                Err(f) => return Err(f.error.into()),
+        let mut request: Vec<&str> = head.iter().map(String::as_str).collect();
+        request.extend(&sqls);
+        // Ok(false): D1 refused the request, which wrote nothing.
+        let send = |request: &[&str]| match self.client.execute(request) {
+            Ok(_) => Ok(true),
+            Err(f) if f.shrink || matches!(f.error, D1Error::Sql { .. }) => {
+                log::info(&format!(
+                    "the small tables {} did not go in one request{} ({})",
+                    names.join(", "),
+                    if request.len() > sqls.len() {
+                        " with the tables' CREATE statements"
+                    } else {
+                        ""
+                    },
+                    f.error
+                ));
+                Ok(false)
             }
+            Err(f) => Err(Error::from(f.error)),
+        };
+        let mut sent = request.is_empty() || send(&request)?;
+        if !sent && !head.is_empty() {
+            create()?;
+            sent = sqls.is_empty() || send(&sqls)?;
+        }
+        if !sent {
+            // Their bars close at nothing; each table's own pass counts its rows.
+            drop(bars);
+            log::info("each small table is sent on its own");
+            return Ok(());
         }
         log::debug(&format!(
             "{} small tables in one request of {used} bytes: {}",
@@ -156,6 +185,63 @@ fn merge(into: &mut Vec<TableStats>, s: TableStats) {
     }
 }
 
+/// Statements that ride at the end of a load's last data request, once D1 has committed every
+/// other request of the load: the DDL after the data (`sqlite_sequence`, the planner's
+/// statistics, indexes, views and triggers), which then costs no round trip of its own. D1 runs
+/// a request's statements in order, as one transaction, so the triggers exist only after the
+/// last row is in, as when they are created alone.
+pub struct Tail {
+    statements: Vec<String>,
+    sent: AtomicBool,
+}
+
+impl Tail {
+    pub fn new(statements: Vec<String>) -> Tail {
+        Tail {
+            statements,
+            sent: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether D1 committed the tail with the last data request. When it did not (the last
+    /// request had no room for it, D1 refused them together, the load failed), the caller sends
+    /// it on its own.
+    pub fn sent(&self) -> bool {
+        self.sent.load(Ordering::SeqCst)
+    }
+
+    fn bytes(&self) -> usize {
+        self.statements.iter().map(String::len).sum()
+    }
+}
+
+/// How a load ends when a [`Tail`] rides with its last request: the table worker that produces
+/// the load's last request holds it back until every other table is finished, then sends it
+/// with the tail.
+struct Ending<'t> {
+    tail: &'t Tail,
+    /// Work items whose requests are not all produced yet (started or not).
+    producing: std::sync::atomic::AtomicUsize,
+    /// Work items not finished (every answer in), kept by the scheduler.
+    unfinished: std::sync::Mutex<usize>,
+    changed: std::sync::Condvar,
+}
+
+impl Ending<'_> {
+    fn set_unfinished(&self, n: usize) {
+        *self.unfinished.lock().unwrap_or_else(|e| e.into_inner()) = n;
+        self.changed.notify_all();
+    }
+
+    /// Waits until the calling table is the only one not finished.
+    fn wait_for_the_others(&self) {
+        let mut n = self.unfinished.lock().unwrap_or_else(|e| e.into_inner());
+        while *n > 1 {
+            n = self.changed.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
 /// Runs a list of table work items: tables start when their parents are done, at most
 /// `parallel_tables` at once; requests go through `writes_in_flight` senders (the window of
 /// writes in flight decides how many send at once; a sender waiting for room holds one request
@@ -166,9 +252,30 @@ pub fn run_work(
     work: &[Work],
     stats: &mut Vec<TableStats>,
 ) -> Result<Vec<String>> {
+    run_work_then(ctx, work, stats, None)
+}
+
+/// [`run_work`], with `tail` at the end of the last data request when it fits there (see
+/// [`Tail::sent`]).
+pub fn run_work_then(
+    ctx: &Loader<'_>,
+    work: &[Work],
+    stats: &mut Vec<TableStats>,
+    tail: Option<&Tail>,
+) -> Result<Vec<String>> {
     if work.iter().all(|w| w.done) {
         return Ok(Vec::new());
     }
+    let todo = work.iter().filter(|w| !w.done).count();
+    let ending = tail
+        .filter(|t| !t.statements.is_empty() && ctx.config.method == Method::Query)
+        .map(|tail| Ending {
+            tail,
+            producing: std::sync::atomic::AtomicUsize::new(todo),
+            unfinished: std::sync::Mutex::new(todo),
+            changed: std::sync::Condvar::new(),
+        });
+    let ending = ending.as_ref();
     let config = ctx.config;
     let cancel = AtomicBool::new(false);
     // The senders waiting for room in the window hold the requests packed ahead; the channel
@@ -217,10 +324,13 @@ pub fn run_work(
                     let (job_tx, done_tx, cancel) = (job_tx.clone(), done_tx.clone(), &cancel);
                     let item = &work[i];
                     scope.spawn(move || {
-                        let (stats, error) = copy_table(ctx, item, &job_tx, cancel);
+                        let (stats, error) = copy_table(ctx, item, &job_tx, cancel, ending);
                         let _ = done_tx.send((i, stats, error));
                     });
                 }
+            }
+            if let Some(e) = ending {
+                e.set_unfinished(finished.iter().filter(|f| !**f).count());
             }
             if running == 0 {
                 break;
@@ -228,6 +338,9 @@ pub fn run_work(
             let (i, table_stats, error) = done_rx.recv().expect("a table worker reports");
             running -= 1;
             finished[i] = true;
+            if let Some(e) = ending {
+                e.set_unfinished(finished.iter().filter(|f| !**f).count());
+            }
             merge(stats, table_stats);
             if let Some(e) = error {
                 if config.continue_on_error {
@@ -255,12 +368,13 @@ fn copy_table(
     work: &Work,
     jobs: &Sender<Job>,
     cancel: &AtomicBool,
+    ending: Option<&Ending<'_>>,
 ) -> (TableStats, Option<Error>) {
     let mut stats = TableStats {
         table: work.shape.table.clone(),
         ..TableStats::default()
     };
-    let error = copy_rows(ctx, work, jobs, cancel, &mut stats).err();
+    let error = copy_rows(ctx, work, jobs, cancel, ending, &mut stats).err();
     if let Some(e) = &error {
         stats.error = Some(e.to_string());
     }
@@ -291,6 +405,11 @@ impl Watermark {
         self.pending.push_back((seq, last_key, None));
     }
 
+    /// `seq` was not sent after all (it goes again under another number).
+    fn forget(&mut self, seq: u64) {
+        self.pending.retain(|e| e.0 != seq);
+    }
+
     /// Marks `seq` committed with the `rows` it wrote; returns the new key up to which
     /// everything is committed, and the rows written up to it since the last one returned.
     fn committed(&mut self, seq: u64, rows: u64) -> Option<(Vec<Value>, u64)> {
@@ -314,6 +433,7 @@ fn copy_rows(
     work: &Work,
     jobs: &Sender<Job>,
     cancel: &AtomicBool,
+    ending: Option<&Ending<'_>>,
     stats: &mut TableStats,
 ) -> Result<()> {
     let config = ctx.config;
@@ -386,36 +506,46 @@ fn copy_rows(
             }
         };
 
-    let mut send = |request: Request, stats: &mut TableStats, flight: &mut Flight| {
-        let seq = flight.next_seq;
-        flight.next_seq += 1;
-        flight.watermark.sent(seq, request.last_key.clone());
-        let job = Job {
-            table: table.clone(),
-            seq,
-            request,
-            ack: ack_tx.clone(),
-        };
-        if jobs.send(job).is_ok() {
-            flight.in_flight += 1;
-        }
-        // A table whose rows reference each other through a NOT NULL key goes one request at a time.
-        while flight.in_flight > 0 {
-            let ack = if work.sequential {
-                ack_rx.recv().ok()
-            } else {
-                ack_rx.try_recv().ok()
+    type OnAck<'x> = dyn FnMut((u64, Result<Sent>), &mut TableStats, &mut Flight) + 'x;
+    let send =
+        |request: Request, stats: &mut TableStats, flight: &mut Flight, on_ack: &mut OnAck<'_>| {
+            let seq = flight.next_seq;
+            flight.next_seq += 1;
+            flight.watermark.sent(seq, request.last_key.clone());
+            let job = Job {
+                table: table.clone(),
+                seq,
+                request,
+                ack: ack_tx.clone(),
             };
-            let Some(ack) = ack else { break };
-            flight.in_flight -= 1;
-            on_ack(ack, stats, flight);
-        }
-    };
+            if jobs.send(job).is_ok() {
+                flight.in_flight += 1;
+            }
+            // A table whose rows reference each other through a NOT NULL key goes one request at a time.
+            while flight.in_flight > 0 {
+                let ack = if work.sequential {
+                    ack_rx.recv().ok()
+                } else {
+                    ack_rx.try_recv().ok()
+                };
+                let Some(ack) = ack else { break };
+                flight.in_flight -= 1;
+                on_ack(ack, stats, flight);
+            }
+        };
 
+    // With a tail to carry, each request waits for the next to be produced: the table's last
+    // one may be the load's last, which carries it.
+    let mut held: Option<Request> = None;
     let mut sink = |event: Produced| {
         match event {
             Produced::Read(n) => stats.rows_read += n,
-            Produced::Request(request) => send(request, stats, &mut flight),
+            Produced::Request(request) if ending.is_some() => {
+                if let Some(before) = held.replace(request) {
+                    send(before, stats, &mut flight, &mut on_ack);
+                }
+            }
+            Produced::Request(request) => send(request, stats, &mut flight, &mut on_ack),
             Produced::Oversize { key, bytes, sql } => {
                 let reason =
                     format!("row of {bytes} bytes is over D1's {MAX_ROW_BYTES}-byte limit");
@@ -453,6 +583,55 @@ fn copy_rows(
     if let Err(e) = produced {
         flight.error.get_or_insert(e);
     }
+    if let Some(ending) = ending {
+        // Every request of every table is produced once this count reaches 0: no table waits
+        // for this one to start, and this request is the load's last.
+        let last = ending.producing.fetch_sub(1, Ordering::SeqCst) == 1;
+        let stopped = |flight: &Flight| flight.error.is_some() || cancel.load(Ordering::Relaxed);
+        if let Some(request) = held.take().filter(|_| !stopped(&flight)) {
+            let room = ctx.client.request_bytes(config.limits.request_bytes);
+            let ride = last
+                && !work.sequential
+                && request.bytes + ending.tail.bytes() <= room
+                && request.statements.len() + ending.tail.statements.len()
+                    <= config.limits.request_statements;
+            if ride {
+                // Its own answers, then the other tables' (their workers wait for theirs).
+                while flight.in_flight > 0 {
+                    let ack = ack_rx.recv().expect("senders answer every job");
+                    flight.in_flight -= 1;
+                    on_ack(ack, stats, &mut flight);
+                }
+                ending.wait_for_the_others();
+            }
+            if stopped(&flight) {
+                // Not sent: the checkpoint does not cover it.
+            } else if !ride {
+                send(request, stats, &mut flight, &mut on_ack);
+            } else {
+                let seq = flight.next_seq;
+                flight.next_seq += 1;
+                flight.watermark.sent(seq, request.last_key.clone());
+                match with_tail(ctx, &request, ending.tail) {
+                    Ok(sent) => {
+                        ending.tail.sent.store(true, Ordering::SeqCst);
+                        on_ack((seq, Ok(sent)), stats, &mut flight);
+                    }
+                    Err(refused) => {
+                        flight.watermark.forget(seq);
+                        match refused {
+                            // Refused together: the rows go alone (split down to a row at
+                            // fault, as any request), the tail after the load.
+                            None => send(request, stats, &mut flight, &mut on_ack),
+                            Some(e) => {
+                                flight.error.get_or_insert(e);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
     while flight.in_flight > 0 {
         let ack = ack_rx.recv().expect("senders answer every job");
         flight.in_flight -= 1;
@@ -477,6 +656,39 @@ fn copy_rows(
         Pass::SetDeferred => ctx.state.set_deferred_done(&table),
         Pass::Sync => Ok(()),
         Pass::Anchors | Pass::Whole => ctx.state.set_phase_done(&group_phase(&table)),
+    }
+}
+
+/// Sends the load's last data request with the tail after its rows, in one request. `Err(None)`:
+/// D1 (or the API) refused them together, which wrote nothing.
+fn with_tail(
+    ctx: &Loader<'_>,
+    request: &Request,
+    tail: &Tail,
+) -> std::result::Result<Sent, Option<Error>> {
+    let rows: Vec<&str> = request.statements.iter().map(|s| s.sql.as_str()).collect();
+    let mut sqls = crate::send::relaxed(&rows, request.relax_checks);
+    sqls.extend(tail.statements.iter().map(String::as_str));
+    match ctx.client.execute(&sqls) {
+        Ok(_) => {
+            let mut sent = Sent {
+                rows: request.rows as u64,
+                large_rows: request.large_rows as u64,
+                requests: 1,
+                ..Sent::default()
+            };
+            sent.committed(&rows);
+            Ok(sent)
+        }
+        Err(f) if f.shrink || matches!(f.error, D1Error::Sql { .. }) => {
+            log::info(&format!(
+                "the last data request did not go with the statements after the data ({}): \
+                 each is sent on its own",
+                f.error
+            ));
+            Err(None)
+        }
+        Err(f) => Err(Some(f.error.into())),
     }
 }
 

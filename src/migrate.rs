@@ -14,7 +14,7 @@ use crate::d1::D1Client;
 use crate::discover::{is_d1_internal, Schema, Table};
 use crate::error::{Error, Result};
 use crate::fit::{fit, Fit, MIGRATIONS_TABLE};
-use crate::load::{run_work, Loader};
+use crate::load::{run_work, run_work_then, Loader, Tail};
 use crate::log;
 use crate::plan::plan;
 use crate::produce::{group_phase, passes, read_anchors, Pass};
@@ -25,7 +25,7 @@ use crate::source::{count_from, open_read_only};
 use crate::state::{Fingerprint, State};
 use crate::target::{
     after_data_statements, copy_after_data, create_missing, create_missing_along, d1_triggers_on,
-    if_not_exists, missing_parents, ordered_objects, target_objects, Suspended,
+    if_not_exists, missing, missing_parents, ordered_objects, target_objects, Suspended,
 };
 use crate::transform::source_schema;
 use crate::value::quote_ident;
@@ -262,13 +262,11 @@ pub fn forward(
         &state,
         &d1_triggers_on(client, &existing, &written)?,
     )?;
-    report.objects_created.extend(create_missing(
-        client,
+    let tables = || {
         ordinary
             .iter()
-            .map(|t| ("table", t.name.as_str(), t.sql.as_str())),
-        &existing,
-    )?);
+            .map(|t| ("table", t.name.as_str(), t.sql.as_str()))
+    };
     let ctx = Loader {
         config,
         client,
@@ -277,12 +275,27 @@ pub fn forward(
         rejects: &rejects,
         rows,
     };
+    let create_alone = || create_missing(client, tables(), &existing).map(drop);
     if config.method == Method::Query {
-        ctx.send_small_tables(&schema, &mut work, &mut deferred, &mut report.tables)?;
+        // The tables' DDL rides at the head of the small tables' request.
+        let (names, head): (Vec<&str>, Vec<String>) =
+            missing(tables(), &existing).into_iter().unzip();
+        ctx.send_small_tables(
+            &schema,
+            &mut work,
+            &mut deferred,
+            &mut report.tables,
+            &head,
+            create_alone,
+        )?;
+        report
+            .objects_created
+            .extend(names.into_iter().map(str::to_string));
+    } else {
+        report
+            .objects_created
+            .extend(create_missing(client, tables(), &existing)?);
     }
-    let mut failed = run_work(&ctx, &work, &mut report.tables)?;
-    failed.extend(run_work(&ctx, &deferred, &mut report.tables)?);
-
     // The sequence and the planner's statistics go along with the next DDL after the data, in
     // its request.
     let mut sequence = if state.phase_done("sequence") {
@@ -290,6 +303,34 @@ pub fn forward(
     } else {
         after_data_statements(&schema)
     };
+    // When nothing but that DDL follows the rows (no keys set after them, no virtual table,
+    // none of D1's triggers to create again), it rides at the end of the last data request.
+    let objects: Vec<(&str, String)> = missing(
+        ordered_objects(&schema).map(|o| (o.kind.as_str(), o.name.as_str(), o.sql.as_str())),
+        &existing,
+    );
+    let last = deferred.iter().all(|w| w.done)
+        && plan.virtual_tables.is_empty()
+        && fill.is_empty()
+        && suspended.is_empty();
+    let tail = Tail::new(
+        sequence
+            .iter()
+            .cloned()
+            .chain(objects.iter().map(|(_, sql)| sql.clone()))
+            .collect(),
+    );
+    let mut failed = run_work_then(&ctx, &work, &mut report.tables, last.then_some(&tail))?;
+    failed.extend(run_work(&ctx, &deferred, &mut report.tables)?);
+    if tail.sent() {
+        report
+            .objects_created
+            .extend(objects.iter().map(|(name, _)| name.to_string()));
+        if !state.phase_done("sequence") {
+            state.set_phase_done("sequence")?;
+        }
+        sequence.clear();
+    }
 
     let virtual_tables: Vec<&Table> = plan
         .virtual_tables
@@ -342,12 +383,14 @@ pub fn forward(
             resumed.join(", ")
         ));
     }
-    report.objects_created.extend(create_missing_along(
-        client,
-        &mut sequence,
-        ordered_objects(&schema).map(|o| (o.kind.as_str(), o.name.as_str(), o.sql.as_str())),
-        &existing,
-    )?);
+    if !tail.sent() {
+        report.objects_created.extend(create_missing_along(
+            client,
+            &mut sequence,
+            ordered_objects(&schema).map(|o| (o.kind.as_str(), o.name.as_str(), o.sql.as_str())),
+            &existing,
+        )?);
+    }
     if !state.phase_done("sequence") {
         if !sequence.is_empty() {
             copy_after_data(client, &schema)?;

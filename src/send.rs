@@ -181,7 +181,7 @@ pub(crate) fn send_statements(
 
 /// The statements, between `PRAGMA ignore_check_constraints` on and off when `relax`. The
 /// setting belongs to D1's connection, not to the request, so every such request ends it.
-fn relaxed<'a>(sqls: &[&'a str], relax: bool) -> Vec<&'a str> {
+pub(crate) fn relaxed<'a>(sqls: &[&'a str], relax: bool) -> Vec<&'a str> {
     if !relax {
         return sqls.to_vec();
     }

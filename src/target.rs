@@ -71,6 +71,18 @@ pub fn create_missing<'a>(
     create_missing_along(client, &mut Vec::new(), objects, existing)
 }
 
+/// The objects of `objects` (kind, name, SQL) that D1 lacks, each with its idempotent DDL
+/// ([`if_not_exists`]): what [`create_missing`] would send.
+pub fn missing<'a>(
+    objects: impl Iterator<Item = (&'a str, &'a str, &'a str)>,
+    existing: &HashMap<String, (String, String)>,
+) -> Vec<(&'a str, String)> {
+    objects
+        .filter(|(_, name, _)| !existing.contains_key(&name.to_lowercase()))
+        .map(|(_, name, sql)| (name, if_not_exists(sql)))
+        .collect()
+}
+
 /// Runs DDL in one request; if D1 refuses it, runs each alone to name the one at fault.
 fn execute_named(client: &D1Client, items: &[(&str, &str)]) -> Result<()> {
     if items.is_empty() {
@@ -385,6 +397,11 @@ impl<'a> Suspended<'a> {
             state,
             triggers,
         })
+    }
+
+    /// Whether no trigger is held back.
+    pub fn is_empty(&self) -> bool {
+        self.triggers.is_empty()
     }
 
     /// Creates them again; returns their names.

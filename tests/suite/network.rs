@@ -548,3 +548,161 @@ fn a_full_validation_keeps_several_pages_of_one_table_in_flight() {
     let reads = most_reads_in_flight(&d1, before);
     assert!(reads >= 4, "only {reads} pages of the one table in flight");
 }
+
+/// A database of four levels (regions ← customers ← orders ← lines), the two upper ones small,
+/// with an AUTOINCREMENT counter ahead of its rows, the planner's statistics, an index, a view
+/// and a trigger that would change `orders` if it fired on the copied lines.
+fn levels(path: &std::path::Path, bad_rows: bool) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE regions (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
+         INSERT INTO regions VALUES (1, 'north'), (2, 'south');
+         CREATE TABLE customers (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT,
+                                 region INTEGER REFERENCES regions(id));
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50)
+         INSERT INTO customers SELECT i, 'customer ' || i, 1 + i % 2 FROM n;
+         UPDATE sqlite_sequence SET seq = 500 WHERE name = 'customers';
+         CREATE TABLE orders (id INTEGER PRIMARY KEY, customer INTEGER NOT NULL
+                              REFERENCES customers(id), lines INTEGER NOT NULL DEFAULT 0, note TEXT);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
+         INSERT INTO orders SELECT i, 1 + i % 50, 2, hex(randomblob(40)) FROM n;
+         CREATE TABLE lines (id INTEGER PRIMARY KEY, orders INTEGER NOT NULL REFERENCES orders(id),
+                             product TEXT, qty INTEGER);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 6000)
+         INSERT INTO lines SELECT i, 1 + (i - 1) / 2, hex(randomblob(20)), i % 7 FROM n;
+         CREATE INDEX lines_by_order ON lines(orders);
+         CREATE VIEW order_sizes AS SELECT orders, count(*) AS n FROM lines GROUP BY orders;
+         CREATE TRIGGER count_lines AFTER INSERT ON lines
+           BEGIN UPDATE orders SET lines = lines + 1 WHERE id = NEW.orders; END;
+         ANALYZE;
+         DROP TABLE IF EXISTS sqlite_stat4;",
+    )
+    .unwrap();
+    if bad_rows {
+        // Rows D1 refuses (SQLite does not enforce foreign keys by default): a small table's,
+        // and the large one's last.
+        conn.execute_batch(
+            "PRAGMA foreign_keys = off;
+             INSERT INTO customers VALUES (51, 'nowhere', 9);
+             INSERT INTO lines VALUES (6001, 99999, 'orphan', 1);",
+        )
+        .unwrap();
+    }
+}
+
+/// The requests of the log whose statements include one starting with each of `words`.
+fn with_all<'a>(requests: &'a [serde_json::Value], words: &[&str]) -> Vec<&'a serde_json::Value> {
+    requests
+        .iter()
+        .filter(|r| {
+            words.iter().all(|w| {
+                r["statements"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|x| x.as_str().unwrap_or("").starts_with(w)))
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn the_tables_are_created_with_the_small_tables_rows_and_the_objects_after_the_data_with_the_last_rows(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("levels.sqlite");
+    levels(&source, false);
+    let id = "levels".to_string();
+    let d1 = LocalD1::start(std::slice::from_ref(&id), Some("latency_ms=20"));
+    let plan = dir.path().join("plan.json");
+    Run::new(&d1, &id, &source)
+        .env("MIGRATION_REQUEST_BYTES", "100000")
+        .env("MIGRATION_DRY_RUN", "true")
+        .env("MIGRATION_REPORT", &plan)
+        .ok();
+    let report = dir.path().join("report.json");
+    Run::new(&d1, &id, &source)
+        .env("MIGRATION_REQUEST_BYTES", "100000")
+        .env("MIGRATION_VALIDATE", "false")
+        .env("MIGRATION_REPORT", &report)
+        .ok();
+    // Exact: the trigger did not fire on the copied lines, the counter is the source's.
+    let diff = sqldiff(&source, d1.file(&id));
+    assert!(diff.is_empty(), "{}", diff.join("\n"));
+    let requests = d1.settled_requests();
+    let report = read_json(&report);
+    let data: u64 = report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["requests"].as_u64().unwrap())
+        .sum();
+    // The catalog and the bookmark, then data requests only: no round trip for DDL alone, as
+    // the dry run predicts.
+    assert_eq!(
+        report["http_requests"].as_u64().unwrap(),
+        2 + data,
+        "{requests:?}"
+    );
+    assert_eq!(
+        read_json(&plan)["dry_run"]["http_requests"],
+        report["http_requests"]
+    );
+    let created = with_all(&requests, &["CREATE TABLE"]);
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert!(
+        !with_all(std::slice::from_ref(created[0]), &["INSERT INTO"]).is_empty(),
+        "the tables were created without the small tables' rows: {created:?}"
+    );
+    let after = with_all(&requests, &["CREATE TRIGGER"]);
+    assert_eq!(after.len(), 1, "{after:?}");
+    let last = requests
+        .iter()
+        .rev()
+        .find(|r| r["method"] == "POST")
+        .unwrap();
+    assert_eq!(
+        after[0], last,
+        "the objects after the data did not come last"
+    );
+    for words in [
+        ["INSERT INTO", "CREATE INDEX"],
+        ["INSERT INTO", "CREATE VIEW"],
+    ] {
+        assert!(
+            !with_all(std::slice::from_ref(last), &words).is_empty(),
+            "the last request lacks {words:?}: {last}"
+        );
+    }
+}
+
+#[test]
+fn rows_d1_refuses_beside_the_tables_ddl_or_the_objects_after_the_data_are_rejected_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("levels.sqlite");
+    levels(&source, true);
+    let id = "refused".to_string();
+    let d1 = LocalD1::start(std::slice::from_ref(&id), None);
+    let rejects = dir.path().join("rejects.jsonl");
+    Run::new(&d1, &id, &source)
+        .env("MIGRATION_REQUEST_BYTES", "100000")
+        .env("MIGRATION_VALIDATE", "false")
+        .env("MIGRATION_ON_BAD_ROW", "skip")
+        .env("MIGRATION_REJECT_FILE", &rejects)
+        .ok();
+    assert_eq!(
+        crate::harness::rejected_keys(&rejects),
+        [("customers", "51"), ("lines", "6001")]
+            .into_iter()
+            .map(|(t, k)| (t.to_string(), k.to_string()))
+            .collect()
+    );
+    // Everything else arrived, the objects after the data too.
+    let diff = sqldiff(&source, d1.file(&id));
+    assert_eq!(diff.len(), 2, "{}", diff.join("\n"));
+    assert!(
+        diff.iter()
+            .all(|l| l.starts_with("DELETE FROM customers WHERE id=51")
+                || l.starts_with("DELETE FROM lines WHERE id=6001")),
+        "{}",
+        diff.join("\n")
+    );
+}
