@@ -1,8 +1,12 @@
 //! Loading into D1, the sink of the forward pipeline: table workers (each with its own read-only
 //! connection) run `produce` and hand requests over a bounded channel to HTTP senders; tables
 //! start when their parents are done, after the small tables went in one request (`bundle`
-//! chooses them). A request D1 refuses is split down to the row at fault,
-//! which is rejected or named. The checkpoint advances over the prefix of committed requests.
+//! chooses them; the tables' CREATE statements ride at its head). A child whose keys refer to
+//! the key its parent loads in order starts before the parent is finished, each of its requests
+//! once D1 holds the parent's rows it refers to ([`Gate`]). The statements after the data may
+//! ride at the end of the load's last request ([`Tail`]). A request D1 refuses is split down to
+//! the row at fault, which is rejected or named. The checkpoint advances over the prefix of
+//! committed requests.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,9 +26,9 @@ use crate::produce::{group_phase, pass_filter, produce, Pass, Produced, Work};
 use crate::progress::{Progress, Stage};
 use crate::report::TableStats;
 use crate::send::{send_job, Job, Outlet, Rejects, Sent};
-use crate::source::open_read_only;
+use crate::source::{open_read_only, to_sql};
 use crate::state::State;
-use crate::value::Value;
+use crate::value::{quote_ident, Value};
 
 /// What loading shares across tables: where rows go, how far they got, what was refused.
 pub struct Loader<'a> {
@@ -185,6 +189,160 @@ fn merge(into: &mut Vec<TableStats>, s: TableStats) {
     }
 }
 
+/// A foreign key of a child table to a parent still loading, which lets the child start before
+/// the parent is finished: each of the child's requests goes once D1 has committed the parent's
+/// rows up to the largest key the request refers to (D1 checks foreign keys at each request's
+/// end). The parent loads in the order of the key referred to, so its committed prefix is known.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    /// The parent's index in the work list.
+    pub parent: usize,
+    /// The child's column (quoted) that holds the parent's key.
+    column: String,
+}
+
+/// For each work item, its [`Gate`]s: one per foreign key to a parent in the same list, for the
+/// parents to which every key of the item is one column referring to the column the parent
+/// loads in order; neither table transformed, filled in several passes or one request at a
+/// time. A parent without gates is waited for as a whole.
+pub fn gates(schema: &Schema, work: &[Work]) -> Vec<Vec<Gate>> {
+    let plain = |w: &Work| {
+        w.pass == Pass::Insert
+            && !w.sequential
+            && w.group.is_empty()
+            && !w.shape.is_virtual
+            && w.shape.deferred.is_empty()
+            && w.shape.anchored.is_empty()
+            && w.shape.read_from == quote_ident(&w.shape.table)
+    };
+    work.iter()
+        .map(|w| {
+            let Some(table) = schema.table(&w.shape.table).filter(|_| plain(w)) else {
+                return Vec::new();
+            };
+            let mut out = Vec::new();
+            for &p in &w.parents {
+                let parent_work = &work[p];
+                let Some(parent) = schema
+                    .table(&parent_work.shape.table)
+                    .filter(|_| plain(parent_work) && parent_work.shape.key_exprs.len() == 1)
+                else {
+                    continue;
+                };
+                let keys: Vec<_> = table
+                    .foreign_keys
+                    .iter()
+                    .filter(|fk| fk.parent.eq_ignore_ascii_case(&parent.name))
+                    .collect();
+                let gates: Vec<Gate> = keys
+                    .iter()
+                    .filter_map(|fk| {
+                        let [column] = fk.columns.as_slice() else {
+                            return None;
+                        };
+                        let referred = match fk.parent_columns.as_slice() {
+                            [c] => c.clone(),
+                            [] => match parent
+                                .columns
+                                .iter()
+                                .filter(|c| c.pk > 0)
+                                .collect::<Vec<_>>()
+                                .as_slice()
+                            {
+                                [pk] => pk.name.clone(),
+                                _ => return None,
+                            },
+                            _ => return None,
+                        };
+                        let column = quote_ident(column);
+                        (parent_work.shape.key_exprs[0]
+                            .eq_ignore_ascii_case(&quote_ident(&referred))
+                            && w.shape
+                                .columns
+                                .iter()
+                                .any(|c| c.eq_ignore_ascii_case(&column)))
+                        .then_some(Gate { parent: p, column })
+                    })
+                    .collect();
+                if !keys.is_empty() && gates.len() == keys.len() {
+                    out.extend(gates);
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+/// How far each work item of a load has got on D1, for the children that started before it
+/// finished ([`Gate`]).
+struct Reached {
+    items: std::sync::Mutex<Vec<Item>>,
+    changed: std::sync::Condvar,
+}
+
+/// How far one work item has got.
+#[derive(Clone, Default)]
+struct Item {
+    /// The key up to which D1 has committed its rows.
+    committed: Option<Vec<Value>>,
+    finished: bool,
+    failed: bool,
+}
+
+impl Reached {
+    fn new(n: usize) -> Reached {
+        Reached {
+            items: std::sync::Mutex::new(vec![Item::default(); n]),
+            changed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Item>> {
+        self.items.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn advance(&self, i: usize, key: &[Value]) {
+        self.lock()[i].committed = Some(key.to_vec());
+        self.changed.notify_all();
+    }
+
+    fn finish(&self, i: usize, failed: bool) {
+        let mut items = self.lock();
+        items[i].finished = true;
+        items[i].failed |= failed;
+        drop(items);
+        self.changed.notify_all();
+    }
+
+    fn finished(&self, i: usize) -> bool {
+        self.lock()[i].finished
+    }
+
+    /// Waits until item `p` has committed its rows up to the integer key `bound` (any other
+    /// value: until it is finished). False when it failed, or the load stopped.
+    fn wait(&self, p: usize, bound: &Value, cancel: &AtomicBool) -> bool {
+        let mut items = self.lock();
+        loop {
+            let item = &items[p];
+            if item.failed || cancel.load(Ordering::Relaxed) {
+                return false;
+            }
+            let reached = match (item.committed.as_deref(), bound) {
+                (Some([Value::Integer(k)]), Value::Integer(b)) => k >= b,
+                _ => false,
+            };
+            if item.finished || reached {
+                return true;
+            }
+            items = self
+                .changed
+                .wait_timeout(items, std::time::Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
 /// Statements that ride at the end of a load's last data request, once D1 has committed every
 /// other request of the load: the DDL after the data (`sqlite_sequence`, the planner's
 /// statistics, indexes, views and triggers), which then costs no round trip of its own. D1 runs
@@ -252,16 +410,18 @@ pub fn run_work(
     work: &[Work],
     stats: &mut Vec<TableStats>,
 ) -> Result<Vec<String>> {
-    run_work_then(ctx, work, stats, None)
+    run_work_then(ctx, work, stats, None, &[])
 }
 
 /// [`run_work`], with `tail` at the end of the last data request when it fits there (see
-/// [`Tail::sent`]).
+/// [`Tail::sent`]), and children starting before their parents finish where `gates` (see
+/// [`gates`]; none when empty) let them.
 pub fn run_work_then(
     ctx: &Loader<'_>,
     work: &[Work],
     stats: &mut Vec<TableStats>,
     tail: Option<&Tail>,
+    gates: &[Vec<Gate>],
 ) -> Result<Vec<String>> {
     if work.iter().all(|w| w.done) {
         return Ok(Vec::new());
@@ -276,6 +436,16 @@ pub fn run_work_then(
             changed: std::sync::Condvar::new(),
         });
     let ending = ending.as_ref();
+    let reached = Reached::new(work.len());
+    for (i, _) in work.iter().enumerate().filter(|(_, w)| w.done) {
+        reached.finish(i, false);
+    }
+    let no_gates = vec![Vec::new(); work.len()];
+    let gates = if gates.len() == work.len() {
+        gates
+    } else {
+        &no_gates
+    };
     let config = ctx.config;
     let cancel = AtomicBool::new(false);
     // The senders waiting for room in the window hold the requests packed ahead; the channel
@@ -309,7 +479,13 @@ pub fn run_work_then(
                     if running >= config.parallel_tables {
                         break;
                     }
-                    if started[i] || !work[i].parents.iter().all(|&p| finished[p]) {
+                    // A parent still loading is waited for request by request where a gate
+                    // allows it.
+                    let ready = |p: usize| {
+                        finished[p]
+                            || (started[p] && !broken[p] && gates[i].iter().any(|g| g.parent == p))
+                    };
+                    if started[i] || !work[i].parents.iter().all(|&p| ready(p)) {
                         continue;
                     }
                     started[i] = true;
@@ -317,14 +493,23 @@ pub fn run_work_then(
                         // A parent failed: its children cannot load either.
                         finished[i] = true;
                         broken[i] = true;
+                        reached.finish(i, true);
                         failed.push(work[i].shape.table.clone());
                         continue;
                     }
                     running += 1;
-                    let (job_tx, done_tx, cancel) = (job_tx.clone(), done_tx.clone(), &cancel);
+                    let (job_tx, done_tx) = (job_tx.clone(), done_tx.clone());
                     let item = &work[i];
+                    let load = Load {
+                        jobs: job_tx,
+                        cancel: &cancel,
+                        ending,
+                        reached: &reached,
+                        gates,
+                        index: i,
+                    };
                     scope.spawn(move || {
-                        let (stats, error) = copy_table(ctx, item, &job_tx, cancel, ending);
+                        let (stats, error) = copy_table(ctx, item, &load);
                         let _ = done_tx.send((i, stats, error));
                     });
                 }
@@ -338,6 +523,7 @@ pub fn run_work_then(
             let (i, table_stats, error) = done_rx.recv().expect("a table worker reports");
             running -= 1;
             finished[i] = true;
+            reached.finish(i, error.is_some());
             if let Some(e) = ending {
                 e.set_unfinished(finished.iter().filter(|f| !**f).count());
             }
@@ -363,18 +549,24 @@ pub fn run_work_then(
 
 /// Reads one table in batches, packs it, and sends its requests; waits for every answer.
 /// Returns the table's counts, and the error that stopped it, if any.
-fn copy_table(
-    ctx: &Loader<'_>,
-    work: &Work,
-    jobs: &Sender<Job>,
-    cancel: &AtomicBool,
-    ending: Option<&Ending<'_>>,
-) -> (TableStats, Option<Error>) {
+/// What a table worker shares with the load.
+struct Load<'l> {
+    jobs: Sender<Job>,
+    cancel: &'l AtomicBool,
+    ending: Option<&'l Ending<'l>>,
+    reached: &'l Reached,
+    /// Every work item's gates.
+    gates: &'l [Vec<Gate>],
+    /// This table's index in the work list.
+    index: usize,
+}
+
+fn copy_table(ctx: &Loader<'_>, work: &Work, load: &Load<'_>) -> (TableStats, Option<Error>) {
     let mut stats = TableStats {
         table: work.shape.table.clone(),
         ..TableStats::default()
     };
-    let error = copy_rows(ctx, work, jobs, cancel, ending, &mut stats).err();
+    let error = copy_rows(ctx, work, load, &mut stats).err();
     if let Some(e) = &error {
         stats.error = Some(e.to_string());
     }
@@ -428,14 +620,8 @@ impl Watermark {
     }
 }
 
-fn copy_rows(
-    ctx: &Loader<'_>,
-    work: &Work,
-    jobs: &Sender<Job>,
-    cancel: &AtomicBool,
-    ending: Option<&Ending<'_>>,
-    stats: &mut TableStats,
-) -> Result<()> {
+fn copy_rows(ctx: &Loader<'_>, work: &Work, load: &Load<'_>, stats: &mut TableStats) -> Result<()> {
+    let (jobs, cancel, ending) = (&load.jobs, load.cancel, load.ending);
     let config = ctx.config;
     let started = Instant::now();
     let shape = &work.shape;
@@ -498,6 +684,7 @@ fn copy_rows(
                         if let Err(e) = ctx.state.advanced(&table, &key, rows) {
                             flight.error.get_or_insert(e);
                         }
+                        load.reached.advance(load.index, &key);
                     }
                 }
             }
@@ -506,9 +693,14 @@ fn copy_rows(
             }
         };
 
+    let mut gate = Gated::new(&conn, work, load, after.clone())?;
     type OnAck<'x> = dyn FnMut((u64, Result<Sent>), &mut TableStats, &mut Flight) + 'x;
-    let send =
+    let mut send =
         |request: Request, stats: &mut TableStats, flight: &mut Flight, on_ack: &mut OnAck<'_>| {
+            if let Err(e) = gate.pass(&request, cancel) {
+                flight.error.get_or_insert(e);
+                return;
+            }
             let seq = flight.next_seq;
             flight.next_seq += 1;
             flight.watermark.sent(seq, request.last_key.clone());
@@ -590,7 +782,12 @@ fn copy_rows(
         let stopped = |flight: &Flight| flight.error.is_some() || cancel.load(Ordering::Relaxed);
         if let Some(request) = held.take().filter(|_| !stopped(&flight)) {
             let room = ctx.client.request_bytes(config.limits.request_bytes);
+            // A child still loading may wait for this table's last rows: they go now.
+            let waited_for = load.gates.iter().enumerate().any(|(j, gates)| {
+                gates.iter().any(|g| g.parent == load.index) && !load.reached.finished(j)
+            });
             let ride = last
+                && !waited_for
                 && !work.sequential
                 && request.bytes + ending.tail.bytes() <= room
                 && request.statements.len() + ending.tail.statements.len()
@@ -656,6 +853,84 @@ fn copy_rows(
         Pass::SetDeferred => ctx.state.set_deferred_done(&table),
         Pass::Sync => Ok(()),
         Pass::Anchors | Pass::Whole => ctx.state.set_phase_done(&group_phase(&table)),
+    }
+}
+
+/// A table's gates on its way: before each request, the largest key it refers to in each parent
+/// still loading, read from the source over the request's rows, and the wait for D1 to have
+/// committed the parent that far.
+struct Gated<'c> {
+    /// Per gate of a parent not finished when the table started: the parent, the statements of
+    /// the largest key over the rows after a key up to the last, and over every row up to it.
+    open: Vec<(usize, rusqlite::Statement<'c>, rusqlite::Statement<'c>)>,
+    reached: &'c Reached,
+    /// The key of the last row sent before (or the key the table resumes after).
+    after: Option<Vec<Value>>,
+}
+
+impl<'c> Gated<'c> {
+    fn new(
+        conn: &'c rusqlite::Connection,
+        work: &Work,
+        load: &Load<'c>,
+        after: Option<Vec<Value>>,
+    ) -> Result<Gated<'c>> {
+        let shape = &work.shape;
+        let keys = shape.key_exprs.join(", ");
+        let marks = vec!["?"; shape.key_exprs.len()].join(", ");
+        let filter = pass_filter(work);
+        let filter = if filter.is_empty() {
+            String::new()
+        } else {
+            format!(" AND ({filter})")
+        };
+        let mut open = Vec::new();
+        for gate in &load.gates[load.index] {
+            if load.reached.finished(gate.parent) {
+                continue;
+            }
+            let max = format!(
+                "SELECT max({}) FROM {} WHERE ({keys}) <= ({marks}){filter}",
+                gate.column, shape.read_from
+            );
+            let from = format!("{max} AND ({keys}) > ({marks})");
+            open.push((gate.parent, conn.prepare(&from)?, conn.prepare(&max)?));
+        }
+        Ok(Gated {
+            open,
+            reached: load.reached,
+            after,
+        })
+    }
+
+    /// Waits until D1 holds the parents' rows `request` refers to.
+    fn pass(&mut self, request: &Request, cancel: &AtomicBool) -> Result<()> {
+        let Some(last) = &request.last_key else {
+            return Ok(()); // no row of its own: pieces of a row sent before
+        };
+        if self.open.is_empty() {
+            return Ok(());
+        }
+        let mut params: Vec<rusqlite::types::Value> = last.iter().map(to_sql).collect();
+        if let Some(after) = &self.after {
+            params.extend(after.iter().map(to_sql));
+        }
+        for (parent, from, max) in &mut self.open {
+            if self.reached.finished(*parent) {
+                continue;
+            }
+            let stmt = if self.after.is_some() { from } else { max };
+            let bound: Value = stmt.query_row(rusqlite::params_from_iter(&params), |r| {
+                Ok(crate::source::value(r.get_ref(0)?))
+            })?;
+            if bound != Value::Null && !self.reached.wait(*parent, &bound, cancel) {
+                return Err(Error::Refused(
+                    "stopped because a table it refers to failed".into(),
+                ));
+            }
+        }
+        self.after = Some(last.clone());
+        Ok(())
     }
 }
 

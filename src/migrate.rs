@@ -14,7 +14,7 @@ use crate::d1::D1Client;
 use crate::discover::{is_d1_internal, Schema, Table};
 use crate::error::{Error, Result};
 use crate::fit::{fit, Fit, MIGRATIONS_TABLE};
-use crate::load::{run_work, run_work_then, Loader, Tail};
+use crate::load::{gates, run_work, run_work_then, Loader, Tail};
 use crate::log;
 use crate::plan::plan;
 use crate::produce::{group_phase, passes, read_anchors, Pass};
@@ -320,7 +320,16 @@ pub fn forward(
             .chain(objects.iter().map(|(_, sql)| sql.clone()))
             .collect(),
     );
-    let mut failed = run_work_then(&ctx, &work, &mut report.tables, last.then_some(&tail))?;
+    // A large child starts before its large parent is finished, each of its requests once D1
+    // holds the parent's rows it refers to.
+    let gates = gates(&schema, &work);
+    let mut failed = run_work_then(
+        &ctx,
+        &work,
+        &mut report.tables,
+        last.then_some(&tail),
+        &gates,
+    )?;
     failed.extend(run_work(&ctx, &deferred, &mut report.tables)?);
     if tail.sent() {
         report

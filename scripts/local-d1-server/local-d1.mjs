@@ -28,7 +28,9 @@
 //                       a query whose answer would be over N bytes with D1's error for a result
 //                       too large for its isolate ("D1 DB's isolate exceeded its memory limit and
 //                       was reset.", HTTP 500, code 7500), after D1 ran it (a read: nothing changes)
-//   LOCAL_D1_LOG        file to append one JSON line per request to (default: none)
+//   LOCAL_D1_LOG        file to append one JSON line per request to (default: none): when, method,
+//                       path, bytes, fault, requests in flight, each statement's first two words
+//                       (`statements`) and the tables it inserts into (`into`)
 //   LOCAL_D1_TIME_TRAVEL  "off" removes the time_travel routes, as an API without Time Travel
 //   LOCAL_D1_STOP_ON_EOF  stop when standard input closes (used by test harnesses)
 
@@ -180,6 +182,23 @@ function firstWords(body) {
   }
 }
 
+// The tables a request inserts into, in the order of its first INSERT into each (quoted names
+// as sent).
+function insertsInto(body) {
+  try {
+    const parsed = JSON.parse(body);
+    const items = Array.isArray(parsed.batch) ? parsed.batch : [parsed];
+    const names = [];
+    for (const it of items) {
+      const m = /^\s*INSERT\s+INTO\s+("(?:[^"]|"")*"|\S+)/i.exec(String(it.sql ?? ""));
+      if (m && !names.includes(m[1])) names.push(m[1]);
+    }
+    return names;
+  } catch {
+    return [];
+  }
+}
+
 // Requests received and not yet answered (logged with each request as `in_flight`).
 let inFlight = 0;
 
@@ -200,7 +219,10 @@ async function handle(req, res) {
   const delay = faults.latencyMs + (faults.jitterMs ? jitter() * faults.jitterMs : 0);
   if (delay) await sleep(delay);
   const entry = { t: Date.now(), method: req.method, path: req.url, bytes: body.length, fault, in_flight: inFlight };
-  if (log) entry.statements = req.method === "PUT" ? [] : firstWords(body.toString("utf8"));
+  if (log) {
+    entry.statements = req.method === "PUT" ? [] : firstWords(body.toString("utf8"));
+    entry.into = req.method === "PUT" ? [] : insertsInto(body.toString("utf8"));
+  }
   // With max_answer, a request is logged once its answer is known (its size, and whether it
   // was refused as too large).
   const logLater = faults.maxAnswer > 0 && !fault;

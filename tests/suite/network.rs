@@ -565,7 +565,7 @@ fn levels(path: &std::path::Path, bad_rows: bool) {
          CREATE TABLE orders (id INTEGER PRIMARY KEY, customer INTEGER NOT NULL
                               REFERENCES customers(id), lines INTEGER NOT NULL DEFAULT 0, note TEXT);
          WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
-         INSERT INTO orders SELECT i, 1 + i % 50, 2, hex(randomblob(40)) FROM n;
+         INSERT INTO orders SELECT i, 1 + i % 50, 2, hex(randomblob(80)) FROM n;
          CREATE TABLE lines (id INTEGER PRIMARY KEY, orders INTEGER NOT NULL REFERENCES orders(id),
                              product TEXT, qty INTEGER);
          WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 6000)
@@ -704,5 +704,38 @@ fn rows_d1_refuses_beside_the_tables_ddl_or_the_objects_after_the_data_are_rejec
                 || l.starts_with("DELETE FROM lines WHERE id=6001")),
         "{}",
         diff.join("\n")
+    );
+}
+
+#[test]
+fn a_large_child_starts_before_its_large_parent_is_finished_and_waits_only_for_the_rows_it_refers_to(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("levels.sqlite");
+    levels(&source, false);
+    let id = "gated".to_string();
+    let d1 = LocalD1::start(std::slice::from_ref(&id), Some("latency_ms=1"));
+    // One request at a time: the log's order is the order requests were sent in.
+    Run::new(&d1, &id, &source)
+        .env("MIGRATION_REQUEST_BYTES", "100000")
+        .env("MIGRATION_CONCURRENCY", "1")
+        .env("MIGRATION_WRITES_IN_FLIGHT", "1")
+        .env("MIGRATION_VALIDATE", "false")
+        .ok();
+    let diff = sqldiff(&source, d1.file(&id));
+    assert!(diff.is_empty(), "{}", diff.join("\n"));
+    let into: Vec<String> = d1
+        .settled_requests()
+        .iter()
+        .filter_map(|r| r["into"].as_array()?.first()?.as_str().map(str::to_string))
+        .collect();
+    let orders = into.iter().filter(|t| *t == "\"orders\"").count();
+    let last_order = into.iter().rposition(|t| t == "\"orders\"").unwrap();
+    let first_line = into.iter().position(|t| t == "\"lines\"").unwrap();
+    // Waiting for the whole of `orders`, `lines` would start after its last request.
+    assert!(orders >= 5, "{into:?}");
+    assert!(
+        first_line < last_order,
+        "lines waited for the whole of orders: {into:?}"
     );
 }
