@@ -437,8 +437,15 @@ pub fn run_work_then(
         });
     let ending = ending.as_ref();
     let reached = Reached::new(work.len());
-    for (i, _) in work.iter().enumerate().filter(|(_, w)| w.done) {
-        reached.finish(i, false);
+    for (i, w) in work.iter().enumerate() {
+        if w.done {
+            reached.finish(i, false);
+        } else if let Some(key) = ctx.state.resume_after(&w.shape.table) {
+            // What an earlier run committed (the checkpoint's key).
+            if w.pass == Pass::Insert {
+                reached.advance(i, &key);
+            }
+        }
     }
     let no_gates = vec![Vec::new(); work.len()];
     let gates = if gates.len() == work.len() {
