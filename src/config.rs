@@ -33,7 +33,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ("MIGRATION_IMPORT_MB", "size of each import file, megabytes (decimals allowed)", "50"),
     ("MIGRATION_BATCH_SIZE", "rows read from the source per batch", "1000"),
     ("MIGRATION_PARALLEL_TABLES", "tables worked on at once", "2"),
-    ("MIGRATION_CONCURRENCY", "reads in flight at once (a rollback's key segments, a validation's), and threads decoding them", "8"),
+    ("MIGRATION_CONCURRENCY", "reads in flight at once (a validation's; a rollback's key segments and reads, twice as many), and threads decoding them", "8"),
     ("MIGRATION_WRITES_IN_FLIGHT", "most write requests in flight at once: the ceiling of the adaptive window, which keeps fewer while they keep D1 busy (more when answers are slow to arrive but quick to execute)", "16"),
     ("MIGRATION_REQUEST_BYTES", "target bytes of SQL per HTTP request", "1048576"),
     ("MIGRATION_TIMEOUT", "per-request timeout, milliseconds", "60000"),

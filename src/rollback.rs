@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crossbeam_channel::bounded;
+use crossbeam_channel::unbounded;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ToSql};
 
@@ -19,13 +19,15 @@ use crate::config::{Config, RollbackMode};
 use crate::d1::D1Client;
 use crate::discover::{discover_at_once, select_tables, Schema};
 use crate::error::{Error, Result};
+use crate::flow::{Permit, Permits};
 use crate::pack::Shape;
 use crate::progress::Progress;
 use crate::remote::{D1Catalog, D1Side};
 use crate::report::{Report, TableStats};
 use crate::target::{if_not_exists, ordered_objects};
 use crate::validate::{
-    key_segments, page_rows_after, row_bytes, smaller_page, survey_of, survey_sql, RowSide, Survey,
+    key_segments, page_rows_after, page_segments, row_bytes, smaller_page, survey_of, survey_sql,
+    RowSide, Survey,
 };
 use crate::value::{quote_ident, Value};
 
@@ -266,10 +268,21 @@ fn write_statistics(
     Ok(())
 }
 
-/// A page of one table's rows on its way to the writer.
-struct Page {
+/// A page of one table's rows on its way to the writer, holding the place it took among the
+/// pages read at once until it is written (several tables read in one request share one).
+struct Page<'a> {
     table: usize,
     rows: Vec<Vec<Value>>,
+    _place: Option<Permit<'a>>,
+}
+
+/// Pages being read or waiting to be written at once, and their readers: twice
+/// `MIGRATION_CONCURRENCY` (a large table's key segments), and `MIGRATION_PARALLEL_TABLES`
+/// more for the other tables. A request on its way holds no rows: as many as the pages a
+/// rollback held before (its readers' and the writer's queue), but all of them may be on their
+/// way at once (only the readers' were).
+fn places_at_once(config: &Config) -> usize {
+    2 * config.concurrency + config.parallel_tables
 }
 
 /// Readers (one per table in flight) page through D1; this thread writes.
@@ -326,7 +339,7 @@ fn copy_rows(
     let budget = side.page_bytes();
     let mut bounds = std::collections::HashMap::new();
     for (r, &i) in range_answers.iter().zip(&copied) {
-        if surveys[i].rows as usize <= 2 * surveys[i].page_rows(PAGE, budget) {
+        if page_segments(surveys[i].rows, surveys[i].page_rows(PAGE, budget), 2) < 2 {
             continue;
         }
         let bound = |at: usize| {
@@ -362,15 +375,22 @@ fn copy_rows(
             bundled_bytes += bytes;
             continue;
         }
+        // Segments of whole pages, at most twice `MIGRATION_CONCURRENCY`.
         let segments = match bounds.get(&i) {
-            Some(&(lo, hi)) => key_segments(lo, hi, config.concurrency),
+            Some(&(lo, hi)) => key_segments(
+                lo,
+                hi,
+                page_segments(survey.rows, first_page, 2 * config.concurrency),
+            ),
             None => vec![(None, None)],
         };
+        let of = segments.len();
         jobs.extend(segments.into_iter().map(|(after, upto)| {
             Job::Segment(Segment {
                 table: i,
                 after,
                 upto,
+                of,
                 first_page,
                 row_bytes: survey.row_bytes,
             })
@@ -380,8 +400,11 @@ fn copy_rows(
         jobs.push(Job::Tables(bundle));
     }
     // The longest chains of pages first, so that they do not end last.
-    jobs.sort_by_key(|j| std::cmp::Reverse(j.pages(&surveys, config.concurrency)));
-    let (page_tx, page_rx) = bounded::<Result<Page>>(config.concurrency);
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.pages(&surveys)));
+    // The places bound what is read at once; the writer's queue needs no bound of its own.
+    let places = Permits::new(places_at_once(config));
+    let stopped = std::sync::atomic::AtomicBool::new(false);
+    let (page_tx, page_rx) = unbounded::<Result<Page>>();
     let (work_tx, work_rx) = crossbeam_channel::unbounded::<Job>();
     for job in jobs {
         work_tx.send(job).expect("queue");
@@ -396,14 +419,19 @@ fn copy_rows(
         .collect();
     let started = Instant::now();
     std::thread::scope(|scope| -> Result<()> {
-        // The segments of a large table take `MIGRATION_CONCURRENCY` readers; the other
-        // tables are read beside them by `MIGRATION_PARALLEL_TABLES` more.
-        for _ in 0..config.concurrency + config.parallel_tables {
-            let (work_rx, page_tx, shapes, side) =
-                (work_rx.clone(), page_tx.clone(), &shapes, &side);
+        // A reader for each place: the segments of large tables, and the other tables beside
+        // them.
+        for _ in 0..places_at_once(config) {
+            let (work_rx, page_tx, shapes) = (work_rx.clone(), page_tx.clone(), &shapes);
+            let reader = Reader {
+                side: &side,
+                places: &places,
+                stopped: &stopped,
+                pages: page_tx.clone(),
+            };
             scope.spawn(move || {
                 for job in work_rx {
-                    if let Err(e) = read_job(side, shapes, &job, &page_tx) {
+                    if let Err(e) = reader.read_job(shapes, &job) {
                         let _ = page_tx.send(Err(e));
                         return;
                     }
@@ -411,55 +439,81 @@ fn copy_rows(
             });
         }
         drop(page_tx);
-        let mut statements: Vec<rusqlite::CachedStatement<'_>> = Vec::new();
-        for s in &shapes {
-            let marks = vec!["?"; s.columns.len()].join(",");
-            let verb = match (only_missing, s.is_virtual) {
-                (true, true) => "INSERT OR IGNORE INTO",
-                _ => "INSERT INTO",
-            };
-            let tail = if only_missing && !s.is_virtual {
-                " ON CONFLICT DO NOTHING"
-            } else {
-                ""
-            };
-            let sql = format!(
-                "{verb} {} ({}) VALUES ({marks}){tail}",
-                quote_ident(&s.table),
-                s.columns.join(",")
-            );
-            statements.push(tx.prepare_cached(&sql)?);
-        }
-        let mut bars: Vec<Option<crate::progress::TableProgress<'_>>> =
-            (0..shapes.len()).map(|_| None).collect();
-        for page in page_rx {
-            let page = page?;
-            let bar = bars[page.table].get_or_insert_with(|| {
-                progress.table(&shapes[page.table].table, surveys[page.table].rows)
-            });
-            let stmt = &mut statements[page.table];
-            let st = &mut stats[page.table];
-            for row in &page.rows {
-                let params: Vec<Cell<'_>> = row.iter().map(Cell).collect();
-                let changed = stmt
-                    .execute(rusqlite::params_from_iter(params.iter()))
-                    .map_err(|e| Error::Row {
-                        table: shapes[page.table].table.clone(),
-                        key: shapes[page.table].key_text(row),
-                        message: e.to_string(),
-                    })?;
-                st.rows_written += changed as u64;
-            }
-            st.rows_read += page.rows.len() as u64;
-            bar.add(page.rows.len() as u64);
-            bar.add_bytes(page.rows.iter().flatten().map(|v| v.size() as u64).sum());
-        }
-        Ok(())
+        let written = write_pages(
+            tx,
+            progress,
+            &shapes,
+            &surveys,
+            only_missing,
+            page_rx,
+            &mut stats,
+        );
+        // A run that stops lets its readers go: the pages queued are dropped with the queue
+        // (their places freed), and a reader that takes a place then reads no more.
+        stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+        written
     })?;
     let elapsed = started.elapsed().as_millis() as u64;
     for mut s in stats {
         s.duration_ms = elapsed;
         report.tables.push(s);
+    }
+    Ok(())
+}
+
+/// Writes the pages as they come, each table's with its prepared statement, counting in
+/// `stats`; the first error (a reader's, or a row the file refuses) stops it.
+fn write_pages(
+    tx: &rusqlite::Transaction<'_>,
+    progress: &Progress,
+    shapes: &[Shape],
+    surveys: &[Survey],
+    only_missing: bool,
+    page_rx: crossbeam_channel::Receiver<Result<Page<'_>>>,
+    stats: &mut [TableStats],
+) -> Result<()> {
+    let mut statements: Vec<rusqlite::CachedStatement<'_>> = Vec::new();
+    for s in shapes {
+        let marks = vec!["?"; s.columns.len()].join(",");
+        let verb = match (only_missing, s.is_virtual) {
+            (true, true) => "INSERT OR IGNORE INTO",
+            _ => "INSERT INTO",
+        };
+        let tail = if only_missing && !s.is_virtual {
+            " ON CONFLICT DO NOTHING"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "{verb} {} ({}) VALUES ({marks}){tail}",
+            quote_ident(&s.table),
+            s.columns.join(",")
+        );
+        statements.push(tx.prepare_cached(&sql)?);
+    }
+    let mut bars: Vec<Option<crate::progress::TableProgress<'_>>> =
+        (0..shapes.len()).map(|_| None).collect();
+    for page in page_rx {
+        let page = page?;
+        let bar = bars[page.table].get_or_insert_with(|| {
+            progress.table(&shapes[page.table].table, surveys[page.table].rows)
+        });
+        let stmt = &mut statements[page.table];
+        let st = &mut stats[page.table];
+        for row in &page.rows {
+            let params: Vec<Cell<'_>> = row.iter().map(Cell).collect();
+            let changed = stmt
+                .execute(rusqlite::params_from_iter(params.iter()))
+                .map_err(|e| Error::Row {
+                    table: shapes[page.table].table.clone(),
+                    key: shapes[page.table].key_text(row),
+                    message: e.to_string(),
+                })?;
+            st.rows_written += changed as u64;
+        }
+        st.rows_read += page.rows.len() as u64;
+        bar.add(page.rows.len() as u64);
+        bar.add_bytes(page.rows.iter().flatten().map(|v| v.size() as u64).sum());
     }
     Ok(())
 }
@@ -473,15 +527,10 @@ enum Job {
 
 impl Job {
     /// Pages read one after the other, about.
-    fn pages(&self, surveys: &[Survey], segments: usize) -> usize {
+    fn pages(&self, surveys: &[Survey]) -> usize {
         match self {
             Job::Segment(s) => {
-                let rows = surveys[s.table].rows as usize;
-                let rows = if s.after.is_some() || s.upto.is_some() {
-                    rows / segments.max(1)
-                } else {
-                    rows
-                };
+                let rows = (surveys[s.table].rows as usize).div_ceil(s.of.max(1));
                 rows.div_ceil(s.first_page.max(1)).max(1)
             }
             Job::Tables(_) => 1,
@@ -496,123 +545,158 @@ struct Segment {
     /// one (none: to the end).
     after: Option<i64>,
     upto: Option<i64>,
+    /// Segments the table is cut into.
+    of: usize,
     /// Rows of the first page, from the table's row width.
     first_page: usize,
     /// Bytes of the table's average row, as surveyed.
     row_bytes: Option<usize>,
 }
 
-/// Reads one job and hands its pages on; errors name their table.
-fn read_job(
-    side: &D1Side<'_>,
-    shapes: &[Shape],
-    job: &Job,
-    pages: &crossbeam_channel::Sender<Result<Page>>,
-) -> Result<()> {
-    match job {
-        Job::Segment(segment) => read_table(side, &shapes[segment.table], segment, pages)
-            .map_err(|e| e.in_table(&shapes[segment.table].table)),
-        Job::Tables(tables) => {
-            let tails: Vec<[String; 1]> = tables
-                .iter()
-                .map(|&t| [format!("ORDER BY {}", shapes[t].key_exprs.join(", "))])
-                .collect();
-            let reads: Vec<(&Shape, &[String])> = tables
-                .iter()
-                .zip(&tails)
-                .map(|(&t, tail)| (&shapes[t], tail.as_slice()))
-                .collect();
-            match side.surveys_and_reads(&[], &reads) {
-                Ok((_, read)) => {
-                    for (&table, mut rows) in tables.iter().zip(read) {
-                        let rows = rows.pop().unwrap_or_default();
-                        if pages.send(Ok(Page { table, rows })).is_err() {
-                            return Ok(());
-                        }
-                    }
-                    Ok(())
-                }
-                // A table too large to answer whole: each is read in pages.
-                Err(e) if e.is_too_large() => {
-                    for &t in tables {
-                        let whole = Segment {
-                            table: t,
-                            after: None,
-                            upto: None,
-                            first_page: PAGE,
-                            row_bytes: None,
-                        };
-                        read_table(side, &shapes[t], &whole, pages)
-                            .map_err(|e| e.in_table(&shapes[t].table))?;
-                    }
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            }
-        }
-    }
+/// One reader: reads jobs page after page, each page in a place among those read at once,
+/// and hands the pages on to the writer.
+struct Reader<'a, 'c> {
+    side: &'a D1Side<'c>,
+    places: &'a Permits,
+    /// The writer stopped (an error): read nothing more.
+    stopped: &'a std::sync::atomic::AtomicBool,
+    pages: crossbeam_channel::Sender<Result<Page<'a>>>,
 }
 
-/// Pages through one table, or a segment of its keys, by key (never by OFFSET) and hands the
-/// pages on. A page D1 finds too large to answer is asked for again, smaller, and every
-/// reader's pages are smaller from then on.
-fn read_table(
-    side: &D1Side<'_>,
-    shape: &Shape,
-    job: &Segment,
-    pages: &crossbeam_channel::Sender<Result<Page>>,
-) -> Result<()> {
-    let (table, upto) = (job.table, job.upto);
-    let keys = shape.key_exprs.join(", ");
-    // A segment bounds the first key column; pages go on after the last key read.
-    let first = &shape.key_exprs[0];
-    let mut after: Option<String> = None;
-    let mut per_row = job.row_bytes;
-    let mut page = match per_row {
-        Some(b) => (side.page_bytes() / b).clamp(1, job.first_page),
-        None => job.first_page,
-    };
-    loop {
-        let mut conditions = Vec::new();
-        match (&after, job.after) {
-            (Some(k), _) => conditions.push(format!("({keys}) > {k}")),
-            (None, Some(from)) => conditions.push(format!("{first} > {from}")),
-            (None, None) => {}
-        }
-        if let Some(u) = upto {
-            conditions.push(format!("{first} <= {u}"));
-        }
-        let filter = if conditions.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {} ", conditions.join(" AND "))
+impl<'a> Reader<'a, '_> {
+    /// A place for the next page, none once the writer stopped.
+    fn place(&self) -> Option<Permit<'a>> {
+        let place = self.places.take();
+        (!self.stopped.load(std::sync::atomic::Ordering::Relaxed)).then_some(place)
+    }
+
+    /// Hands a page on; false when the writer is gone.
+    fn hand_on(&self, table: usize, rows: Vec<Vec<Value>>, place: Option<Permit<'a>>) -> bool {
+        self.pages
+            .send(Ok(Page {
+                table,
+                rows,
+                _place: place,
+            }))
+            .is_ok()
+    }
+
+    /// Reads one job and hands its pages on; errors name their table.
+    fn read_job(&self, shapes: &[Shape], job: &Job) -> Result<()> {
+        let tables = match job {
+            Job::Segment(segment) => {
+                return self
+                    .read_table(&shapes[segment.table], segment)
+                    .map_err(|e| e.in_table(&shapes[segment.table].table))
+            }
+            Job::Tables(tables) => tables,
         };
-        let tail = format!("{filter}ORDER BY {keys} LIMIT {page}");
-        let rows = match side.select(shape, &[tail]) {
-            Ok(mut rows) => rows.pop().unwrap_or_default(),
-            Err(e) if e.is_too_large() => match smaller_page(side, page, per_row) {
-                Some(smaller) => {
-                    page = smaller;
-                    continue;
-                }
-                None => return Err(e),
-            },
-            Err(e) => return Err(e),
-        };
-        let Some(last) = rows.last() else {
-            return Ok(());
-        };
-        let key: Vec<String> = shape
-            .key_positions
+        let tails: Vec<[String; 1]> = tables
             .iter()
-            .map(|&p| last[p].literal())
+            .map(|&t| [format!("ORDER BY {}", shapes[t].key_exprs.join(", "))])
             .collect();
-        after = Some(format!("({})", key.join(", ")));
-        let full = rows.len() == page;
-        per_row = row_bytes(&rows).or(per_row);
-        page = page_rows_after(&rows, PAGE, side.page_bytes());
-        if pages.send(Ok(Page { table, rows })).is_err() || !full {
+        let reads: Vec<(&Shape, &[String])> = tables
+            .iter()
+            .zip(&tails)
+            .map(|(&t, tail)| (&shapes[t], tail.as_slice()))
+            .collect();
+        let Some(place) = self.place() else {
             return Ok(());
+        };
+        match self.side.surveys_and_reads(&[], &reads) {
+            Ok((_, read)) => {
+                // The tables share the request's place: the last of them holds it.
+                let mut place = Some(place);
+                let n = tables.len();
+                for (i, (&table, mut rows)) in tables.iter().zip(read).enumerate() {
+                    let held = if i + 1 == n { place.take() } else { None };
+                    if !self.hand_on(table, rows.pop().unwrap_or_default(), held) {
+                        return Ok(());
+                    }
+                }
+                Ok(())
+            }
+            // A table too large to answer whole: each is read in pages.
+            Err(e) if e.is_too_large() => {
+                drop(place);
+                for &t in tables {
+                    let whole = Segment {
+                        table: t,
+                        after: None,
+                        upto: None,
+                        of: 1,
+                        first_page: PAGE,
+                        row_bytes: None,
+                    };
+                    self.read_table(&shapes[t], &whole)
+                        .map_err(|e| e.in_table(&shapes[t].table))?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Pages through one table, or a segment of its keys, by key (never by OFFSET) and hands
+    /// the pages on. A page D1 finds too large to answer is asked for again, smaller, and every
+    /// reader's pages are smaller from then on.
+    fn read_table(&self, shape: &Shape, job: &Segment) -> Result<()> {
+        let side = self.side;
+        let (table, upto) = (job.table, job.upto);
+        let keys = shape.key_exprs.join(", ");
+        // A segment bounds the first key column; pages go on after the last key read.
+        let first = &shape.key_exprs[0];
+        let mut after: Option<String> = None;
+        let mut per_row = job.row_bytes;
+        let mut page = match per_row {
+            Some(b) => (side.page_bytes() / b).clamp(1, job.first_page),
+            None => job.first_page,
+        };
+        loop {
+            let mut conditions = Vec::new();
+            match (&after, job.after) {
+                (Some(k), _) => conditions.push(format!("({keys}) > {k}")),
+                (None, Some(from)) => conditions.push(format!("{first} > {from}")),
+                (None, None) => {}
+            }
+            if let Some(u) = upto {
+                conditions.push(format!("{first} <= {u}"));
+            }
+            let filter = if conditions.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {} ", conditions.join(" AND "))
+            };
+            let tail = format!("{filter}ORDER BY {keys} LIMIT {page}");
+            let Some(place) = self.place() else {
+                return Ok(());
+            };
+            let rows = match side.select(shape, &[tail]) {
+                Ok(mut rows) => rows.pop().unwrap_or_default(),
+                Err(e) if e.is_too_large() => match smaller_page(side, page, per_row) {
+                    Some(smaller) => {
+                        page = smaller;
+                        continue;
+                    }
+                    None => return Err(e),
+                },
+                Err(e) => return Err(e),
+            };
+            let Some(last) = rows.last() else {
+                return Ok(());
+            };
+            let key: Vec<String> = shape
+                .key_positions
+                .iter()
+                .map(|&p| last[p].literal())
+                .collect();
+            after = Some(format!("({})", key.join(", ")));
+            let full = rows.len() == page;
+            per_row = row_bytes(&rows).or(per_row);
+            page = page_rows_after(&rows, PAGE, side.page_bytes());
+            if !self.hand_on(table, rows, Some(place)) || !full {
+                return Ok(());
+            }
         }
     }
 }

@@ -229,6 +229,17 @@ pub fn smaller_page(side: &dyn RowSide, page: usize, per_row: Option<usize>) -> 
     Some((page / 2).min(fit).max(1))
 }
 
+/// How many key segments to cut a table of `rows` rows into, read in pages of `page` rows, at
+/// most `most`: segments of whole pages (a page's worth being a fiftieth short of one, for keys
+/// a little denser in places), so that a segment's last page is nearly full and the cut costs
+/// few requests more than one chain of pages would; one for a table of one page.
+pub fn page_segments(rows: u64, page: usize, most: usize) -> usize {
+    let page = (page as u64 * 49 / 50).max(1);
+    let pages = rows.div_ceil(page).max(1);
+    let per_segment = pages.div_ceil(most.max(1) as u64);
+    pages.div_ceil(per_segment) as usize
+}
+
 /// Splits the integer keys `lo..=hi` into `n` ranges, each `(after, upto)`: keys greater than
 /// `after` (none: from the start) and at most `upto` (none: to the end).
 pub fn key_segments(lo: i64, hi: i64, n: usize) -> Vec<(Option<i64>, Option<i64>)> {
@@ -1972,6 +1983,20 @@ mod tests {
             .max()
             .unwrap();
         assert!(deepest < 20, "nested {deepest} deep");
+    }
+
+    #[test]
+    fn a_table_is_cut_into_segments_of_whole_pages() {
+        // Northwind's order lines on D1 (rowids 1 to 607,128, pages of 21,845 rows): fifteen
+        // segments of two pages, 30 pages (eight segments of 75,891 rows took four each, 32).
+        assert_eq!(page_segments(607_128, 21_845, 16), 15);
+        assert_eq!(607_128u64.div_ceil(15).div_ceil(21_845), 2);
+        // Its orders (16,484 rows, pages of 8,388): three segments of one page.
+        assert_eq!(page_segments(16_484, 8_388, 16), 3);
+        assert_eq!(page_segments(8_000, 8_388, 16), 1);
+        assert_eq!(page_segments(0, 100, 16), 1);
+        // Never more than asked for.
+        assert_eq!(page_segments(10_000_000, 20_000, 8), 8);
     }
 
     #[test]

@@ -739,3 +739,32 @@ fn a_large_child_starts_before_its_large_parent_is_finished_and_waits_only_for_t
         "lines waited for the whole of orders: {into:?}"
     );
 }
+
+#[test]
+fn a_rollback_reads_a_table_of_two_pages_in_segments_twice_its_concurrency_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // Orders of two pages (40,000 rows of 84 bytes, pages of 20,000 rows), and small tables.
+    let source = shop(dir.path());
+    let id = "segments".to_string();
+    let d1 = LocalD1::start(std::slice::from_ref(&id), Some("latency_ms=300"));
+    Run::new(&d1, &id, &source)
+        .env("MIGRATION_VALIDATE", "false")
+        .ok();
+    let before = d1.settled_requests().len();
+    let back = dir.path().join("back.sqlite");
+    Run::new(&d1, &id, &back)
+        .env("MIGRATION_DIRECTION", "d1-to-sqlite")
+        .env("MIGRATION_VALIDATE", "false")
+        .env("MIGRATION_CONCURRENCY", "2")
+        .env("MIGRATION_PARALLEL_TABLES", "1")
+        .ok();
+    let diff = sqldiff(&source, &back);
+    assert!(diff.is_empty(), "{}", diff.join("\n"));
+    let requests = &d1.settled_requests()[before..];
+    // The catalog, the surveys, the small tables, and three segments of the orders of one page
+    // each (two pages' worth, each a fiftieth short of a page), all asked for at once: before,
+    // one chain of two pages (a table of two pages was not cut), beside the small tables.
+    assert_eq!(requests.len(), 6, "{requests:?}");
+    let reads = most_reads_in_flight(&d1, before);
+    assert!(reads >= 4, "only {reads} reads in flight");
+}
