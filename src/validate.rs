@@ -265,7 +265,8 @@ pub type KeyRange = (Option<String>, Option<String>);
 
 /// One page of a full walk: the source's rows of a key range, the target's rows of the same
 /// range, and whether the two pages hash alike. A page of rows only the target holds (beyond the
-/// source's last key) has an empty `source`.
+/// source's last key) has an empty `source`; a range's last page read ahead may hold such rows
+/// after the source's.
 pub struct Page<'a> {
     pub source: &'a [Vec<Value>],
     pub target: &'a [Vec<Value>],
@@ -470,7 +471,7 @@ impl<'a> Walker<'a> {
                     }
                     match pending.pop_front() {
                         Some(oldest) => {
-                            if let Some(b) = self.finish_ahead(oldest, each)? {
+                            if let (Some(b), _) = self.finish_ahead(oldest, each)? {
                                 per_row = Some(b);
                                 page = (self.budget() / b).clamp(1, self.page);
                             }
@@ -479,9 +480,11 @@ impl<'a> Walker<'a> {
                     }
                 };
                 let here = key_bounds(&keys, &after, &upto);
-                // The page's last key; a source read first, its rows.
+                // The page's last key, and whether it is the range's last page; a source read
+                // first, its rows.
                 let found = if local {
-                    self.page_end(&here, page)?.map(|upper| (upper, None))
+                    self.page_end(&here, page)?
+                        .map(|(upper, last)| (upper, last, None))
                 } else {
                     let tail = format!("{here} ORDER BY {keys} LIMIT {page}");
                     match self.source.select(self.shape, std::slice::from_ref(&tail)) {
@@ -489,7 +492,7 @@ impl<'a> Walker<'a> {
                             let rows = rows.pop().unwrap_or_default();
                             rows.last()
                                 .map(|last| self.key_tuple(last))
-                                .map(|upper| (upper, Some(rows)))
+                                .map(|upper| (upper, false, Some(rows)))
                         }
                         Err(e) if e.is_too_large() => {
                             page = smaller_page(self.source, page, per_row).ok_or(e)?;
@@ -498,22 +501,30 @@ impl<'a> Walker<'a> {
                         Err(e) => return Err(e),
                     }
                 };
-                let Some((upper, source_rows)) = found else {
+                let Some((upper, last, source_rows)) = found else {
                     drop(permit);
                     while let Some(oldest) = pending.pop_front() {
                         self.finish_ahead(oldest, each)?;
                     }
                     return self.extra(after, &upto, page, per_row, each);
                 };
-                let read = format!(
+                // The range's last page also asks, in the same request, for what the target
+                // holds beyond it in the range (a page of it): no round trip after it for that.
+                let mut reads = vec![format!(
                     "{} ORDER BY {keys}",
                     key_bounds(&keys, &after, &Some(upper.clone()))
-                );
-                let target = scope.spawn(move || {
-                    self.target
-                        .select(self.shape, &[read])
-                        .map(|mut rows| rows.pop().unwrap_or_default())
+                )];
+                let rest = last.then(|| {
+                    reads.push(format!(
+                        "{} ORDER BY {keys} LIMIT {page}",
+                        key_bounds(&keys, &Some(upper.clone()), &upto)
+                    ));
+                    Rest {
+                        upto: upto.clone(),
+                        limit: page,
+                    }
                 });
+                let target = scope.spawn(move || self.target.select(self.shape, &reads));
                 if let Some(rows) = &source_rows {
                     per_row = row_bytes(rows).or(per_row);
                     page = page_rows_after(rows, self.page, self.budget());
@@ -524,15 +535,28 @@ impl<'a> Walker<'a> {
                     upper: upper.clone(),
                     source_rows,
                     target,
+                    rest,
                 });
                 after = Some(upper);
+                if last {
+                    let mut more = None;
+                    while let Some(oldest) = pending.pop_front() {
+                        more = self.finish_ahead(oldest, each)?.1;
+                    }
+                    // The target held a full page beyond the source's last key: the rest.
+                    return match more {
+                        Some(key) => self.extra(Some(key), &upto, page, per_row, each),
+                        None => Ok(()),
+                    };
+                }
             }
         })
     }
 
     /// The key (a SQL tuple) of the last row of a page of `rows` rows of the source within
-    /// `bounds` (a `WHERE`, or nothing), read without the rows; none when it holds no row.
-    fn page_end(&self, bounds: &str, rows: usize) -> Result<Option<String>> {
+    /// `bounds` (a `WHERE`, or nothing), read without the rows, and whether it is the last row
+    /// there (a page of fewer rows); none when it holds no row.
+    fn page_end(&self, bounds: &str, rows: usize) -> Result<Option<(String, bool)>> {
         let keys = self.keys_sql();
         let shape = key_shape(self.shape);
         let tuple = |found: Vec<Vec<Vec<Value>>>| {
@@ -546,7 +570,7 @@ impl<'a> Walker<'a> {
             rows.max(1) - 1
         );
         if let Some(upper) = tuple(self.source.select(&shape, &[at])?) {
-            return Ok(Some(upper));
+            return Ok(Some((upper, false)));
         }
         // Fewer rows than a page: the last of them.
         let down: Vec<String> = self
@@ -556,23 +580,26 @@ impl<'a> Walker<'a> {
             .map(|k| format!("{k} DESC"))
             .collect();
         let last = format!("{bounds} ORDER BY {} LIMIT 1", down.join(", "));
-        Ok(tuple(self.source.select(&shape, &[last])?))
+        Ok(tuple(self.source.select(&shape, &[last])?).map(|upper| (upper, true)))
     }
 
     /// Compares a page read ahead once the target's rows of it are in (the source's read now,
-    /// when they were not read first), and returns the bytes of an average source row of it.
-    /// A page the target found too large to answer is walked again in smaller pages.
+    /// when they were not read first), and returns the bytes of an average source row of it,
+    /// and, for a range's last page whose target held a full page beyond it, the key of the
+    /// last row read there (the rest follows it). A page the target found too large to answer
+    /// is walked again in smaller pages (a range's last page, with the rest of the range).
     fn finish_ahead(
         &self,
         ahead: Ahead<'_, '_>,
         each: &mut dyn FnMut(Page) -> Result<()>,
-    ) -> Result<Option<usize>> {
+    ) -> Result<(Option<usize>, Option<String>)> {
         let Ahead {
             _permit,
             after,
             upper,
             source_rows,
             target,
+            rest,
         } = ahead;
         let target_rows = target.join().expect("a target read");
         let keys = self.keys_sql();
@@ -590,12 +617,21 @@ impl<'a> Walker<'a> {
             }
         };
         let per_row = row_bytes(&source_rows);
+        let mut more = None;
         match target_rows {
-            Ok(target_rows) => each(Page {
-                source: &source_rows,
-                target: &target_rows,
-                equal: page_hash(&source_rows) == page_hash(&target_rows),
-            })?,
+            Ok(parts) => {
+                if let (Some(rest), Some(beyond)) = (&rest, parts.get(1)) {
+                    if beyond.len() >= rest.limit {
+                        more = beyond.last().map(|row| self.key_tuple(row));
+                    }
+                }
+                let target_rows: Vec<Vec<Value>> = parts.into_iter().flatten().collect();
+                each(Page {
+                    source: &source_rows,
+                    target: &target_rows,
+                    equal: page_hash(&source_rows) == page_hash(&target_rows),
+                })?
+            }
             Err(e) if e.is_too_large() => {
                 let smaller = smaller_page(self.target, source_rows.len(), per_row).ok_or(e)?;
                 drop(source_rows);
@@ -605,11 +641,15 @@ impl<'a> Walker<'a> {
                     permits: None,
                     ..*self
                 };
-                again.walk_plain(&(after, Some(upper)), each)?;
+                let upto = match rest {
+                    Some(rest) => rest.upto,
+                    None => Some(upper),
+                };
+                again.walk_plain(&(after, upto), each)?;
             }
             Err(e) => return Err(e),
         }
-        Ok(per_row)
+        Ok((per_row, more))
     }
 
     /// [`Walker::walk`] one page after the other.
@@ -711,13 +751,22 @@ fn shrink(side: &dyn RowSide, e: Error, page: usize, per_row: Option<usize>) -> 
 pub const READ_AHEAD: usize = 4;
 
 /// A page of a walk read ahead: its permit, its key range, the source's rows (when they were
-/// read first), and the target's read of the same range, under way.
+/// read first), and the target's read of the same range under way (for a range's last page,
+/// with what the target holds beyond it).
 struct Ahead<'scope, 'env> {
     _permit: crate::flow::Permit<'env>,
     after: Option<String>,
     upper: String,
     source_rows: Option<Vec<Vec<Value>>>,
-    target: std::thread::ScopedJoinHandle<'scope, Result<Vec<Vec<Value>>>>,
+    target: std::thread::ScopedJoinHandle<'scope, Result<Rows>>,
+    rest: Option<Rest>,
+}
+
+/// What a range's last page also read of the target: rows after its last key up to `upto`
+/// (the range's end), at most `limit` of them.
+struct Rest {
+    upto: Option<String>,
+    limit: usize,
 }
 
 /// The shape of `shape`'s key columns alone.

@@ -768,3 +768,15 @@ fn a_rollback_reads_a_table_of_two_pages_in_segments_twice_its_concurrency_at_on
     let reads = most_reads_in_flight(&d1, before);
     assert!(reads >= 4, "only {reads} reads in flight");
 }
+
+#[test]
+fn a_full_validation_asks_for_a_tables_last_page_and_what_the_target_holds_after_it_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = shop(dir.path());
+    let (d1, before, _) = validated(dir.path(), &source, "latency_ms=1");
+    let requests = d1.settled_requests().len() - before;
+    // The catalog and counts; the orders' two full pages, then the rows after them; the two
+    // small tables' only pages, each with the rows after it; the empty table's rows. Before,
+    // each small table's rows after its page cost a request more (9).
+    assert_eq!(requests, 7, "{:?}", &d1.settled_requests()[before..]);
+}

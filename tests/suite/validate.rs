@@ -255,3 +255,49 @@ fn a_table_compared_whole_counts_every_row_only_the_target_holds() {
     assert_eq!(few["extra"], 21, "{few}");
     assert_eq!(few["target_rows"], 24, "{few}");
 }
+
+/// More than a page of rows only the target holds after the source's last key: the table's last
+/// page asks for a page of them along with its own rows, and the rest is walked after it.
+#[test]
+fn full_validation_counts_more_than_a_page_of_rows_only_the_target_holds_after_the_last_key() {
+    let (d1, db, dir) = fresh();
+    let src = dir.path().join("wide.sqlite");
+    // Rows of 100 KB of values: pages of 20 rows.
+    rusqlite::Connection::open(&src)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE wide (id INTEGER PRIMARY KEY, body TEXT);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5)
+             INSERT INTO wide SELECT i, hex(randomblob(50000)) FROM n;",
+        )
+        .unwrap();
+    Run::new(d1, &db, &src).ok();
+    d1.sql(
+        &db,
+        &[
+            "WITH RECURSIVE n(i) AS (SELECT 100 UNION ALL SELECT i + 1 FROM n WHERE i < 149) \
+           INSERT INTO wide SELECT i, hex(randomblob(50000)) FROM n",
+        ],
+    );
+    let report = dir.path().join("report.json");
+    let out = Run::new(d1, &db, &src)
+        .env("MIGRATION_MODE", "validate")
+        .env("MIGRATION_VALIDATE_ALL_ROWS", "true")
+        .env("MIGRATION_REPORT", &report)
+        .output();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let report = read_json(&report);
+    let table = &report["validation"]["tables"][0];
+    assert_eq!(
+        (
+            table["compared"].as_u64(),
+            table["extra"].as_u64(),
+            table["missing"].as_u64(),
+            table["mismatched"].as_u64(),
+            table["target_rows"].as_u64()
+        ),
+        (Some(5), Some(50), Some(0), Some(0), Some(55)),
+        "{table}"
+    );
+    assert_eq!(table["differences"][0]["key"], "100", "{table}");
+}
