@@ -702,20 +702,25 @@ mod tests {
 
     #[test]
     fn a_pause_holds_back_every_thread() {
+        // Instants taken before the pause and after each thread's acquire: a loaded machine's
+        // pauses cannot fail it.
         let r = std::sync::Arc::new(RateLimiter::new(0, Duration::from_secs(300)));
+        let paused = Instant::now();
         r.pause(MS(200));
-        let started = Instant::now();
         let threads: Vec<_> = (0..3)
             .map(|_| {
                 let r = r.clone();
-                std::thread::spawn(move || r.acquire())
+                std::thread::spawn(move || {
+                    r.acquire();
+                    Instant::now()
+                })
             })
             .collect();
         for t in threads {
-            t.join().unwrap();
+            let went = t.join().unwrap();
+            assert!(went.duration_since(paused) >= MS(200));
         }
-        assert!(started.elapsed() >= MS(190));
-        assert!(r.waited() >= MS(3 * 150));
+        assert!(r.waited() > Duration::ZERO, "the wait is counted");
     }
 
     #[test]
@@ -763,6 +768,10 @@ mod tests {
             drop(held);
             (released, t.join().expect("the second request"))
         });
-        assert!(sent >= released, "sent {:?} before the answer", released - sent);
+        assert!(
+            sent >= released,
+            "sent {:?} before the answer",
+            released - sent
+        );
     }
 }
