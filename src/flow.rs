@@ -760,7 +760,7 @@ mod tests {
         let (_, held) = r.send();
         let (released, sent) = std::thread::scope(|s| {
             let t = s.spawn(|| {
-                r.send();
+                drop(r.send());
                 Instant::now()
             });
             std::thread::sleep(MS(100));
