@@ -403,19 +403,25 @@ fn small_tenant(path: &Path) {
         .unwrap();
 }
 
+/// A folder with [`small_tenant`]'s file and a manifest of one line copying it to `database`:
+/// the source, the manifest and the state folder.
+fn small_line(dir: &Path, database: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let source = dir.join("small.sqlite");
+    small_tenant(&source);
+    let manifest = dir.join("tenants.csv");
+    std::fs::write(
+        &manifest,
+        format!("sqlite_path,database\nsmall.sqlite,{database}\n"),
+    )
+    .unwrap();
+    (source, manifest, dir.join("state"))
+}
+
 #[test]
 fn a_database_the_run_creates_is_copied_in_one_request_validated_in_one_and_a_rerun_sends_one() {
     let d1 = server();
     let dir = tempfile::tempdir().unwrap();
-    let source = dir.path().join("small.sqlite");
-    small_tenant(&source);
-    let manifest = dir.path().join("tenants.csv");
-    std::fs::write(
-        &manifest,
-        "sqlite_path,database\nsmall.sqlite,small-tenant\n",
-    )
-    .unwrap();
-    let state = dir.path().join("state");
+    let (source, manifest, state) = small_line(dir.path(), "small-tenant");
     let report = dir.path().join("fleet.json");
     let out = output({
         let mut c = fleet(&d1, &manifest, &state);
@@ -517,17 +523,7 @@ fn a_database_the_run_creates_is_copied_in_one_request_validated_in_one_and_a_re
 fn a_rerun_of_a_complete_line_whose_database_lost_rows_copies_them_again() {
     let d1 = server();
     let dir = tempfile::tempdir().unwrap();
-    let source = dir.path().join("small.sqlite");
-    small_tenant(&source);
-    let manifest = dir.path().join("tenants.csv");
-    std::fs::write(
-        &manifest,
-        "sqlite_path,database
-small.sqlite,lossy
-",
-    )
-    .unwrap();
-    let state = dir.path().join("state");
+    let (source, manifest, state) = small_line(dir.path(), "lossy");
     let first = rerun(&d1, &manifest, &state, dir.path());
     assert_eq!(first["totals"]["ok"], 1, "{first}");
     let (id, file) = databases(&d1)["lossy"].clone();
@@ -559,17 +555,7 @@ small.sqlite,lossy
 fn validation_along_a_target_that_lacks_a_table_reads_the_catalog_first_and_names_it() {
     let d1 = server();
     let dir = tempfile::tempdir().unwrap();
-    let source = dir.path().join("small.sqlite");
-    small_tenant(&source);
-    let manifest = dir.path().join("tenants.csv");
-    std::fs::write(
-        &manifest,
-        "sqlite_path,database
-small.sqlite,dropped
-",
-    )
-    .unwrap();
-    let state = dir.path().join("state");
+    let (_, manifest, state) = small_line(dir.path(), "dropped");
     let first = rerun(&d1, &manifest, &state, dir.path());
     assert_eq!(first["totals"]["ok"], 1, "{first}");
     let (id, file) = databases(&d1)["dropped"].clone();
