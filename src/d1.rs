@@ -7,7 +7,7 @@
 //! The token is only ever put in the `Authorization` header.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -255,6 +255,23 @@ impl fmt::Debug for D1Client {
     }
 }
 
+/// A request's body read by the HTTP client, which says when the client has read all of it
+/// (written it to the connection).
+struct Posting<'b> {
+    body: &'b [u8],
+    posted: &'b AtomicBool,
+}
+
+impl std::io::Read for Posting<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.body.read(buf)?;
+        if self.body.is_empty() {
+            self.posted.store(true, Ordering::SeqCst);
+        }
+        Ok(n)
+    }
+}
+
 /// Whether `url` names this machine (localhost or a loopback address).
 fn is_loopback(url: &str) -> bool {
     let Ok(uri) = url.parse::<ureq::http::Uri>() else {
@@ -377,7 +394,18 @@ impl D1Client {
     /// Foreign keys are checked at the request's end. `Err(Failure { shrink: true, .. })` asks
     /// the caller to send smaller statements.
     pub fn execute<S: AsRef<str>>(&self, statements: &[S]) -> Result<Vec<RawResult>, Failure> {
-        self.send(statements, true, false)
+        self.send(statements, true, false, None)
+    }
+
+    /// [`D1Client::execute`], setting `posted` once each attempt's body has been handed to the
+    /// connection (its place in the window and under the rate limit taken): a request posted
+    /// after that reaches D1 after it, as long as the wire keeps their order.
+    pub fn execute_posted<S: AsRef<str>>(
+        &self,
+        statements: &[S],
+        posted: &AtomicBool,
+    ) -> Result<Vec<RawResult>, Failure> {
+        self.send(statements, true, false, Some(posted))
     }
 
     /// Like [`D1Client::execute`], with none of this client's other requests in flight: it
@@ -389,7 +417,7 @@ impl D1Client {
         statements: &[S],
     ) -> Result<Vec<RawResult>, Failure> {
         let _alone = self.gate.write().unwrap_or_else(|e| e.into_inner());
-        self.send(statements, true, true)
+        self.send(statements, true, true, None)
     }
 
     /// Runs read-only statements as one request, retrying transient failures; in halves when
@@ -398,7 +426,7 @@ impl D1Client {
     /// with [`D1Error::TooLarge`]: its reader asks for a smaller page (see
     /// [`D1Client::answer_too_large`]).
     pub fn read<S: AsRef<str>>(&self, statements: &[S]) -> Result<Vec<RawResult>, D1Error> {
-        match self.send(statements, false, false) {
+        match self.send(statements, false, false, None) {
             Ok(results) => Ok(results),
             Err(Failure { shrink: true, .. }) if statements.len() > 1 => {
                 let (a, b) = statements.split_at(statements.len() / 2);
@@ -460,12 +488,13 @@ impl D1Client {
         wanted.min(body - body / 32).max(1)
     }
 
-    /// `alone`: the caller holds `gate` exclusively.
+    /// `alone`: the caller holds `gate` exclusively. `posted`: see [`D1Client::execute_posted`].
     fn send<S: AsRef<str>>(
         &self,
         statements: &[S],
         defer_keys: bool,
         alone: bool,
+        posted: Option<&AtomicBool>,
     ) -> Result<Vec<RawResult>, Failure> {
         // A write's body is built once it has its place in the window: a sender waiting for
         // one holds only its statements (half the memory).
@@ -504,7 +533,7 @@ impl D1Client {
                 congested,
             } = {
                 let _shared = (!alone).then(|| self.gate.read().unwrap_or_else(|e| e.into_inner()));
-                self.attempt(body, defer_keys)
+                self.attempt(body, defer_keys, posted)
             };
             let round_trip = sent_at.elapsed();
             drop(counted);
@@ -600,8 +629,9 @@ impl D1Client {
         self.read(&[sql]).map(|mut r| r.pop().unwrap_or_default())
     }
 
-    fn attempt(&self, body: &str, defer_keys: bool) -> Answer {
-        let response = self
+    /// `posted`: set once the body is handed to the connection.
+    fn attempt(&self, body: &str, defer_keys: bool, posted: Option<&AtomicBool>) -> Answer {
+        let request = self
             .agent
             .post(&self.url)
             .header(
@@ -609,8 +639,19 @@ impl D1Client {
                 &format!("Bearer {}", self.endpoint.token.expose()),
             )
             .header("Content-Type", "application/json")
-            .header("Accept-Encoding", self.accept_encoding)
-            .send(body);
+            .header("Accept-Encoding", self.accept_encoding);
+        let response = match posted {
+            None => request.send(body),
+            Some(posted) => {
+                let mut reader = Posting {
+                    body: body.as_bytes(),
+                    posted,
+                };
+                request
+                    .header("Content-Length", body.len())
+                    .send(ureq::SendBody::from_reader(&mut reader))
+            }
+        };
         let mut response = match response {
             Ok(r) => r,
             Err(e) => {

@@ -4,12 +4,14 @@
 //! chooses them; the tables' CREATE statements ride at its head). A child whose keys refer to
 //! the key its parent loads in order starts before the parent is finished, each of its requests
 //! once D1 holds the parent's rows it refers to ([`Gate`]). The statements after the data may
-//! ride at the end of the load's last request ([`Tail`]). A request D1 refuses is split down to
-//! the row at fault, which is rejected or named. The checkpoint advances over the prefix of
-//! committed requests.
+//! ride at the end of the load's last request ([`Tail`]), guarded instead of waiting for the
+//! other requests' answers where the load's tables were created empty. A request D1 refuses is
+//! split down to the row at fault, which is rejected or named. The checkpoint advances over the
+//! prefix of committed requests.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
@@ -348,9 +350,16 @@ impl Reached {
 /// statistics, indexes, views and triggers), which then costs no round trip of its own. D1 runs
 /// a request's statements in order, as one transaction, so the triggers exist only after the
 /// last row is in, as when they are created alone.
+///
+/// Into tables this run created empty ([`Tail::guarded`]), the request goes at once, without
+/// waiting for the other requests' answers, with a guard statement between its rows and the
+/// tail ([`guard_sql`]): D1 fails the whole request unless it holds the last row of every other
+/// request not yet answered, which, in a table that held no row before, proves that request
+/// committed. When it fails, the request goes again once every other is answered.
 pub struct Tail {
     statements: Vec<String>,
     sent: AtomicBool,
+    guarded: bool,
 }
 
 impl Tail {
@@ -358,7 +367,16 @@ impl Tail {
         Tail {
             statements,
             sent: AtomicBool::new(false),
+            guarded: false,
         }
+    }
+
+    /// `empty`: every table the load writes was created empty by this run (no earlier attempt's
+    /// rows, none of the application's), so a row's key on D1 can only come from this load's
+    /// request that carries it: the tail may go guarded, before the other requests' answers.
+    pub fn guarded(mut self, empty: bool) -> Tail {
+        self.guarded = empty;
+        self
     }
 
     /// Whether D1 committed the tail with the last data request. When it did not (the last
@@ -375,7 +393,7 @@ impl Tail {
 
 /// How a load ends when a [`Tail`] rides with its last request: the table worker that produces
 /// the load's last request holds it back until every other table is finished, then sends it
-/// with the tail.
+/// with the tail; when guarded, at once, with the guard over the requests still `outstanding`.
 struct Ending<'t> {
     tail: &'t Tail,
     /// Work items whose requests are not all produced yet (started or not).
@@ -383,9 +401,124 @@ struct Ending<'t> {
     /// Work items not finished (every answer in), kept by the scheduler.
     unfinished: std::sync::Mutex<usize>,
     changed: std::sync::Condvar,
+    /// When the tail may go guarded: the load's requests produced and not yet answered.
+    outstanding: Option<std::sync::Mutex<Outstanding>>,
+}
+
+/// The requests of a load produced and not answered yet (sent, waiting to be, or failed). Its
+/// size is bounded by the requests in flight and held by the table workers.
+#[derive(Default)]
+struct Outstanding {
+    next: u64,
+    requests: HashMap<u64, Pending>,
+}
+
+/// A request of [`Outstanding`].
+struct Pending {
+    /// The work item it belongs to.
+    index: usize,
+    /// The EXISTS of its last row's key (`None`: the request has no key of its own, or a NULL).
+    exists: Option<String>,
+    /// Set once it has left for D1, or never will (its table finished without it).
+    posted: Arc<AtomicBool>,
+}
+
+/// A request's registration in [`Outstanding`].
+type Registered = Option<(u64, Arc<AtomicBool>)>;
+
+/// The guard over at most this many requests; more wait for their answers, as without one.
+const GUARD_KEYS: usize = 100;
+
+/// A statement that D1 runs without error only when every one of `exists` (EXISTS
+/// subqueries) is true, and that otherwise fails at run time (not when it is prepared: it
+/// depends on the data), failing the request it is in: `json()` of a text that is not JSON.
+pub fn guard_sql(exists: &[String]) -> String {
+    format!(
+        "SELECT json(CASE WHEN {} THEN '0' ELSE 'not yet' END)",
+        exists.join(" AND ")
+    )
 }
 
 impl Ending<'_> {
+    fn lock(&self) -> Option<std::sync::MutexGuard<'_, Outstanding>> {
+        let out = self.outstanding.as_ref()?;
+        Some(out.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Registers a request produced by work item `index` (of `shape`), when the tail may go
+    /// guarded.
+    fn produced(&self, index: usize, shape: &crate::pack::Shape, request: &Request) -> Registered {
+        let mut out = self.lock()?;
+        let id = out.next;
+        out.next += 1;
+        let posted = Arc::new(AtomicBool::new(false));
+        let exists = request.last_key.as_ref().and_then(|k| shape.exists(k));
+        out.requests.insert(
+            id,
+            Pending {
+                index,
+                exists,
+                posted: posted.clone(),
+            },
+        );
+        Some((id, posted))
+    }
+
+    /// Request `id` was answered: D1 committed it (or it was split, and its pieces were).
+    fn answered(&self, id: u64) {
+        if let Some(mut out) = self.lock() {
+            out.requests.remove(&id);
+        }
+    }
+
+    /// Work item `index` is finished: none of its requests not answered will leave any more.
+    fn left(&self, index: usize) {
+        if let Some(out) = self.lock() {
+            for p in out.requests.values().filter(|p| p.index == index) {
+                p.posted.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Waits until every request not answered but `own` has left for D1 (the tail's request,
+    /// sent after them, then reaches D1 after them: its guard is met when D1 runs it), or the
+    /// load stops.
+    fn wait_posted(&self, own: Option<u64>, cancel: &AtomicBool) {
+        loop {
+            let waiting = self.lock().is_some_and(|out| {
+                out.requests
+                    .iter()
+                    .any(|(id, p)| Some(*id) != own && !p.posted.load(Ordering::SeqCst))
+            });
+            if !waiting || cancel.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
+    /// The guard for the tail's request (`own`, left out): a statement that fails unless D1 has
+    /// committed every other request not answered yet. `None` when there is none to guard
+    /// against, or a request's key is not known, or there are too many: the tail then waits for
+    /// their answers. Called once every request of the load is produced.
+    fn guard(&self, own: Option<u64>, bytes: usize) -> Option<String> {
+        let out = self.lock()?;
+        let others: Vec<&Option<String>> = out
+            .requests
+            .iter()
+            .filter(|(id, _)| Some(**id) != own)
+            .map(|(_, p)| &p.exists)
+            .collect();
+        if others.is_empty() || others.len() > GUARD_KEYS {
+            return None;
+        }
+        let exists: Option<Vec<String>> = others.into_iter().cloned().collect();
+        let mut exists = exists?;
+        // The same order each time, for the logs.
+        exists.sort();
+        Some(guard_sql(&exists)).filter(|sql| sql.len() <= bytes)
+    }
+
     fn set_unfinished(&self, n: usize) {
         *self.unfinished.lock().unwrap_or_else(|e| e.into_inner()) = n;
         self.changed.notify_all();
@@ -427,6 +560,15 @@ pub fn run_work_then(
         return Ok(Vec::new());
     }
     let todo = work.iter().filter(|w| !w.done).count();
+    // A guard proves a request committed by its last row, which only a plain insert into a
+    // table created empty says.
+    let guarded = |tail: &Tail| {
+        tail.guarded
+            && work
+                .iter()
+                .filter(|w| !w.done)
+                .all(|w| w.pass == Pass::Insert && !w.shape.is_virtual)
+    };
     let ending = tail
         .filter(|t| !t.statements.is_empty() && ctx.config.method == Method::Query)
         .map(|tail| Ending {
@@ -434,6 +576,7 @@ pub fn run_work_then(
             producing: std::sync::atomic::AtomicUsize::new(todo),
             unfinished: std::sync::Mutex::new(todo),
             changed: std::sync::Condvar::new(),
+            outstanding: guarded(tail).then(Default::default),
         });
     let ending = ending.as_ref();
     let reached = Reached::new(work.len());
@@ -589,6 +732,8 @@ struct Flight {
     next_seq: u64,
     watermark: Watermark,
     error: Option<Error>,
+    /// The [`Outstanding`] id of each request sent, by sequence number.
+    ids: HashMap<u64, u64>,
 }
 
 /// Requests in flight of one table, in the order they were sent: the checkpoint advances over
@@ -675,6 +820,9 @@ fn copy_rows(ctx: &Loader<'_>, work: &Work, load: &Load<'_>, stats: &mut TableSt
     let mut on_ack =
         |(seq, ack): (u64, Result<Sent>), stats: &mut TableStats, flight: &mut Flight| match ack {
             Ok(sent) => {
+                if let (Some(id), Some(ending)) = (flight.ids.remove(&seq), ending) {
+                    ending.answered(id);
+                }
                 stats.rows_written += sent.rows - sent.failed;
                 stats.rows_failed += sent.failed;
                 stats.statements += sent.statements;
@@ -698,55 +846,66 @@ fn copy_rows(ctx: &Loader<'_>, work: &Work, load: &Load<'_>, stats: &mut TableSt
                 }
             }
             Err(e) => {
+                // Not answered as committed: a guard still waits for it.
+                flight.ids.remove(&seq);
                 flight.error.get_or_insert(e);
             }
         };
 
     let mut gate = Gated::new(&conn, work, load, after.clone())?;
     type OnAck<'x> = dyn FnMut((u64, Result<Sent>), &mut TableStats, &mut Flight) + 'x;
-    let mut send =
-        |request: Request, stats: &mut TableStats, flight: &mut Flight, on_ack: &mut OnAck<'_>| {
-            if let Err(e) = gate.pass(&request, cancel) {
-                flight.error.get_or_insert(e);
-                return;
-            }
-            let seq = flight.next_seq;
-            flight.next_seq += 1;
-            flight.watermark.sent(seq, request.last_key.clone());
-            let job = Job {
-                table: table.clone(),
-                seq,
-                request,
-                ack: ack_tx.clone(),
-            };
-            if jobs.send(job).is_ok() {
-                flight.in_flight += 1;
-            }
-            // A table whose rows reference each other through a NOT NULL key goes one request at a time.
-            while flight.in_flight > 0 {
-                let ack = if work.sequential {
-                    ack_rx.recv().ok()
-                } else {
-                    ack_rx.try_recv().ok()
-                };
-                let Some(ack) = ack else { break };
-                flight.in_flight -= 1;
-                on_ack(ack, stats, flight);
-            }
+    let mut send = |(request, id): (Request, Registered),
+                    stats: &mut TableStats,
+                    flight: &mut Flight,
+                    on_ack: &mut OnAck<'_>| {
+        if let Err(e) = gate.pass(&request, cancel) {
+            flight.error.get_or_insert(e);
+            return;
+        }
+        let seq = flight.next_seq;
+        flight.next_seq += 1;
+        flight.watermark.sent(seq, request.last_key.clone());
+        let posted = id.map(|(id, posted)| {
+            flight.ids.insert(seq, id);
+            posted
+        });
+        let job = Job {
+            table: table.clone(),
+            seq,
+            request,
+            ack: ack_tx.clone(),
+            posted,
         };
+        if jobs.send(job).is_ok() {
+            flight.in_flight += 1;
+        }
+        // A table whose rows reference each other through a NOT NULL key goes one request at a time.
+        while flight.in_flight > 0 {
+            let ack = if work.sequential {
+                ack_rx.recv().ok()
+            } else {
+                ack_rx.try_recv().ok()
+            };
+            let Some(ack) = ack else { break };
+            flight.in_flight -= 1;
+            on_ack(ack, stats, flight);
+        }
+    };
 
     // With a tail to carry, each request waits for the next to be produced: the table's last
-    // one may be the load's last, which carries it.
-    let mut held: Option<Request> = None;
+    // one may be the load's last, which carries it. Each is registered for the tail's guard
+    // when it is produced, before this table counts as produced.
+    let mut held: Option<(Request, Registered)> = None;
     let mut sink = |event: Produced| {
         match event {
             Produced::Read(n) => stats.rows_read += n,
             Produced::Request(request) if ending.is_some() => {
-                if let Some(before) = held.replace(request) {
+                let id = ending.and_then(|e| e.produced(load.index, shape, &request));
+                if let Some(before) = held.replace((request, id)) {
                     send(before, stats, &mut flight, &mut on_ack);
                 }
             }
-            Produced::Request(request) => send(request, stats, &mut flight, &mut on_ack),
+            Produced::Request(request) => send((request, None), stats, &mut flight, &mut on_ack),
             Produced::Oversize { key, bytes, sql } => {
                 let reason =
                     format!("row of {bytes} bytes is over D1's {MAX_ROW_BYTES}-byte limit");
@@ -789,7 +948,7 @@ fn copy_rows(ctx: &Loader<'_>, work: &Work, load: &Load<'_>, stats: &mut TableSt
         // for this one to start, and this request is the load's last.
         let last = ending.producing.fetch_sub(1, Ordering::SeqCst) == 1;
         let stopped = |flight: &Flight| flight.error.is_some() || cancel.load(Ordering::Relaxed);
-        if let Some(request) = held.take().filter(|_| !stopped(&flight)) {
+        if let Some((request, id)) = held.take().filter(|_| !stopped(&flight)) {
             let room = ctx.client.request_bytes(config.limits.request_bytes);
             // A child still loading may wait for this table's last rows: they go now.
             let waited_for = load.gates.iter().enumerate().any(|(j, gates)| {
@@ -801,36 +960,86 @@ fn copy_rows(ctx: &Loader<'_>, work: &Work, load: &Load<'_>, stats: &mut TableSt
                 && request.bytes + ending.tail.bytes() <= room
                 && request.statements.len() + ending.tail.statements.len()
                     <= config.limits.request_statements;
-            if ride {
-                // Its own answers, then the other tables' (their workers wait for theirs).
-                while flight.in_flight > 0 {
-                    let ack = ack_rx.recv().expect("senders answer every job");
-                    flight.in_flight -= 1;
-                    on_ack(ack, stats, &mut flight);
-                }
-                ending.wait_for_the_others();
-            }
-            if stopped(&flight) {
-                // Not sent: the checkpoint does not cover it.
-            } else if !ride {
-                send(request, stats, &mut flight, &mut on_ack);
-            } else {
-                let seq = flight.next_seq;
-                flight.next_seq += 1;
-                flight.watermark.sent(seq, request.last_key.clone());
-                match with_tail(ctx, &request, ending.tail) {
-                    Ok(sent) => {
-                        ending.tail.sent.store(true, Ordering::SeqCst);
-                        on_ack((seq, Ok(sent)), stats, &mut flight);
+            // Guarded, it goes once every other request has left, without waiting for their
+            // answers; when D1 refuses it (for whatever reason: the guard found a request not
+            // committed yet, or another), it goes again as unguarded.
+            let guard = ride
+                .then(|| {
+                    let fits = request.statements.len() + ending.tail.statements.len()
+                        < config.limits.request_statements;
+                    let bytes = (room - request.bytes - ending.tail.bytes())
+                        .min(config.limits.statement_bytes);
+                    let own = id.as_ref().map(|(id, _)| *id);
+                    // After every other request: D1 runs it after them.
+                    ending.wait_posted(own, cancel);
+                    ending.guard(own, bytes).filter(|_| fits)
+                })
+                .flatten();
+            let request = match guard {
+                None => Some(request),
+                Some(guard) => {
+                    let seq = flight.next_seq;
+                    flight.next_seq += 1;
+                    flight.watermark.sent(seq, request.last_key.clone());
+                    match with_tail(ctx, &request, ending.tail, Some(&guard)) {
+                        Ok(sent) => {
+                            ending.tail.sent.store(true, Ordering::SeqCst);
+                            on_ack((seq, Ok(sent)), stats, &mut flight);
+                            None
+                        }
+                        Err(f) => {
+                            // It goes again, unguarded (its statements are idempotent, should D1
+                            // have committed it and its answer been lost).
+                            flight.watermark.forget(seq);
+                            stats.requests += 1;
+                            log::debug(&format!(
+                                "{table}: the last data request with the statements after the \
+                                 data did not go before the load's other requests were answered \
+                                 ({}): it goes again once they are",
+                                f.error
+                            ));
+                            Some(request)
+                        }
                     }
-                    Err(refused) => {
-                        flight.watermark.forget(seq);
-                        match refused {
-                            // Refused together: the rows go alone (split down to a row at
-                            // fault, as any request), the tail after the load.
-                            None => send(request, stats, &mut flight, &mut on_ack),
-                            Some(e) => {
-                                flight.error.get_or_insert(e);
+                }
+            };
+            if let Some(request) = request {
+                if ride {
+                    // Its own answers, then the other tables' (their workers wait for theirs).
+                    while flight.in_flight > 0 {
+                        let ack = ack_rx.recv().expect("senders answer every job");
+                        flight.in_flight -= 1;
+                        on_ack(ack, stats, &mut flight);
+                    }
+                    ending.wait_for_the_others();
+                }
+                if stopped(&flight) {
+                    // Not sent: the checkpoint does not cover it.
+                } else if !ride {
+                    send((request, id), stats, &mut flight, &mut on_ack);
+                } else {
+                    let seq = flight.next_seq;
+                    flight.next_seq += 1;
+                    flight.watermark.sent(seq, request.last_key.clone());
+                    match with_tail(ctx, &request, ending.tail, None) {
+                        Ok(sent) => {
+                            ending.tail.sent.store(true, Ordering::SeqCst);
+                            on_ack((seq, Ok(sent)), stats, &mut flight);
+                        }
+                        Err(f) => {
+                            flight.watermark.forget(seq);
+                            if f.shrink || matches!(f.error, D1Error::Sql { .. }) {
+                                // Refused together, which wrote nothing: the rows go alone
+                                // (split down to a row at fault, as any request), the tail
+                                // after the load.
+                                log::info(&format!(
+                                    "the last data request did not go with the statements after \
+                                     the data ({}): each is sent on its own",
+                                    f.error
+                                ));
+                                send((request, id), stats, &mut flight, &mut on_ack);
+                            } else {
+                                flight.error.get_or_insert(f.error.into());
                             }
                         }
                     }
@@ -842,6 +1051,9 @@ fn copy_rows(ctx: &Loader<'_>, work: &Work, load: &Load<'_>, stats: &mut TableSt
         let ack = ack_rx.recv().expect("senders answer every job");
         flight.in_flight -= 1;
         on_ack(ack, stats, &mut flight);
+    }
+    if let Some(ending) = ending {
+        ending.left(load.index);
     }
     let error = flight.error;
     if matches!(work.pass, Pass::SetDeferred | Pass::Anchors | Pass::Whole) {
@@ -943,37 +1155,28 @@ impl<'c> Gated<'c> {
     }
 }
 
-/// Sends the load's last data request with the tail after its rows, in one request. `Err(None)`:
-/// D1 (or the API) refused them together, which wrote nothing.
+/// Sends the load's last data request with the tail after its rows, in one request; with
+/// `guard` (see [`guard_sql`]) between them. On failure, nothing of it was written when D1 (or
+/// the API) refused it.
 fn with_tail(
     ctx: &Loader<'_>,
     request: &Request,
     tail: &Tail,
-) -> std::result::Result<Sent, Option<Error>> {
+    guard: Option<&str>,
+) -> std::result::Result<Sent, crate::d1::Failure> {
     let rows: Vec<&str> = request.statements.iter().map(|s| s.sql.as_str()).collect();
     let mut sqls = crate::send::relaxed(&rows, request.relax_checks);
+    sqls.extend(guard);
     sqls.extend(tail.statements.iter().map(String::as_str));
-    match ctx.client.execute(&sqls) {
-        Ok(_) => {
-            let mut sent = Sent {
-                rows: request.rows as u64,
-                large_rows: request.large_rows as u64,
-                requests: 1,
-                ..Sent::default()
-            };
-            sent.committed(&rows);
-            Ok(sent)
-        }
-        Err(f) if f.shrink || matches!(f.error, D1Error::Sql { .. }) => {
-            log::info(&format!(
-                "the last data request did not go with the statements after the data ({}): \
-                 each is sent on its own",
-                f.error
-            ));
-            Err(None)
-        }
-        Err(f) => Err(Some(f.error.into())),
-    }
+    ctx.client.execute(&sqls)?;
+    let mut sent = Sent {
+        rows: request.rows as u64,
+        large_rows: request.large_rows as u64,
+        requests: 1,
+        ..Sent::default()
+    };
+    sent.committed(&rows);
+    Ok(sent)
 }
 
 /// A sender thread: posts each job's request and reports back.
@@ -987,6 +1190,78 @@ fn sender(ctx: &Loader<'_>, jobs: Receiver<Job>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tails_guard_asks_for_the_last_row_of_every_other_request_not_answered() {
+        use crate::discover::{Column, Table, TableKind};
+        use crate::pack::Shape;
+        let table = |name: &str, kind, columns| Table {
+            name: name.into(),
+            sql: String::new(),
+            kind,
+            columns,
+            foreign_keys: vec![],
+            unique: vec![],
+        };
+        let t = Shape::new(
+            &table(
+                "t",
+                TableKind::Rowid { rowid_alias: None },
+                vec![Column::new("v", "", 0)],
+            ),
+            &[],
+        );
+        let w = Shape::new(
+            &table(
+                "w",
+                TableKind::WithoutRowid,
+                vec![Column::new("b", "INTEGER", 2), Column::new("a", "TEXT", 1)],
+            ),
+            &[],
+        );
+        let tail = Tail::new(vec!["CREATE INDEX i ON t(v)".into()]).guarded(true);
+        let ending = Ending {
+            tail: &tail,
+            producing: std::sync::atomic::AtomicUsize::new(2),
+            unfinished: std::sync::Mutex::new(2),
+            changed: std::sync::Condvar::new(),
+            outstanding: Some(Default::default()),
+        };
+        let request = |key: Option<Vec<Value>>| Request {
+            last_key: key,
+            ..Request::default()
+        };
+        let id = |r: Registered| r.map(|(id, _)| id);
+        let first = id(ending.produced(0, &t, &request(Some(vec![Value::Integer(5)])))).unwrap();
+        let text = Value::Text(b"o'neil".to_vec());
+        ending.produced(1, &w, &request(Some(vec![text, Value::Integer(2)])));
+        let own = id(ending.produced(0, &t, &request(Some(vec![Value::Integer(9)]))));
+        // Every other request not answered, the tail's own left out.
+        assert_eq!(
+            ending.guard(own, 100_000).unwrap(),
+            "SELECT json(CASE WHEN EXISTS(SELECT 1 FROM \"t\" WHERE rowid = 5) AND \
+             EXISTS(SELECT 1 FROM \"w\" WHERE \"a\" = 'o''neil' AND \"b\" = 2) \
+             THEN '0' ELSE 'not yet' END)"
+        );
+        // An answer is no longer asked for; a guard too long is none.
+        ending.answered(first);
+        assert_eq!(
+            ending.guard(own, 100_000).unwrap(),
+            "SELECT json(CASE WHEN EXISTS(SELECT 1 FROM \"w\" WHERE \"a\" = 'o''neil' \
+             AND \"b\" = 2) THEN '0' ELSE 'not yet' END)"
+        );
+        assert_eq!(ending.guard(own, 50), None);
+        // A request whose last row is not known: the tail waits for the answers.
+        ending.produced(1, &w, &request(None));
+        assert_eq!(ending.guard(own, 100_000), None);
+        // Nothing else outstanding: nothing to guard against.
+        let alone = Ending {
+            outstanding: Some(Default::default()),
+            ..ending
+        };
+        let own = id(alone.produced(0, &t, &request(Some(vec![Value::Integer(9)]))));
+        assert_eq!(alone.guard(own, 100_000), None);
+    }
 
     #[test]
     fn the_checkpoint_advances_over_the_committed_prefix_with_its_rows() {

@@ -313,13 +313,21 @@ pub fn forward(
         && plan.virtual_tables.is_empty()
         && fill.is_empty()
         && suspended.is_empty();
+    // Tables this run creates (none of D1's before it, none with an earlier attempt's rows)
+    // hold only the rows of this load's requests: a request's last row on D1 proves it committed,
+    // and the tail goes guarded by them, without waiting for their answers.
+    let empty = work.iter().filter(|w| !w.done).all(|w| {
+        !existing.contains_key(&w.shape.table.to_lowercase())
+            && state.resume_after(&w.shape.table).is_none()
+    });
     let tail = Tail::new(
         sequence
             .iter()
             .cloned()
             .chain(objects.iter().map(|(_, sql)| sql.clone()))
             .collect(),
-    );
+    )
+    .guarded(empty);
     // A large child starts before its large parent is finished, each of its requests once D1
     // holds the parent's rows it refers to.
     let gates = gates(&schema, &work);

@@ -159,6 +159,26 @@ impl Shape {
         out
     }
 
+    /// `EXISTS(SELECT 1 FROM "t" WHERE k1 = v1 AND k2 = v2)`: whether D1 holds the row of `key`
+    /// (its values in the order of `key_exprs`, as [`Shape::key_values`] gives them). `None`
+    /// when a value of the key is NULL, which no `=` finds.
+    pub fn exists(&self, key: &[Value]) -> Option<String> {
+        if key.len() != self.key_exprs.len() || key.contains(&Value::Null) {
+            return None;
+        }
+        let mut out = format!("EXISTS(SELECT 1 FROM {} WHERE ", quote_ident(&self.table));
+        for (i, (expr, value)) in self.key_exprs.iter().zip(key).enumerate() {
+            if i > 0 {
+                out.push_str(" AND ");
+            }
+            out.push_str(expr);
+            out.push_str(" = ");
+            value.write_literal(&mut out);
+        }
+        out.push(')');
+        Some(out)
+    }
+
     /// Key values as text.
     pub fn key_text_of(&self, key: &[Value]) -> String {
         let parts: Vec<String> = key.iter().map(Value::literal).collect();
@@ -856,6 +876,60 @@ mod tests {
         }
         p.flush(&mut out);
         out
+    }
+
+    #[test]
+    fn a_rows_existence_is_asked_by_its_key_rowid_first_without_rowid_by_the_primary_key() {
+        // The hidden rowid.
+        let key = shape().key_values(&row(7));
+        assert_eq!(
+            shape().exists(&key).unwrap(),
+            "EXISTS(SELECT 1 FROM \"t x\" WHERE rowid = 7)"
+        );
+        // A column named rowid: the next alias.
+        let mut t = Table {
+            name: "t".into(),
+            sql: String::new(),
+            kind: TableKind::Rowid { rowid_alias: None },
+            columns: vec![col("rowid", 0)],
+            foreign_keys: vec![],
+            unique: vec![],
+        };
+        assert_eq!(
+            Shape::new(&t, &[]).exists(&[Value::Integer(-3)]).unwrap(),
+            "EXISTS(SELECT 1 FROM \"t\" WHERE _rowid_ = -3)"
+        );
+        // An INTEGER PRIMARY KEY.
+        t.kind = TableKind::Rowid {
+            rowid_alias: Some("id".into()),
+        };
+        t.columns = vec![col("id", 1), col("v", 0)];
+        assert_eq!(
+            Shape::new(&t, &[]).exists(&[Value::Integer(5)]).unwrap(),
+            "EXISTS(SELECT 1 FROM \"t\" WHERE \"id\" = 5)"
+        );
+        // WITHOUT ROWID, a primary key of two columns in its declared order, a text with quotes.
+        let w = Table {
+            name: "it's".into(),
+            sql: String::new(),
+            kind: TableKind::WithoutRowid,
+            columns: vec![col("b", 2), col("v", 0), Column::new("a \"x\"", "TEXT", 1)],
+            foreign_keys: vec![],
+            unique: vec![],
+        };
+        let shape = Shape::new(&w, &[]);
+        let key = shape.key_values(&[
+            Value::Blob(vec![0xab, 1]),
+            Value::Integer(1),
+            Value::Text(b"o'neil".to_vec()),
+        ]);
+        assert_eq!(
+            shape.exists(&key).unwrap(),
+            "EXISTS(SELECT 1 FROM \"it's\" WHERE \"a \"\"x\"\"\" = 'o''neil' AND \"b\" = X'AB01')"
+        );
+        // No row is found by a NULL.
+        assert_eq!(shape.exists(&[Value::Null, Value::Integer(1)]), None);
+        assert_eq!(shape.exists(&[Value::Integer(1)]), None);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! share. A request D1 refuses is split down to the row at fault, which is rejected (to the
 //! reject file) or named in the error.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 
@@ -71,6 +72,9 @@ pub(crate) struct Job {
     pub seq: u64,
     pub request: Request,
     pub ack: Sender<(u64, Result<Sent>)>,
+    /// Set once the request has left for D1 (or never will): see
+    /// [`D1Client::execute_posted`].
+    pub posted: Option<Arc<AtomicBool>>,
 }
 
 #[derive(Debug, Default)]
@@ -95,36 +99,68 @@ impl Sent {
 /// Sends one job's request through the query path and answers its table with what was sent.
 pub(crate) fn send_job(out: &Outlet<'_>, job: Job) {
     let mut sent = Sent::default();
-    let result = send_statements(
-        out,
-        &job.table,
-        &job.request.statements,
-        job.request.relax_checks,
-        &mut sent,
-    )
-    .map(|()| {
+    let request = Outgoing {
+        statements: &job.request.statements,
+        relax_checks: job.request.relax_checks,
+        posted: job.posted.as_deref(),
+    };
+    let result = send_statements(out, &job.table, request, &mut sent).map(|()| {
         sent.rows = job.request.rows as u64;
         sent.large_rows = job.request.large_rows as u64;
         sent
     });
+    if let Some(posted) = &job.posted {
+        posted.store(true, Ordering::SeqCst);
+    }
     let _ = job.ack.send((job.seq, result));
+}
+
+/// A request's statements on their way.
+#[derive(Clone, Copy)]
+struct Outgoing<'s> {
+    statements: &'s [Statement],
+    /// CHECK constraints are not enforced within the request (its rows carry placeholders the
+    /// update pass replaces).
+    relax_checks: bool,
+    /// See [`Job::posted`].
+    posted: Option<&'s AtomicBool>,
+}
+
+impl<'s> Outgoing<'s> {
+    /// Some of the statements, sent the same way.
+    fn part<'p>(&self, statements: &'p [Statement]) -> Outgoing<'p>
+    where
+        's: 'p,
+    {
+        Outgoing {
+            statements,
+            ..*self
+        }
+    }
 }
 
 /// Sends statements as one request. When D1 says they are too large, or rejects them, sends
 /// halves instead, down to the single row at fault, which is then rejected (to the reject file,
 /// when the configuration says so) or named in the error.
-/// `relax_checks`: CHECK constraints are not enforced within the request (its rows carry
-/// placeholders the update pass replaces).
-pub(crate) fn send_statements(
+fn send_statements(
     out: &Outlet<'_>,
     table: &str,
-    statements: &[Statement],
-    relax_checks: bool,
+    request: Outgoing<'_>,
     sent: &mut Sent,
 ) -> Result<()> {
+    let Outgoing {
+        statements,
+        relax_checks,
+        posted,
+    } = request;
     let sqls: Vec<&str> = statements.iter().map(|s| s.sql.as_str()).collect();
     sent.requests += 1;
-    match out.client.execute(&relaxed(&sqls, relax_checks)) {
+    let sqls_sent = relaxed(&sqls, relax_checks);
+    let answer = match posted {
+        Some(posted) => out.client.execute_posted(&sqls_sent, posted),
+        None => out.client.execute(&sqls_sent),
+    };
+    match answer {
         Ok(_) => {
             sent.committed(&sqls);
             Ok(())
@@ -136,12 +172,12 @@ pub(crate) fn send_statements(
             }
             if statements.len() > 1 {
                 let (a, b) = statements.split_at(statements.len() / 2);
-                send_statements(out, table, a, relax_checks, sent)?;
-                return send_statements(out, table, b, relax_checks, sent);
+                send_statements(out, table, request.part(a), sent)?;
+                return send_statements(out, table, request.part(b), sent);
             }
             if let Some((a, b)) = statements[0].split() {
-                send_statements(out, table, &[a], relax_checks, sent)?;
-                return send_statements(out, table, &[b], relax_checks, sent);
+                send_statements(out, table, request.part(&[a]), sent)?;
+                return send_statements(out, table, request.part(&[b]), sent);
             }
             let statement = &statements[0];
             // Before a row is blamed, it is sent once more alone: a request that breaks a

@@ -36,7 +36,9 @@
 //!   named like the rowid, UTF-16, odd page sizes, R*Tree, user_version, an application writing
 //!   during the copy): exact copies, or refusals naming the object before any write.
 //! - `network`: over a slow network, writes keep more in flight, reads keep pages of several
-//!   tables in flight, a 429 holds back the whole run, a request too large is split.
+//!   tables in flight, a 429 holds back the whole run, a request too large is split, the objects
+//!   after the data leave guarded before the other requests' answers (and again, after them,
+//!   when they overtook one).
 
 #[path = "suite/harness.rs"]
 mod harness;

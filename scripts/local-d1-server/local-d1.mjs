@@ -23,6 +23,9 @@
 //   LOCAL_D1_FAULTS     e.g. "429=0.05,500=0.05,drop=0.02,lost=0.01,latency_ms=30,seed=7,retry_after=1";
 //                       jitter_ms=N delays each request a further 0 to N ms (drawn from the seed),
 //                       so requests sent together reach D1 in another order, as over a network;
+//                       hold_request=K holds the K-th request received (counting from 1, every
+//                       method) a further hold_ms (default 2000) ms before D1 runs it, so requests
+//                       sent after it reach D1 before it (logged with its `held_ms`);
 //                       max_body=N refuses request bodies over N bytes with HTTP 413 and an HTML
 //                       page, as Cloudflare's edge does, before D1 sees them; max_answer=N answers
 //                       a query whose answer would be over N bytes with D1's error for a result
@@ -54,10 +57,10 @@ const logPath = env.LOCAL_D1_LOG || "";
 
 function parseFaults(text) {
   const f = { p429: 0, p500: 0, p503: 0, drop: 0, lost: 0, latencyMs: 0, jitterMs: 0, seed: 1, retryAfter: 1,
-    maxBody: 0, maxAnswer: 0 };
+    maxBody: 0, maxAnswer: 0, holdRequest: 0, holdMs: 2000 };
   const keys = { "429": "p429", "500": "p500", "503": "p503", drop: "drop", lost: "lost",
     latency_ms: "latencyMs", jitter_ms: "jitterMs", seed: "seed", retry_after: "retryAfter", max_body: "maxBody",
-    max_answer: "maxAnswer" };
+    max_answer: "maxAnswer", hold_request: "holdRequest", hold_ms: "holdMs" };
   for (const part of text.split(",").map((s) => s.trim()).filter(Boolean)) {
     const [k, v] = part.split("=");
     if (!(k in keys) || v === undefined || !Number.isFinite(Number(v))) {
@@ -201,6 +204,8 @@ function insertsInto(body) {
 
 // Requests received and not yet answered (logged with each request as `in_flight`).
 let inFlight = 0;
+// Requests received, for hold_request.
+let received = 0;
 
 // A client that goes away mid-request (a killed run) rejects the body's reading with "aborted":
 // that connection is dropped, and the server goes on serving the others.
@@ -211,14 +216,17 @@ const server = http.createServer((req, res) => {
 });
 
 async function handle(req, res) {
+  received += 1;
+  const held = faults.holdRequest > 0 && received === faults.holdRequest ? faults.holdMs : 0;
   const chunks = [];
   for await (const c of req) chunks.push(c);
   const body = Buffer.concat(chunks);
   const tooLarge = faults.maxBody > 0 && body.length > faults.maxBody;
   const fault = tooLarge ? "413" : pickFault();
-  const delay = faults.latencyMs + (faults.jitterMs ? jitter() * faults.jitterMs : 0);
+  const delay = faults.latencyMs + (faults.jitterMs ? jitter() * faults.jitterMs : 0) + held;
   if (delay) await sleep(delay);
   const entry = { t: Date.now(), method: req.method, path: req.url, bytes: body.length, fault, in_flight: inFlight };
+  if (held) entry.held_ms = held;
   if (log) {
     entry.statements = req.method === "PUT" ? [] : firstWords(body.toString("utf8"));
     entry.into = req.method === "PUT" ? [] : insertsInto(body.toString("utf8"));

@@ -674,6 +674,135 @@ fn the_tables_are_created_with_the_small_tables_rows_and_the_objects_after_the_d
     }
 }
 
+/// The `levels` source with a trigger on each large table, writing to another table: the
+/// copy differs from it if either fires on copied rows.
+fn levels_with_triggers(path: &std::path::Path) {
+    levels(path, false);
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER orders_seen AFTER INSERT ON orders
+           BEGIN UPDATE customers SET name = name || '+' WHERE id = NEW.customer; END;",
+    )
+    .unwrap();
+}
+
+/// The requests the dry run of the `levels` source predicts (on a D1 of its own).
+fn levels_requests(dir: &std::path::Path, source: &std::path::Path) -> u64 {
+    let id = "plan".to_string();
+    let d1 = LocalD1::start(std::slice::from_ref(&id), None);
+    let plan = dir.join("plan.json");
+    Run::new(&d1, &id, source)
+        .env("MIGRATION_REQUEST_BYTES", "100000")
+        .env("MIGRATION_DRY_RUN", "true")
+        .env("MIGRATION_REPORT", &plan)
+        .ok();
+    read_json(&plan)["dry_run"]["http_requests"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn the_objects_after_the_data_leave_with_the_last_rows_before_the_other_requests_are_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("levels.sqlite");
+    levels_with_triggers(&source);
+    let predicted = levels_requests(dir.path(), &source);
+    let id = "guarded".to_string();
+    let latency = 300;
+    let d1 = LocalD1::start(
+        std::slice::from_ref(&id),
+        Some(&format!("latency_ms={latency}")),
+    );
+    let report = dir.path().join("report.json");
+    Run::new(&d1, &id, &source)
+        .env("MIGRATION_REQUEST_BYTES", "100000")
+        .env("MIGRATION_VALIDATE", "false")
+        .env("MIGRATION_REPORT", &report)
+        .ok();
+    // Exact: the triggers (on the lines, counting them into their order; on the orders, marking
+    // their customer) did not fire on the copied rows; the AUTOINCREMENT counter, the index and
+    // the view are the source's.
+    let diff = sqldiff(&source, d1.file(&id));
+    assert!(diff.is_empty(), "{}", diff.join("\n"));
+    let requests = d1.settled_requests();
+    let tails = with_all(&requests, &["INSERT INTO", "CREATE TRIGGER"]);
+    assert_eq!(tails.len(), 1, "{requests:?}");
+    let tail = tails[0];
+    // The log's time is when D1 got a request, `latency` after the front end received it: the
+    // tail left before D1 had even got some of the rows sent before it.
+    let received = tail["t"].as_u64().unwrap() - latency;
+    let overtaken: Vec<_> = with_all(&requests, &["INSERT INTO"])
+        .into_iter()
+        .filter(|r| *r != tail && r["t"].as_u64().unwrap() > received)
+        .collect();
+    assert!(
+        !overtaken.is_empty(),
+        "the objects after the data waited for every other request's answer: {requests:?}"
+    );
+    assert!(tail["in_flight"].as_u64().unwrap() >= 2, "{tail}");
+    // No more requests than the dry run predicts (the guard rides in the last one).
+    assert_eq!(
+        read_json(&report)["http_requests"].as_u64().unwrap(),
+        predicted
+    );
+}
+
+#[test]
+fn objects_after_the_data_that_reach_d1_before_an_earlier_request_go_again_once_it_is_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("levels.sqlite");
+    levels_with_triggers(&source);
+    // The last request is the one with the objects after the data: the one before it is held
+    // at the front end, so that the objects reach D1 first.
+    let predicted = levels_requests(dir.path(), &source);
+    let id = "overtaken".to_string();
+    let d1 = LocalD1::start(
+        std::slice::from_ref(&id),
+        Some(&format!(
+            "latency_ms=50,hold_request={},hold_ms=2000",
+            predicted - 1
+        )),
+    );
+    let report = dir.path().join("report.json");
+    Run::new(&d1, &id, &source)
+        .env("MIGRATION_REQUEST_BYTES", "100000")
+        .env("MIGRATION_VALIDATE", "false")
+        .env("MIGRATION_REPORT", &report)
+        .ok();
+    // Exact: D1 refused the objects (and the last rows with them) while the held rows were not
+    // in; had it created the triggers, one would have fired on them.
+    let diff = sqldiff(&source, d1.file(&id));
+    assert!(diff.is_empty(), "{}", diff.join("\n"));
+    let requests = d1.settled_requests();
+    let held: Vec<_> = requests
+        .iter()
+        .filter(|r| r["held_ms"].is_u64())
+        .cloned()
+        .collect();
+    assert_eq!(held.len(), 1, "{requests:?}");
+    assert!(!with_all(&held, &["INSERT INTO"]).is_empty(), "{held:?}");
+    let tails = with_all(&requests, &["INSERT INTO", "CREATE TRIGGER"]);
+    assert_eq!(tails.len(), 2, "{requests:?}");
+    assert!(
+        tails[0]["t"].as_u64() < held[0]["t"].as_u64(),
+        "{requests:?}"
+    );
+    assert!(
+        tails[1]["t"].as_u64() > held[0]["t"].as_u64(),
+        "{requests:?}"
+    );
+    // The one request more is the refused one.
+    let report = read_json(&report);
+    assert_eq!(report["http_requests"].as_u64().unwrap(), predicted + 1);
+    let data: u64 = report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(report["http_requests"].as_u64().unwrap(), 2 + data);
+}
+
 #[test]
 fn rows_d1_refuses_beside_the_tables_ddl_or_the_objects_after_the_data_are_rejected_alone() {
     let dir = tempfile::tempdir().unwrap();
