@@ -281,7 +281,11 @@ fn after_a_request_too_large_the_packer_keeps_the_lowered_size_for_the_rest_of_t
         after.iter().all(|&b| b <= lowered),
         "{after:?} over {lowered}"
     );
-    let last = &after[after.len() - 21..after.len() - 1];
+    // The table's last request holds what is left of it; sent beside the one before, it may
+    // reach D1 first: of the last twenty-one, the smallest is left out.
+    let mut last = after[after.len() - 21..].to_vec();
+    last.sort_unstable();
+    let last = &last[1..];
     assert!(
         last.iter().all(|&b| b * 10 >= lowered * 7),
         "requests far below {lowered} bytes: {after:?}"
