@@ -7,7 +7,7 @@
 //! The token is only ever put in the `Authorization` header.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -259,14 +259,14 @@ impl fmt::Debug for D1Client {
 /// (written it to the connection).
 struct Posting<'b> {
     body: &'b [u8],
-    posted: &'b AtomicBool,
+    posted: &'b dyn Fn(),
 }
 
 impl std::io::Read for Posting<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.body.read(buf)?;
         if self.body.is_empty() {
-            self.posted.store(true, Ordering::SeqCst);
+            (self.posted)();
         }
         Ok(n)
     }
@@ -380,12 +380,6 @@ impl D1Client {
         self.rate.waited()
     }
 
-    /// The shortest recent round trip of a write, if any was measured: the wire's share and
-    /// D1's own time, for a request that found D1 idle.
-    pub fn shortest_round_trip(&self) -> Option<Duration> {
-        self.writes.round_trip()
-    }
-
     /// The largest window of writes in flight reached.
     pub fn window_peak(&self) -> usize {
         self.writes.peak()
@@ -403,13 +397,13 @@ impl D1Client {
         self.send(statements, true, false, None)
     }
 
-    /// [`D1Client::execute`], setting `posted` once each attempt's body has been handed to the
+    /// [`D1Client::execute`], calling `posted` once each attempt's body has been handed to the
     /// connection (its place in the window and under the rate limit taken): a request posted
     /// after that reaches D1 after it, as long as the wire keeps their order.
     pub fn execute_posted<S: AsRef<str>>(
         &self,
         statements: &[S],
-        posted: &AtomicBool,
+        posted: &dyn Fn(),
     ) -> Result<Vec<RawResult>, Failure> {
         self.send(statements, true, false, Some(posted))
     }
@@ -500,7 +494,7 @@ impl D1Client {
         statements: &[S],
         defer_keys: bool,
         alone: bool,
-        posted: Option<&AtomicBool>,
+        posted: Option<&dyn Fn()>,
     ) -> Result<Vec<RawResult>, Failure> {
         // A write's body is built once it has its place in the window: a sender waiting for
         // one holds only its statements (half the memory).
@@ -635,8 +629,8 @@ impl D1Client {
         self.read(&[sql]).map(|mut r| r.pop().unwrap_or_default())
     }
 
-    /// `posted`: set once the body is handed to the connection.
-    fn attempt(&self, body: &str, defer_keys: bool, posted: Option<&AtomicBool>) -> Answer {
+    /// `posted`: called once the body is handed to the connection.
+    fn attempt(&self, body: &str, defer_keys: bool, posted: Option<&dyn Fn()>) -> Answer {
         let request = self
             .agent
             .post(&self.url)

@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use crate::error::Error;
 use crate::log;
 use crate::pack::Statement;
-use crate::send::{send_job, Job, Outlet, Sent};
+use crate::send::{send_job, Ack, Job, Outlet, Sent};
 
 /// How long the importer waits for another request before loading a file that is not full:
 /// tables wait for their requests' answers before their children start.
@@ -67,9 +67,9 @@ impl SqlFile {
 
 /// The import method's single sender (an import blocks the database, so one at a time): fills
 /// files from `jobs` and answers each job once its file is loaded.
-pub(crate) fn importer(out: &Outlet<'_>, jobs: Receiver<Job>) {
+pub(crate) fn importer(out: &Outlet<'_>, jobs: Receiver<Job<'_>>) {
     let mut file = SqlFile::new();
-    let mut waiting: Vec<Job> = Vec::new();
+    let mut waiting: Vec<Job<'_>> = Vec::new();
     loop {
         let next = jobs.recv_timeout(IDLE);
         let idle = matches!(next, Err(RecvTimeoutError::Timeout));
@@ -100,7 +100,7 @@ pub(crate) fn importer(out: &Outlet<'_>, jobs: Receiver<Job>) {
 }
 
 /// Loads one file and answers its jobs.
-fn load_file(out: &Outlet<'_>, file: SqlFile, waiting: &mut Vec<Job>) {
+fn load_file(out: &Outlet<'_>, file: SqlFile, waiting: &mut Vec<Job<'_>>) {
     let jobs = std::mem::take(waiting);
     log::debug(&format!(
         "importing {} statements ({} bytes) of {} requests",
@@ -123,7 +123,7 @@ fn load_file(out: &Outlet<'_>, file: SqlFile, waiting: &mut Vec<Job>) {
                     ..Sent::default()
                 };
                 sent.committed(&sqls);
-                let _ = job.ack.send((job.seq, Ok(sent)));
+                let _ = job.ack.send((job.seq, Ack::Done(Ok(sent))));
             }
         }
         Err(crate::error::D1Error::Sql { message }) => {
@@ -144,7 +144,7 @@ fn load_file(out: &Outlet<'_>, file: SqlFile, waiting: &mut Vec<Job>) {
                 let error = first
                     .take()
                     .unwrap_or_else(|| Error::Refused(format!("the import failed: {message}")));
-                let _ = job.ack.send((job.seq, Err(error)));
+                let _ = job.ack.send((job.seq, Ack::Done(Err(error))));
             }
         }
     }

@@ -1,13 +1,15 @@
 //! Loading into D1, the sink of the forward pipeline: table workers (each with its own read-only
 //! connection) run `produce` and hand requests over a bounded channel to HTTP senders; tables
 //! start when their parents are done, after the small tables went in one request (`bundle`
-//! chooses them; the tables' CREATE statements ride at its head). A child whose keys refer to
-//! the key its parent loads in order starts before the parent is finished, each of its requests
-//! once D1 holds the parent's rows it refers to ([`Gate`]). The statements after the data may
-//! ride at the end of the load's last request ([`Tail`]), guarded instead of waiting for the
-//! other requests' answers where the load's tables were created empty. A request D1 refuses is
-//! split down to the row at fault, which is rejected or named. The checkpoint advances over the
-//! prefix of committed requests.
+//! chooses them; the tables' CREATE statements ride at its head), and the other tables start
+//! right behind that request ([`Opening`]). A child whose keys refer to the key its parent
+//! loads in order starts before the parent is finished, each of its requests once the parent's
+//! rows it refers to are on their way ([`Gate`]). A request that may reach D1 before what it
+//! needs is committed goes early, and goes again when D1 refuses it ([`Reached`]). The
+//! statements after the data may ride at the end of the load's last request ([`Tail`]), guarded
+//! instead of waiting for the other requests' answers where the load's tables were created
+//! empty. A request D1 refuses is split down to the row at fault, which is rejected or named.
+//! The checkpoint advances over the prefix of committed requests.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +29,7 @@ use crate::pack::Request;
 use crate::produce::{group_phase, pass_filter, produce, Pass, Produced, Work};
 use crate::progress::{Progress, Stage};
 use crate::report::TableStats;
-use crate::send::{send_job, Job, Outlet, Rejects, Sent};
+use crate::send::{send_job, Ack, Job, Listener, Outlet, Rejects, Sent};
 use crate::source::{open_read_only, to_sql};
 use crate::state::State;
 use crate::value::{quote_ident, Value};
@@ -53,51 +55,87 @@ impl<'a> Loader<'a> {
         }
     }
 
-    /// Sends the small tables of `work` (and their deferred keys, from `deferred`) in one request,
-    /// and marks what it sent done in both lists and in the checkpoint. Tables it leaves out, or
-    /// every table when D1 refuses the request, load through the loader as before.
-    ///
-    /// `head`: the tables' CREATE statements, which ride at the head of that request (D1 runs
-    /// a request's statements in order, as one transaction): the tables are created and the
-    /// small ones filled in one round trip. `create_alone` creates them on their own instead,
-    /// naming the statement D1 refuses: when there are no small tables, or when D1 refuses the
-    /// request (nothing of it was written), before the small tables are sent again alone.
-    pub fn send_small_tables(
+    /// Chooses the small tables of `work` (and their deferred keys, from `deferred`) for one
+    /// request, with `head` (the tables' CREATE statements) at its head, and marks them done
+    /// in `work`: that request opens the load (see [`Opening`]), and the other tables start
+    /// right behind it. None when no table is small.
+    pub fn small_tables(
         &self,
         schema: &Schema,
         work: &mut [Work],
-        deferred: &mut [Work],
-        stats: &mut Vec<TableStats>,
+        deferred: &[Work],
         head: &[String],
-        create_alone: impl FnOnce() -> Result<()>,
-    ) -> Result<()> {
-        let started = std::time::Instant::now();
-        let mut create_alone = Some(create_alone);
-        let mut create = || create_alone.take().map_or(Ok(()), |f| f());
+    ) -> Result<Option<Small>> {
         let conn = open_read_only(self.config.source_file())?;
         let head_bytes: usize = head.iter().map(String::len).sum();
         let budget = self
             .client
             .request_bytes(self.config.limits.request_bytes)
             .saturating_sub(head_bytes);
-        let small = bundle::choose(self.config, &conn, schema, work, deferred, budget)?;
+        let tables = bundle::choose(self.config, &conn, schema, work, deferred, budget)?;
+        if tables.members.is_empty() {
+            return Ok(None);
+        }
+        // Should D1 refuse the request, the tables load on their own, parents first.
+        let position = |i: usize| tables.members.iter().position(|m| m.work == i);
+        let alone: Vec<Work> = tables
+            .members
+            .iter()
+            .map(|m| {
+                let mut w = work[m.work].clone();
+                w.parents = w.parents.iter().filter_map(|&p| position(p)).collect();
+                w
+            })
+            .collect();
+        let names = tables
+            .members
+            .iter()
+            .map(|m| work[m.work].shape.table.clone())
+            .collect();
+        for m in &tables.members {
+            work[m.work].done = true;
+        }
+        Ok(Some(Small {
+            tables,
+            names,
+            alone,
+            head: head.to_vec(),
+        }))
+    }
+
+    /// Sends the small tables' request (see [`Loader::small_tables`]); `on_its_way` is called
+    /// as it leaves for D1. Marks what it sent done in the checkpoint, and returns the tables'
+    /// counts and the deferred passes it sent.
+    ///
+    /// The tables' CREATE statements ride at the head of that request (D1 runs a request's
+    /// statements in order, as one transaction): the tables are created and the small ones
+    /// filled in one round trip. `create_alone` creates them on their own instead, naming the
+    /// statement D1 refuses, when D1 refuses the request (nothing of it was written), before
+    /// the small tables are sent again alone; refused again, each loads on its own.
+    pub fn send_small_tables(
+        &self,
+        small: &Small,
+        create_alone: impl FnOnce() -> Result<()>,
+        on_its_way: &dyn Fn(),
+    ) -> Result<Opened> {
+        let started = std::time::Instant::now();
+        let mut opened = Opened::default();
+        let Small {
+            tables: small_tables,
+            names,
+            alone,
+            head,
+        } = small;
         let SmallTables {
             members,
             bytes: used,
-        } = &small;
-        if members.is_empty() {
-            return create();
-        }
-        let sqls = small.sql();
-        let names: Vec<&str> = members
-            .iter()
-            .map(|m| work[m.work].shape.table.as_str())
-            .collect();
+        } = small_tables;
+        let sqls = small_tables.sql();
         // Each table's data, and its keys when they go along, count as their own passes would.
         let mut bars: Vec<_> = members
             .iter()
-            .map(|m| {
-                let table = &work[m.work].shape.table;
+            .zip(names)
+            .map(|(m, table)| {
                 let rows = self.rows.get(table).copied().unwrap_or(0);
                 let data = self.progress.pass(table, Stage::Data, rows);
                 let keys = m
@@ -110,7 +148,10 @@ impl<'a> Loader<'a> {
         let mut request: Vec<&str> = head.iter().map(String::as_str).collect();
         request.extend(&sqls);
         // Ok(false): D1 refused the request, which wrote nothing.
-        let send = |request: &[&str]| match self.client.execute(request) {
+        let send = |request: &[&str], on_its_way: &dyn Fn()| match self
+            .client
+            .execute_posted(request, on_its_way)
+        {
             Ok(_) => Ok(true),
             Err(f) if f.shrink || matches!(f.error, D1Error::Sql { .. }) => {
                 log::info(&format!(
@@ -127,16 +168,18 @@ impl<'a> Loader<'a> {
             }
             Err(f) => Err(Error::from(f.error)),
         };
-        let mut sent = request.is_empty() || send(&request)?;
+        let mut sent = request.is_empty() || send(&request, on_its_way)?;
         if !sent && !head.is_empty() {
-            create()?;
-            sent = sqls.is_empty() || send(&sqls)?;
+            create_alone()?;
+            sent = sqls.is_empty() || send(&sqls, &|| {})?;
         }
         if !sent {
             // Their bars close at nothing; each table's own pass counts its rows.
             drop(bars);
             log::info("each small table is sent on its own");
-            return Ok(());
+            opened.failed = run_work(self, alone, &mut opened.stats)?;
+            opened.alone = true;
+            return Ok(opened);
         }
         log::debug(&format!(
             "{} small tables in one request of {used} bytes: {}",
@@ -144,9 +187,12 @@ impl<'a> Loader<'a> {
             names.join(", ")
         ));
         let elapsed = started.elapsed().as_millis() as u64;
-        for ((m, share), (mut bar, keys)) in members.iter().zip(small.shares()).zip(bars.drain(..))
+        for (((m, share), (mut bar, keys)), table) in members
+            .iter()
+            .zip(small_tables.shares())
+            .zip(bars.drain(..))
+            .zip(names)
         {
-            let table = work[m.work].shape.table.clone();
             bar.add(share.rows_written);
             bar.add_bytes(share.bytes);
             drop(bar);
@@ -155,17 +201,16 @@ impl<'a> Loader<'a> {
             }
             if let Some(request) = &m.insert {
                 if let Some(key) = &request.last_key {
-                    self.state.advanced(&table, key, share.rows_written)?;
+                    self.state.advanced(table, key, share.rows_written)?;
                 }
             }
-            self.state.set_inserted(&table)?;
-            work[m.work].done = true;
+            self.state.set_inserted(table)?;
             if let Some(d) = share.deferred {
-                self.state.set_deferred_done(&table)?;
-                deferred[d].done = true;
+                self.state.set_deferred_done(table)?;
+                opened.keys.push(d);
             }
-            stats.push(TableStats {
-                table,
+            opened.stats.push(TableStats {
+                table: table.clone(),
                 rows_read: share.rows_read,
                 rows_written: share.rows_written,
                 statements: share.statements,
@@ -175,8 +220,40 @@ impl<'a> Loader<'a> {
                 ..TableStats::default()
             });
         }
-        Ok(())
+        Ok(opened)
     }
+}
+
+/// The small tables chosen to open the load in one request (see [`Loader::small_tables`]).
+pub struct Small {
+    tables: SmallTables,
+    names: Vec<String>,
+    /// Their work items, to load each on its own when D1 refuses them together.
+    alone: Vec<Work>,
+    /// The tables' CREATE statements, at the head of the request.
+    head: Vec<String>,
+}
+
+impl Small {
+    /// Whether the request carries the keys of the deferred pass `d`.
+    pub fn carries_keys(&self, d: usize) -> bool {
+        self.tables
+            .members
+            .iter()
+            .any(|m| m.deferred.as_ref().is_some_and(|(i, _)| *i == d))
+    }
+}
+
+/// What the small tables' request did (see [`Loader::send_small_tables`]).
+#[derive(Default)]
+pub struct Opened {
+    pub stats: Vec<TableStats>,
+    /// The deferred passes (indexes into the deferred list) it sent.
+    pub keys: Vec<usize>,
+    /// D1 refused them together: each loaded on its own, and their keys go in their passes.
+    pub alone: bool,
+    /// Tables that failed on their own when `continue_on_error` let the run go on.
+    pub failed: Vec<String>,
 }
 
 fn merge(into: &mut Vec<TableStats>, s: TableStats) {
@@ -192,9 +269,11 @@ fn merge(into: &mut Vec<TableStats>, s: TableStats) {
 }
 
 /// A foreign key of a child table to a parent still loading, which lets the child start before
-/// the parent is finished: each of the child's requests goes once D1 has committed the parent's
-/// rows up to the largest key the request refers to (D1 checks foreign keys at each request's
-/// end). The parent loads in the order of the key referred to, so its committed prefix is known.
+/// the parent is finished: each of the child's requests goes once the parent's requests holding
+/// its rows up to the largest key the request refers to are on their way, early while D1 may not
+/// have committed them (D1 checks foreign keys at each request's end: one that arrives first is
+/// refused whole, and goes again; see [`Reached`]). The parent loads in the order of the key
+/// referred to, so the prefix on its way and the prefix committed are known.
 #[derive(Debug, Clone)]
 pub struct Gate {
     /// The parent's index in the work list.
@@ -275,8 +354,13 @@ pub fn gates(schema: &Schema, work: &[Work]) -> Vec<Vec<Gate>> {
         .collect()
 }
 
-/// How far each work item of a load has got on D1, for the children that started before it
-/// finished ([`Gate`]).
+/// How far each work item of a load has got on D1, for the requests that go right behind
+/// others: a child's behind its parent's rows ([`Gate`]), and every table's behind the load's
+/// opening (the small tables' request, which creates the tables: the last item). A request
+/// goes once what it needs is on its way; when D1 may not have committed that yet it goes
+/// early ([`Job::early`]): D1 refuses it whole when it arrives first (its table does not exist
+/// yet, or a row's parent is not there at its commit), and it goes again once that is
+/// committed.
 struct Reached {
     items: std::sync::Mutex<Vec<Item>>,
     changed: std::sync::Condvar,
@@ -285,11 +369,65 @@ struct Reached {
 /// How far one work item has got.
 #[derive(Clone, Default)]
 struct Item {
+    /// Its requests not committed yet, and those before them, in the order they were made:
+    /// (sequence number, last key, on its way, committed).
+    flight: std::collections::VecDeque<(u64, Option<Vec<Value>>, bool, bool)>,
     /// The key up to which D1 has committed its rows.
     committed: Option<Vec<Value>>,
+    /// The key up to which every request is on its way to D1.
+    on_way: Option<Vec<Value>>,
+    /// The opening's one request is on its way.
+    all_on_way: bool,
+    /// When a request of it last left for D1.
+    posted_at: Option<Instant>,
     finished: bool,
     failed: bool,
 }
+
+impl Item {
+    /// Moves `committed` and `on_way` over the prefix of requests committed or on their way.
+    fn recount(&mut self) {
+        while self.flight.front().is_some_and(|e| e.3) {
+            let (_, key, _, _) = self.flight.pop_front().expect("front");
+            if key.is_some() {
+                self.committed = key;
+            }
+        }
+        for (_, key, on_way, _) in &self.flight {
+            if !on_way {
+                break;
+            }
+            if key.is_some() {
+                self.on_way.clone_from(key);
+            }
+        }
+    }
+
+    /// Whether the item got as far as `bound` at `level` (any bound but an integer key: is
+    /// finished, or for the opening, on its way).
+    fn reached(&self, bound: &Value, level: Level) -> bool {
+        let past = |key: &Option<Vec<Value>>| match (key.as_deref(), bound) {
+            (Some([Value::Integer(k)]), Value::Integer(b)) => k >= b,
+            _ => false,
+        };
+        self.finished
+            || past(&self.committed)
+            || (level == Level::OnItsWay && (self.all_on_way || past(&self.on_way)))
+    }
+}
+
+/// How far a request needs another item to have got.
+#[derive(Clone, Copy, PartialEq)]
+enum Level {
+    /// Its requests left for D1: a request may go right behind them.
+    OnItsWay,
+    /// D1 committed them.
+    Committed,
+}
+
+/// What a request needs that D1 may not have committed when it goes: (item, bound), as for
+/// [`Reached::wait`].
+type Needs = Vec<(usize, Value)>;
 
 impl Reached {
     fn new(n: usize) -> Reached {
@@ -303,37 +441,66 @@ impl Reached {
         self.items.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn advance(&self, i: usize, key: &[Value]) {
-        self.lock()[i].committed = Some(key.to_vec());
+    fn change(&self, i: usize, f: impl FnOnce(&mut Item)) {
+        f(&mut self.lock()[i]);
         self.changed.notify_all();
     }
 
+    /// What an earlier run committed (the checkpoint's key).
+    fn advance(&self, i: usize, key: &[Value]) {
+        self.change(i, |item| item.committed = Some(key.to_vec()));
+    }
+
+    /// Request `seq` of item `i`, with the key of its last row, is about to go.
+    fn queued(&self, i: usize, seq: u64, key: Option<Vec<Value>>) {
+        self.lock()[i].flight.push_back((seq, key, false, false));
+    }
+
+    fn opening_on_its_way(&self, i: usize) {
+        self.change(i, |item| {
+            item.all_on_way = true;
+            item.posted_at = Some(Instant::now());
+        });
+    }
+
+    /// When the latest request of any of `items` left for D1.
+    fn posted_at(&self, items: impl Iterator<Item = usize>) -> Option<Instant> {
+        let all = self.lock();
+        items.filter_map(|i| all[i].posted_at).max()
+    }
+
     fn finish(&self, i: usize, failed: bool) {
-        let mut items = self.lock();
-        items[i].finished = true;
-        items[i].failed |= failed;
-        drop(items);
-        self.changed.notify_all();
+        self.change(i, |item| {
+            item.finished = true;
+            item.failed |= failed;
+        });
     }
 
     fn finished(&self, i: usize) -> bool {
         self.lock()[i].finished
     }
 
+    /// Whether item `p` has committed its rows up to the integer key `bound` (any other
+    /// value: is finished), without failing.
+    fn holds(&self, p: usize, bound: &Value) -> bool {
+        let item = &self.lock()[p];
+        !item.failed && item.reached(bound, Level::Committed)
+    }
+
     /// Waits until item `p` has committed its rows up to the integer key `bound` (any other
     /// value: until it is finished). False when it failed, or the load stopped.
     fn wait(&self, p: usize, bound: &Value, cancel: &AtomicBool) -> bool {
+        self.wait_for(p, bound, Level::Committed, cancel)
+    }
+
+    fn wait_for(&self, p: usize, bound: &Value, level: Level, cancel: &AtomicBool) -> bool {
         let mut items = self.lock();
         loop {
             let item = &items[p];
             if item.failed || cancel.load(Ordering::Relaxed) {
                 return false;
             }
-            let reached = match (item.committed.as_deref(), bound) {
-                (Some([Value::Integer(k)]), Value::Integer(b)) => k >= b,
-                _ => false,
-            };
-            if item.finished || reached {
+            if item.reached(bound, level) {
                 return true;
             }
             items = self
@@ -342,6 +509,44 @@ impl Reached {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+}
+
+impl Listener for Reached {
+    fn on_its_way(&self, i: usize, seq: u64) {
+        self.change(i, |item| {
+            if let Some(e) = item.flight.iter_mut().find(|e| e.0 == seq) {
+                e.2 = true;
+            }
+            item.posted_at = Some(Instant::now());
+            item.recount();
+        });
+    }
+
+    fn committed(&self, i: usize, seq: u64) {
+        self.change(i, |item| {
+            if let Some(e) = item.flight.iter_mut().find(|e| e.0 == seq) {
+                e.2 = true;
+                e.3 = true;
+            }
+            item.recount();
+        });
+    }
+}
+
+/// The load's first request, sent while the tables start right behind it: the small tables'
+/// request, which creates the tables (see [`Loader::send_small_tables`]). It is given what to
+/// call as the request leaves for D1. Until D1 has committed it, each table's requests go
+/// early; its error stops the load. `Ok(false)`: it went another way (each small table on its
+/// own): the statements after the data do not ride with the last data request.
+pub struct Opening<'o>(Box<OpeningSend<'o>>);
+
+/// What sends an [`Opening`]'s request, given what to call as it leaves.
+type OpeningSend<'o> = dyn FnOnce(&dyn Fn()) -> Result<bool> + Send + 'o;
+
+impl<'o> Opening<'o> {
+    pub fn new(send: impl FnOnce(&dyn Fn()) -> Result<bool> + Send + 'o) -> Opening<'o> {
+        Opening(Box::new(send))
     }
 }
 
@@ -543,20 +748,24 @@ pub fn run_work(
     work: &[Work],
     stats: &mut Vec<TableStats>,
 ) -> Result<Vec<String>> {
-    run_work_then(ctx, work, stats, None, &[])
+    run_work_then(ctx, work, stats, None, &[], None)
 }
 
 /// [`run_work`], with `tail` at the end of the last data request when it fits there (see
-/// [`Tail::sent`]), and children starting before their parents finish where `gates` (see
-/// [`gates`]; none when empty) let them.
+/// [`Tail::sent`]), children starting before their parents finish where `gates` (see
+/// [`gates`]; none when empty) let them, and the tables' requests right behind `opening`.
 pub fn run_work_then(
     ctx: &Loader<'_>,
     work: &[Work],
     stats: &mut Vec<TableStats>,
     tail: Option<&Tail>,
     gates: &[Vec<Gate>],
+    opening: Option<Opening<'_>>,
 ) -> Result<Vec<String>> {
     if work.iter().all(|w| w.done) {
+        if let Some(Opening(send)) = opening {
+            send(&|| {})?;
+        }
         return Ok(Vec::new());
     }
     let todo = work.iter().filter(|w| !w.done).count();
@@ -579,7 +788,14 @@ pub fn run_work_then(
             outstanding: guarded(tail).then(Default::default),
         });
     let ending = ending.as_ref();
-    let reached = Reached::new(work.len());
+    // The last item is the opening's request.
+    let head = work.len();
+    let reached = Reached::new(work.len() + 1);
+    if opening.is_none() {
+        reached.finish(head, false);
+    }
+    // The opening went as planned: the statements after the data may ride.
+    let planned = AtomicBool::new(true);
     for (i, w) in work.iter().enumerate() {
         if w.done {
             reached.finish(i, false);
@@ -602,12 +818,24 @@ pub fn run_work_then(
     let cancel = AtomicBool::new(false);
     // The senders waiting for room in the window hold the requests packed ahead; the channel
     // adds one (memory: a request each, about MIGRATION_REQUEST_BYTES).
-    let (job_tx, job_rx) = bounded::<Job>(1);
+    let (job_tx, job_rx) = bounded::<Job<'_>>(1);
     let (done_tx, done_rx) = unbounded::<(usize, TableStats, Option<Error>)>();
     let mut first_error: Option<Error> = None;
     let mut failed: Vec<String> = Vec::new();
 
     std::thread::scope(|scope| {
+        let (reached, cancel, planned) = (&reached, &cancel, &planned);
+        let opened = opening.map(|Opening(send)| {
+            scope.spawn(move || {
+                let sent = send(&|| reached.opening_on_its_way(head));
+                if sent.is_err() {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+                planned.store(matches!(sent, Ok(true)), Ordering::SeqCst);
+                reached.finish(head, sent.is_err());
+                sent
+            })
+        });
         // The import method loads files one at a time (an import blocks the database); a sync's
         // few rows go as queries.
         if config.method == Method::Import && work.iter().all(|w| w.pass != Pass::Sync) {
@@ -654,11 +882,13 @@ pub fn run_work_then(
                     let item = &work[i];
                     let load = Load {
                         jobs: job_tx,
-                        cancel: &cancel,
+                        cancel,
                         ending,
-                        reached: &reached,
+                        reached,
                         gates,
                         index: i,
+                        head,
+                        planned,
                     };
                     scope.spawn(move || {
                         let (stats, error) = copy_table(ctx, item, &load);
@@ -692,6 +922,10 @@ pub fn run_work_then(
             }
         }
         drop(job_tx);
+        if let Some(Err(e)) = opened.map(|h| h.join().expect("the opening's thread")) {
+            // What the tables behind it stopped for.
+            first_error = Some(e);
+        }
     });
     match first_error {
         Some(e) => Err(e),
@@ -703,7 +937,7 @@ pub fn run_work_then(
 /// Returns the table's counts, and the error that stopped it, if any.
 /// What a table worker shares with the load.
 struct Load<'l> {
-    jobs: Sender<Job>,
+    jobs: Sender<Job<'l>>,
     cancel: &'l AtomicBool,
     ending: Option<&'l Ending<'l>>,
     reached: &'l Reached,
@@ -711,6 +945,10 @@ struct Load<'l> {
     gates: &'l [Vec<Gate>],
     /// This table's index in the work list.
     index: usize,
+    /// The opening's index in `reached`.
+    head: usize,
+    /// See [`Opening`].
+    planned: &'l AtomicBool,
 }
 
 fn copy_table(ctx: &Loader<'_>, work: &Work, load: &Load<'_>) -> (TableStats, Option<Error>) {
@@ -734,6 +972,12 @@ struct Flight {
     error: Option<Error>,
     /// The [`Outstanding`] id of each request sent, by sequence number.
     ids: HashMap<u64, u64>,
+    /// What each early request in flight needs (see [`Reached`]).
+    needs: HashMap<u64, Needs>,
+    /// Early requests D1 refused, sent again.
+    again: u64,
+    /// The [`Outstanding`] flag of each early request in flight, for its second sending.
+    posted: HashMap<u64, Arc<AtomicBool>>,
 }
 
 /// Requests in flight of one table, in the order they were sent: the checkpoint advances over
@@ -815,68 +1059,119 @@ fn copy_rows(ctx: &Loader<'_>, work: &Work, load: &Load<'_>, stats: &mut TableSt
             total
         },
     );
-    let (ack_tx, ack_rx) = unbounded::<(u64, Result<Sent>)>();
+    let (ack_tx, ack_rx) = unbounded::<(u64, Ack)>();
     let mut flight = Flight::default();
-    let mut on_ack =
-        |(seq, ack): (u64, Result<Sent>), stats: &mut TableStats, flight: &mut Flight| match ack {
-            Ok(sent) => {
-                if let (Some(id), Some(ending)) = (flight.ids.remove(&seq), ending) {
-                    ending.answered(id);
-                }
-                stats.rows_written += sent.rows - sent.failed;
-                stats.rows_failed += sent.failed;
-                stats.statements += sent.statements;
-                stats.bytes_sent += sent.bytes;
-                stats.requests += sent.requests;
-                bar.add(sent.rows);
-                bar.add_bytes(sent.bytes);
-                if sent.large_rows > 0 {
-                    large
-                        .get_or_insert_with(|| ctx.progress.pass(&table, Stage::LargeValues, 0))
-                        .add(sent.large_rows);
-                }
-                if work.pass == Pass::Insert {
-                    let written = sent.rows - sent.failed;
-                    if let Some((key, rows)) = flight.watermark.committed(seq, written) {
-                        if let Err(e) = ctx.state.advanced(&table, &key, rows) {
-                            flight.error.get_or_insert(e);
-                        }
-                        load.reached.advance(load.index, &key);
+    let reached = load.reached;
+    // The import method answers a request once its file is loaded: nothing goes right behind
+    // it (see `run_work_then`), and its requests are not followed.
+    let listening = config.method == Method::Query;
+    let job = |seq: u64, request: Request, early: bool, posted: Option<Arc<AtomicBool>>| Job {
+        table: table.clone(),
+        seq,
+        request,
+        ack: ack_tx.clone(),
+        posted,
+        early,
+        listener: listening.then_some((reached as &dyn Listener, load.index)),
+    };
+    let mut on_ack = |(seq, ack): (u64, Ack), stats: &mut TableStats, flight: &mut Flight| match ack
+    {
+        Ack::Done(Ok(sent)) => {
+            flight.needs.remove(&seq);
+            flight.posted.remove(&seq);
+            if let (Some(id), Some(ending)) = (flight.ids.remove(&seq), ending) {
+                ending.answered(id);
+            }
+            stats.rows_written += sent.rows - sent.failed;
+            stats.rows_failed += sent.failed;
+            stats.statements += sent.statements;
+            stats.bytes_sent += sent.bytes;
+            stats.requests += sent.requests;
+            bar.add(sent.rows);
+            bar.add_bytes(sent.bytes);
+            if sent.large_rows > 0 {
+                large
+                    .get_or_insert_with(|| ctx.progress.pass(&table, Stage::LargeValues, 0))
+                    .add(sent.large_rows);
+            }
+            if work.pass == Pass::Insert {
+                let written = sent.rows - sent.failed;
+                if let Some((key, rows)) = flight.watermark.committed(seq, written) {
+                    if let Err(e) = ctx.state.advanced(&table, &key, rows) {
+                        flight.error.get_or_insert(e);
                     }
                 }
             }
-            Err(e) => {
-                // Not answered as committed: a guard still waits for it.
-                flight.ids.remove(&seq);
-                flight.error.get_or_insert(e);
+        }
+        Ack::Done(Err(e)) => {
+            // Not answered as committed: a guard still waits for it.
+            flight.ids.remove(&seq);
+            flight.error.get_or_insert(e);
+        }
+        Ack::Behind { request, reason } => {
+            // It reached D1 before what it needs was committed (or failed for its own
+            // reasons): it goes again once that is committed, as an ordinary request.
+            stats.requests += 1;
+            flight.again += 1;
+            log::debug(&format!(
+                "{table}: a request sent right behind the requests it needs was refused ({reason}); \
+                 it goes again once they are committed"
+            ));
+            let needs = flight.needs.remove(&seq).unwrap_or_default();
+            let posted = flight.posted.remove(&seq);
+            if let Some(posted) = &posted {
+                // Not on its way any more, until it goes again.
+                posted.store(false, Ordering::SeqCst);
             }
-        };
+            if !needs
+                .iter()
+                .all(|(p, bound)| reached.wait(*p, bound, cancel))
+            {
+                flight.ids.remove(&seq);
+                flight.error.get_or_insert(stopped_behind());
+            } else if jobs.send(job(seq, request, false, posted)).is_ok() {
+                flight.in_flight += 1;
+            }
+        }
+    };
 
     let mut gate = Gated::new(&conn, work, load, after.clone())?;
-    type OnAck<'x> = dyn FnMut((u64, Result<Sent>), &mut TableStats, &mut Flight) + 'x;
+    type OnAck<'x> = dyn FnMut((u64, Ack), &mut TableStats, &mut Flight) + 'x;
     let mut send = |(request, id): (Request, Registered),
                     stats: &mut TableStats,
                     flight: &mut Flight,
                     on_ack: &mut OnAck<'_>| {
-        if let Err(e) = gate.pass(&request, cancel) {
-            flight.error.get_or_insert(e);
+        let needs = match gate.pass(&request, cancel) {
+            Ok(needs) => needs,
+            Err(e) => {
+                flight.error.get_or_insert(e);
+                return;
+            }
+        };
+        // Rows between the CHECK pragmas do not go early: refused between them (no such
+        // table), a request would leave the setting, which is the connection's, on.
+        if request.relax_checks && !needs.iter().all(|(p, b)| reached.wait(*p, b, cancel)) {
+            flight.error.get_or_insert(stopped_behind());
             return;
         }
         let seq = flight.next_seq;
         flight.next_seq += 1;
         flight.watermark.sent(seq, request.last_key.clone());
+        if listening {
+            reached.queued(load.index, seq, request.last_key.clone());
+        }
         let posted = id.map(|(id, posted)| {
             flight.ids.insert(seq, id);
             posted
         });
-        let job = Job {
-            table: table.clone(),
-            seq,
-            request,
-            ack: ack_tx.clone(),
-            posted,
-        };
-        if jobs.send(job).is_ok() {
+        let early = !needs.is_empty() && !request.relax_checks;
+        if early {
+            flight.needs.insert(seq, needs);
+            if let Some(posted) = &posted {
+                flight.posted.insert(seq, posted.clone());
+            }
+        }
+        if jobs.send(job(seq, request, early, posted)).is_ok() {
             flight.in_flight += 1;
         }
         // A table whose rows reference each other through a NOT NULL key goes one request at a time.
@@ -954,8 +1249,15 @@ fn copy_rows(ctx: &Loader<'_>, work: &Work, load: &Load<'_>, stats: &mut TableSt
             let waited_for = load.gates.iter().enumerate().any(|(j, gates)| {
                 gates.iter().any(|g| g.parent == load.index) && !load.reached.finished(j)
             });
+            // The opening (the small tables' rows) is in before the objects after the data.
+            let opened = |flight: &Flight| {
+                reached.wait(load.head, &Value::Null, cancel)
+                    && load.planned.load(Ordering::SeqCst)
+                    && !stopped(flight)
+            };
             let ride = last
                 && !waited_for
+                && opened(&flight)
                 && !work.sequential
                 && request.bytes + ending.tail.bytes() <= room
                 && request.statements.len() + ending.tail.statements.len()
@@ -970,11 +1272,8 @@ fn copy_rows(ctx: &Loader<'_>, work: &Work, load: &Load<'_>, stats: &mut TableSt
                     let bytes = (room - request.bytes - ending.tail.bytes())
                         .min(config.limits.statement_bytes);
                     let own = id.as_ref().map(|(id, _)| *id);
-                    // After every other request, and a quarter of a round trip more: a large
-                    // body handed to the connection a moment before a smaller one can still
-                    // arrive after it. D1 still has them to run meanwhile.
+                    // After every other request: D1 runs it after them.
                     ending.wait_posted(own, cancel);
-                    std::thread::sleep(settle(ctx.client.shortest_round_trip()));
                     ending.guard(own, bytes).filter(|_| fits)
                 })
                 .flatten();
@@ -987,7 +1286,7 @@ fn copy_rows(ctx: &Loader<'_>, work: &Work, load: &Load<'_>, stats: &mut TableSt
                     match with_tail(ctx, &request, ending.tail, Some(&guard)) {
                         Ok(sent) => {
                             ending.tail.sent.store(true, Ordering::SeqCst);
-                            on_ack((seq, Ok(sent)), stats, &mut flight);
+                            on_ack((seq, Ack::Done(Ok(sent))), stats, &mut flight);
                             None
                         }
                         Err(f) => {
@@ -1027,7 +1326,7 @@ fn copy_rows(ctx: &Loader<'_>, work: &Work, load: &Load<'_>, stats: &mut TableSt
                     match with_tail(ctx, &request, ending.tail, None) {
                         Ok(sent) => {
                             ending.tail.sent.store(true, Ordering::SeqCst);
-                            on_ack((seq, Ok(sent)), stats, &mut flight);
+                            on_ack((seq, Ack::Done(Ok(sent))), stats, &mut flight);
                         }
                         Err(f) => {
                             flight.watermark.forget(seq);
@@ -1058,6 +1357,12 @@ fn copy_rows(ctx: &Loader<'_>, work: &Work, load: &Load<'_>, stats: &mut TableSt
     if let Some(ending) = ending {
         ending.left(load.index);
     }
+    if flight.again > 0 {
+        log::debug(&format!(
+            "{table}: {} requests reached D1 before what they need and went again (each counts twice)",
+            flight.again
+        ));
+    }
     let error = flight.error;
     if matches!(work.pass, Pass::SetDeferred | Pass::Anchors | Pass::Whole) {
         stats.rows_read = 0;
@@ -1081,25 +1386,51 @@ fn copy_rows(ctx: &Loader<'_>, work: &Work, load: &Load<'_>, stats: &mut TableSt
 }
 
 /// A table's gates on its way: before each request, the largest key it refers to in each parent
-/// still loading, read from the source over the request's rows, and the wait for D1 to have
-/// committed the parent that far.
+/// still loading, read from the source over the request's rows, and the wait for the parent's
+/// requests up to that key to be on their way to D1; and the wait for the load's opening to
+/// be on its way. The request goes early when D1 may not have committed them yet.
 struct Gated<'c> {
     /// Per gate of a parent not finished when the table started: the parent, the statements of
     /// the largest key over the rows after a key up to the last, and over every row up to it.
     open: Vec<(usize, rusqlite::Statement<'c>, rusqlite::Statement<'c>)>,
     reached: &'c Reached,
+    /// The opening's index in `reached`, until D1 has committed it.
+    head: Option<usize>,
     /// The key of the last row sent before (or the key the table resumes after).
     after: Option<Vec<Value>>,
 }
 
+/// How long after the last request it may need has left an early request leaves: requests
+/// posted on other connections at the same moment may reach D1 in either order (the API's
+/// front end, or this machine's, reads them in parallel); a request that arrives first costs a
+/// second sending.
+const BEHIND: std::time::Duration = std::time::Duration::from_millis(30);
+
+fn stopped_behind() -> Error {
+    Error::Refused("stopped because a request it needs failed".into())
+}
+
 impl<'c> Gated<'c> {
-    fn new(
+    fn new<'l: 'c>(
         conn: &'c rusqlite::Connection,
         work: &Work,
-        load: &Load<'c>,
+        load: &Load<'l>,
         after: Option<Vec<Value>>,
     ) -> Result<Gated<'c>> {
         let shape = &work.shape;
+        // Rows inserted, which D1 refuses whole (no such table, a parent's row missing at the
+        // commit) when they arrive before what they need: they may go behind the opening.
+        // Other passes (a group's rows and keys) wait for it to be committed, as before.
+        let inserts = work.pass == Pass::Insert && !shape.is_virtual && work.group.is_empty();
+        let head = if load.reached.finished(load.head) {
+            None
+        } else if inserts {
+            Some(load.head)
+        } else if load.reached.wait(load.head, &Value::Null, load.cancel) {
+            None
+        } else {
+            return Err(stopped_behind());
+        };
         let keys = shape.key_exprs.join(", ");
         let marks = vec!["?"; shape.key_exprs.len()].join(", ");
         let filter = pass_filter(work);
@@ -1123,17 +1454,35 @@ impl<'c> Gated<'c> {
         Ok(Gated {
             open,
             reached: load.reached,
+            head,
             after,
         })
     }
 
-    /// Waits until D1 holds the parents' rows `request` refers to.
-    fn pass(&mut self, request: &Request, cancel: &AtomicBool) -> Result<()> {
+    /// Waits until what `request` needs (the opening, the parents' rows it refers to) is on
+    /// its way to D1; returns what of it D1 may not have committed yet.
+    fn pass(&mut self, request: &Request, cancel: &AtomicBool) -> Result<Needs> {
+        let mut needs = Needs::new();
+        if let Some(head) = self.head {
+            if !self
+                .reached
+                .wait_for(head, &Value::Null, Level::OnItsWay, cancel)
+            {
+                return Err(stopped_behind());
+            }
+            if self.reached.holds(head, &Value::Null) {
+                self.head = None;
+            } else {
+                needs.push((head, Value::Null));
+            }
+        }
         let Some(last) = &request.last_key else {
-            return Ok(()); // no row of its own: pieces of a row sent before
+            self.behind(&needs);
+            return Ok(needs); // no row of its own: pieces of a row sent before
         };
         if self.open.is_empty() {
-            return Ok(());
+            self.behind(&needs);
+            return Ok(needs);
         }
         let mut params: Vec<rusqlite::types::Value> = last.iter().map(to_sql).collect();
         if let Some(after) = &self.after {
@@ -1147,23 +1496,30 @@ impl<'c> Gated<'c> {
             let bound: Value = stmt.query_row(rusqlite::params_from_iter(&params), |r| {
                 Ok(crate::source::value(r.get_ref(0)?))
             })?;
-            if bound != Value::Null && !self.reached.wait(*parent, &bound, cancel) {
-                return Err(Error::Refused(
-                    "stopped because a table it refers to failed".into(),
-                ));
+            if bound == Value::Null {
+                continue;
+            }
+            if !self
+                .reached
+                .wait_for(*parent, &bound, Level::OnItsWay, cancel)
+            {
+                return Err(stopped_behind());
+            }
+            if !self.reached.holds(*parent, &bound) {
+                needs.push((*parent, bound));
             }
         }
         self.after = Some(last.clone());
-        Ok(())
+        self.behind(&needs);
+        Ok(needs)
     }
-}
 
-/// How long the tail's request waits after the other requests of the load have left, so that
-/// they reach D1 before it: a quarter of the shortest round trip (of at most 1 s), 10 ms before
-/// one is measured.
-fn settle(round_trip: Option<std::time::Duration>) -> std::time::Duration {
-    let ms = std::time::Duration::from_millis;
-    round_trip.map_or(ms(10), |rt| rt.min(ms(1000)) / 4)
+    /// An early request leaves [`BEHIND`] after the last request it may need left.
+    fn behind(&self, needs: &Needs) {
+        if let Some(at) = self.reached.posted_at(needs.iter().map(|(p, _)| *p)) {
+            std::thread::sleep(BEHIND.saturating_sub(at.elapsed()));
+        }
+    }
 }
 
 /// Sends the load's last data request with the tail after its rows, in one request; with
@@ -1191,7 +1547,7 @@ fn with_tail(
 }
 
 /// A sender thread: posts each job's request and reports back.
-fn sender(ctx: &Loader<'_>, jobs: Receiver<Job>) {
+fn sender(ctx: &Loader<'_>, jobs: Receiver<Job<'_>>) {
     let out = ctx.outlet();
     for job in jobs {
         send_job(&out, job);

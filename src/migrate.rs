@@ -14,7 +14,7 @@ use crate::d1::D1Client;
 use crate::discover::{is_d1_internal, Schema, Table};
 use crate::error::{Error, Result};
 use crate::fit::{fit, Fit, MIGRATIONS_TABLE};
-use crate::load::{gates, run_work, run_work_then, Loader, Tail};
+use crate::load::{gates, run_work, run_work_then, Loader, Opening, Tail};
 use crate::log;
 use crate::plan::plan;
 use crate::produce::{group_phase, passes, read_anchors, Pass};
@@ -276,18 +276,16 @@ pub fn forward(
         rows,
     };
     let create_alone = || create_missing(client, tables(), &existing).map(drop);
+    // The small tables' request opens the load: it carries the tables' CREATE statements at
+    // its head, and the other tables' requests go right behind it.
+    let mut small = None;
     if config.method == Method::Query {
-        // The tables' DDL rides at the head of the small tables' request.
         let (names, head): (Vec<&str>, Vec<String>) =
             missing(tables(), &existing).into_iter().unzip();
-        ctx.send_small_tables(
-            &schema,
-            &mut work,
-            &mut deferred,
-            &mut report.tables,
-            &head,
-            create_alone,
-        )?;
+        small = ctx.small_tables(&schema, &mut work, &deferred, &head)?;
+        if small.is_none() {
+            create_alone()?;
+        }
         report
             .objects_created
             .extend(names.into_iter().map(str::to_string));
@@ -309,7 +307,10 @@ pub fn forward(
         ordered_objects(&schema).map(|o| (o.kind.as_str(), o.name.as_str(), o.sql.as_str())),
         &existing,
     );
-    let last = deferred.iter().all(|w| w.done)
+    let last = deferred
+        .iter()
+        .enumerate()
+        .all(|(d, w)| w.done || small.as_ref().is_some_and(|s| s.carries_keys(d)))
         && plan.virtual_tables.is_empty()
         && fill.is_empty()
         && suspended.is_empty();
@@ -328,16 +329,37 @@ pub fn forward(
             .collect(),
     )
     .guarded(empty);
-    // A large child starts before its large parent is finished, each of its requests once D1
-    // holds the parent's rows it refers to.
+    // A large child starts before its large parent is finished, each of its requests once the
+    // parent's rows it refers to are on their way to D1.
     let gates = gates(&schema, &work);
-    let mut failed = run_work_then(
+    let mut opened = None;
+    let opening = small.as_ref().map(|small| {
+        let (ctx, opened) = (&ctx, &mut opened);
+        Opening::new(move |on_its_way| {
+            let o = ctx.send_small_tables(small, create_alone, on_its_way)?;
+            let planned = !o.alone;
+            *opened = Some(o);
+            Ok(planned)
+        })
+    });
+    let loaded = run_work_then(
         &ctx,
         &work,
         &mut report.tables,
         last.then_some(&tail),
         &gates,
-    )?;
+        opening,
+    );
+    let mut failed = Vec::new();
+    if let Some(o) = opened {
+        // The small tables first in the report, as they went.
+        report.tables.splice(0..0, o.stats);
+        for d in o.keys {
+            deferred[d].done = true;
+        }
+        failed.extend(o.failed);
+    }
+    failed.extend(loaded?);
     failed.extend(run_work(&ctx, &deferred, &mut report.tables)?);
     if tail.sent() {
         report

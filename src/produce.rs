@@ -27,6 +27,7 @@ pub enum Pass {
 
 /// One table's share of a pass (for `Anchors` and `Whole`, a group's: `shape` is its first
 /// table's).
+#[derive(Clone)]
 pub struct Work {
     pub shape: Shape,
     pub pass: Pass,

@@ -67,14 +67,36 @@ impl Rejects {
 }
 
 /// A request on its way to a sender, with where to say how it went.
-pub(crate) struct Job {
+pub(crate) struct Job<'l> {
     pub table: String,
     pub seq: u64,
     pub request: Request,
-    pub ack: Sender<(u64, Result<Sent>)>,
+    pub ack: Sender<(u64, Ack)>,
     /// Set once the request has left for D1 (or never will): see
     /// [`D1Client::execute_posted`].
     pub posted: Option<Arc<AtomicBool>>,
+    /// Sent right behind requests it needs that D1 may not have committed yet (the CREATE of
+    /// its table, its parents' rows): tried once, and when D1 refuses it (nothing of it was
+    /// written: one request, one transaction) it goes back to its table as [`Ack::Behind`].
+    pub early: bool,
+    /// Who hears how far it got, and the work item it belongs to.
+    pub listener: Option<(&'l dyn Listener, usize)>,
+}
+
+/// Hears when a job's request leaves for D1 and when D1 has committed it: the loader's record
+/// of how far each table has got, which the requests going right behind it read.
+pub(crate) trait Listener: Sync {
+    fn on_its_way(&self, item: usize, seq: u64);
+    fn committed(&self, item: usize, seq: u64);
+}
+
+/// How a job went.
+pub(crate) enum Ack {
+    /// Sent (every row committed or rejected), or failed.
+    Done(Result<Sent>),
+    /// An early request D1 refused: its table sends it again, as an ordinary request, once
+    /// what it needs is committed; only then is a failure its own.
+    Behind { request: Request, reason: String },
 }
 
 #[derive(Debug, Default)]
@@ -97,22 +119,57 @@ impl Sent {
 }
 
 /// Sends one job's request through the query path and answers its table with what was sent.
-pub(crate) fn send_job(out: &Outlet<'_>, job: Job) {
-    let mut sent = Sent::default();
+pub(crate) fn send_job(out: &Outlet<'_>, job: Job<'_>) {
+    let (seq, listener) = (job.seq, job.listener);
+    let on_its_way = || {
+        if let Some(posted) = &job.posted {
+            posted.store(true, Ordering::SeqCst);
+        }
+        if let Some((l, item)) = listener {
+            l.on_its_way(item, seq);
+        }
+    };
     let request = Outgoing {
         statements: &job.request.statements,
         relax_checks: job.request.relax_checks,
-        posted: job.posted.as_deref(),
+        posted: (job.posted.is_some() || listener.is_some()).then_some(&on_its_way),
     };
-    let result = send_statements(out, &job.table, request, &mut sent).map(|()| {
+    let mut sent = Sent::default();
+    let result = if job.early {
+        // Once: refused, it goes back to its table.
+        let sqls: Vec<&str> = request.statements.iter().map(|s| s.sql.as_str()).collect();
+        sent.requests += 1;
+        let relaxed = relaxed(&sqls, request.relax_checks);
+        match out.client.execute_posted(&relaxed, &on_its_way) {
+            Ok(_) => {
+                sent.committed(&sqls);
+                Ok(())
+            }
+            Err(f) => {
+                let reason = f.error.to_string();
+                let _ = job.ack.send((
+                    seq,
+                    Ack::Behind {
+                        request: job.request,
+                        reason,
+                    },
+                ));
+                return;
+            }
+        }
+    } else {
+        send_statements(out, &job.table, request, &mut sent)
+    };
+    let result = result.map(|()| {
+        if let Some((l, item)) = listener {
+            l.committed(item, seq);
+        }
         sent.rows = job.request.rows as u64;
         sent.large_rows = job.request.large_rows as u64;
         sent
     });
-    if let Some(posted) = &job.posted {
-        posted.store(true, Ordering::SeqCst);
-    }
-    let _ = job.ack.send((job.seq, result));
+    on_its_way();
+    let _ = job.ack.send((seq, Ack::Done(result)));
 }
 
 /// A request's statements on their way.
@@ -122,8 +179,8 @@ struct Outgoing<'s> {
     /// CHECK constraints are not enforced within the request (its rows carry placeholders the
     /// update pass replaces).
     relax_checks: bool,
-    /// See [`Job::posted`].
-    posted: Option<&'s AtomicBool>,
+    /// Called as it leaves for D1: see [`Job::posted`].
+    posted: Option<&'s dyn Fn()>,
 }
 
 impl<'s> Outgoing<'s> {

@@ -38,7 +38,9 @@
 //! - `network`: over a slow network, writes keep more in flight, reads keep pages of several
 //!   tables in flight, a 429 holds back the whole run, a request too large is split, the objects
 //!   after the data leave guarded before the other requests' answers (and again, after them,
-//!   when they overtook one).
+//!   when they overtook one), the tables' requests go right behind the request creating them
+//!   and a child's behind its parent's rows (and again, once those are committed, when they
+//!   arrived first).
 
 #[path = "suite/harness.rs"]
 mod harness;

@@ -31,9 +31,14 @@
 //                       a query whose answer would be over N bytes with D1's error for a result
 //                       too large for its isolate ("D1 DB's isolate exceeded its memory limit and
 //                       was reset.", HTTP 500, code 7500), after D1 ran it (a read: nothing changes)
+//   LOCAL_D1_DELAY_INTO e.g. "orders=300,regions=500": a request whose first INSERT is into that table
+//                       (its name as written, without quotes) waits that many ms more before D1 runs
+//                       it, so that requests sent after it reach D1 first, deterministically
 //   LOCAL_D1_LOG        file to append one JSON line per request to (default: none): when, method,
 //                       path, bytes, fault, requests in flight, each statement's first two words
-//                       (`statements`) and the tables it inserts into (`into`)
+//                       (`statements`), the tables it inserts into (`into`) and a hash of its body
+//                       (`body`: the first 16 hex digits of its SHA-256; a request sent twice has
+//                       the same)
 //   LOCAL_D1_TIME_TRAVEL  "off" removes the time_travel routes, as an API without Time Travel
 //   LOCAL_D1_STOP_ON_EOF  stop when standard input closes (used by test harnesses)
 
@@ -54,6 +59,28 @@ const token = env.LOCAL_D1_TOKEN || "local-dev-token";
 const account = env.LOCAL_D1_ACCOUNT || "";
 const faults = parseFaults(env.LOCAL_D1_FAULTS || "");
 const logPath = env.LOCAL_D1_LOG || "";
+const delayInto = parseDelays(env.LOCAL_D1_DELAY_INTO || "");
+
+function parseDelays(text) {
+  const delays = new Map();
+  for (const part of text.split(",").map((s) => s.trim()).filter(Boolean)) {
+    const at = part.lastIndexOf("=");
+    const ms = Number(part.slice(at + 1));
+    if (at <= 0 || !Number.isFinite(ms)) {
+      console.error(`LOCAL_D1_DELAY_INTO: cannot read "${part}" (table=ms)`);
+      process.exit(2);
+    }
+    delays.set(part.slice(0, at), ms);
+  }
+  return delays;
+}
+
+// The extra delay LOCAL_D1_DELAY_INTO gives a request, by the table of its first INSERT.
+function delayFor(into) {
+  if (!into.length) return 0;
+  const name = into[0].startsWith('"') ? into[0].slice(1, -1).replaceAll('""', '"') : into[0];
+  return delayInto.get(name) ?? 0;
+}
 
 function parseFaults(text) {
   const f = { p429: 0, p500: 0, p503: 0, drop: 0, lost: 0, latencyMs: 0, jitterMs: 0, seed: 1, retryAfter: 1,
@@ -148,7 +175,7 @@ async function launcher(request) {
   return new Response("ok");
 }
 
-const frontEnd = Boolean(logPath || env.LOCAL_D1_FAULTS);
+const frontEnd = Boolean(logPath || env.LOCAL_D1_FAULTS || delayInto.size);
 const mf = new Miniflare({
   modules: true,
   scriptPath: path.join(here, "worker.js"),
@@ -223,13 +250,15 @@ async function handle(req, res) {
   const body = Buffer.concat(chunks);
   const tooLarge = faults.maxBody > 0 && body.length > faults.maxBody;
   const fault = tooLarge ? "413" : pickFault();
-  const delay = faults.latencyMs + (faults.jitterMs ? jitter() * faults.jitterMs : 0) + held;
+  const into = delayInto.size && req.method !== "PUT" ? insertsInto(body.toString("utf8")) : [];
+  const delay = faults.latencyMs + (faults.jitterMs ? jitter() * faults.jitterMs : 0) + held + delayFor(into);
   if (delay) await sleep(delay);
   const entry = { t: Date.now(), method: req.method, path: req.url, bytes: body.length, fault, in_flight: inFlight };
   if (held) entry.held_ms = held;
   if (log) {
     entry.statements = req.method === "PUT" ? [] : firstWords(body.toString("utf8"));
     entry.into = req.method === "PUT" ? [] : insertsInto(body.toString("utf8"));
+    entry.body = crypto.createHash("sha256").update(body).digest("hex").slice(0, 16);
   }
   // With max_answer, a request is logged once its answer is known (its size, and whether it
   // was refused as too large).

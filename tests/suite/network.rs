@@ -743,6 +743,7 @@ fn the_objects_after_the_data_leave_with_the_last_rows_before_the_other_requests
         !overtaken.is_empty(),
         "the objects after the data waited for every other request's answer: {requests:?}"
     );
+    assert!(tail["in_flight"].as_u64().unwrap() >= 2, "{tail}");
     // No more requests than the dry run predicts (the guard rides in the last one).
     assert_eq!(
         read_json(&report)["http_requests"].as_u64().unwrap(),
@@ -870,6 +871,210 @@ fn a_large_child_starts_before_its_large_parent_is_finished_and_waits_only_for_t
         first_line < last_order,
         "lines waited for the whole of orders: {into:?}"
     );
+}
+
+/// The requests of the log that insert first into `table` (quoted as sent).
+fn into<'a>(requests: &'a [serde_json::Value], table: &str) -> Vec<&'a serde_json::Value> {
+    requests
+        .iter()
+        .filter(|r| r["into"][0].as_str() == Some(table))
+        .collect()
+}
+
+/// How many times the log holds the request `r` (by its body's hash): a request sent again is
+/// logged twice.
+fn times_sent(requests: &[serde_json::Value], r: &serde_json::Value) -> usize {
+    requests.iter().filter(|x| x["body"] == r["body"]).count()
+}
+
+#[test]
+fn the_large_tables_first_request_goes_before_the_small_tables_request_that_creates_it_is_answered()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("levels.sqlite");
+    levels(&source, false);
+    let id = "opening".to_string();
+    let d1 = LocalD1::start(std::slice::from_ref(&id), Some("latency_ms=400"));
+    Run::new(&d1, &id, &source)
+        .env("MIGRATION_REQUEST_BYTES", "100000")
+        .env("MIGRATION_VALIDATE", "false")
+        .ok();
+    let diff = sqldiff(&source, d1.file(&id));
+    assert!(diff.is_empty(), "{}", diff.join("\n"));
+    let requests = d1.settled_requests();
+    let small = into(&requests, "\"regions\"");
+    let orders = into(&requests, "\"orders\"");
+    assert_eq!(small.len(), 1, "{requests:?}");
+    // Both were held 400 ms before D1 ran them (the log's time): the orders' first request
+    // left less than 400 ms after the small tables' one, before its answer could be back.
+    let gap = orders[0]["t"].as_u64().unwrap() as i64 - small[0]["t"].as_u64().unwrap() as i64;
+    assert!(
+        (0..400).contains(&gap),
+        "the orders' first request reached D1 {gap} ms after the small tables' one"
+    );
+    // No write went twice.
+    assert!(
+        requests
+            .iter()
+            .filter(|r| r["method"] == "POST")
+            .all(|r| times_sent(&requests, r) == 1),
+        "{requests:?}"
+    );
+}
+
+#[test]
+fn a_request_that_reaches_d1_before_the_request_creating_its_table_goes_again_once_that_is_committed(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("levels.sqlite");
+    levels(&source, false);
+    let id = "created-late".to_string();
+    // The small tables' request (which creates every table) reaches D1 600 ms late.
+    let d1 = LocalD1::start_with(
+        std::slice::from_ref(&id),
+        &[("LOCAL_D1_DELAY_INTO", "regions=600")],
+    );
+    Run::new(&d1, &id, &source)
+        .env("MIGRATION_REQUEST_BYTES", "100000")
+        .env("MIGRATION_VALIDATE", "false")
+        .ok();
+    let diff = sqldiff(&source, d1.file(&id));
+    assert!(diff.is_empty(), "{}", diff.join("\n"));
+    let requests = d1.settled_requests();
+    let small = requests
+        .iter()
+        .position(|r| r["into"][0] == "\"regions\"")
+        .unwrap();
+    let first = requests
+        .iter()
+        .position(|r| r["into"][0] == "\"orders\"")
+        .unwrap();
+    // It arrived first (no such table), and went again, once.
+    assert!(first < small, "{requests:?}");
+    assert_eq!(times_sent(&requests, &requests[first]), 2, "{requests:?}");
+}
+
+/// Parents in one request of 84 KB, and children that refer only to the first ten of them.
+/// A table's CREATE statement of 30 KB keeps the parents out of the small tables' request
+/// (their request does not fit beside the tables' DDL); a megabyte of free pages keeps the
+/// file too large for the compact load.
+fn parents_and_children(path: &std::path::Path) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(&format!(
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT CHECK (body <> '{}'));
+         CREATE TABLE parent (id INTEGER PRIMARY KEY, pad TEXT NOT NULL);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400)
+         INSERT INTO parent SELECT i, printf('%.200c', 'p') FROM n;
+         CREATE TABLE child (id INTEGER PRIMARY KEY, parent INTEGER NOT NULL REFERENCES parent(id),
+                             note TEXT);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+         INSERT INTO child SELECT i, 1 + i % 10, printf('%.40c', 'c') FROM n;
+         CREATE TABLE filler AS SELECT randomblob(1000000) AS b;
+         DROP TABLE filler;",
+        "x".repeat(30_000)
+    ))
+    .unwrap();
+}
+
+#[test]
+fn a_childs_request_that_reaches_d1_before_its_parents_rows_goes_again_once_they_are_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("family.sqlite");
+    parents_and_children(&source);
+    let id = "family".to_string();
+    // The parents' requests reach D1 500 ms after they left: the children's, sent once the
+    // parents' rows they refer to are on their way, reach it first.
+    let d1 = LocalD1::start_with(
+        std::slice::from_ref(&id),
+        &[("LOCAL_D1_DELAY_INTO", "parent=500")],
+    );
+    Run::new(&d1, &id, &source)
+        .env("MIGRATION_REQUEST_BYTES", "100000")
+        .env("MIGRATION_VALIDATE", "false")
+        .ok();
+    let diff = sqldiff(&source, d1.file(&id));
+    assert!(diff.is_empty(), "{}", diff.join("\n"));
+    let requests = d1.settled_requests();
+    let parent = requests
+        .iter()
+        .position(|r| r["into"][0] == "\"parent\"")
+        .unwrap();
+    let child = requests
+        .iter()
+        .position(|r| r["into"][0] == "\"child\"")
+        .unwrap();
+    // The children's first request arrived before the parents' first (a foreign key failed
+    // at its commit), and went again, once, behind them.
+    assert!(child < parent, "{requests:?}");
+    assert_eq!(times_sent(&requests, &requests[child]), 2, "{requests:?}");
+    let again = requests[parent..]
+        .iter()
+        .position(|r| r["body"] == requests[child]["body"]);
+    assert!(again.is_some(), "{requests:?}");
+}
+
+#[test]
+fn requests_sent_right_behind_what_they_need_copy_exactly_when_they_reach_d1_in_another_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("levels.sqlite");
+    levels(&source, false);
+    for seed in [1, 2] {
+        let id = format!("jitter-{seed}");
+        // Each request held 20 to 320 ms: requests sent together reach D1 in another order.
+        let faults = format!("latency_ms=20,jitter_ms=300,seed={seed}");
+        let d1 = LocalD1::start(std::slice::from_ref(&id), Some(&faults));
+        Run::new(&d1, &id, &source)
+            .env("MIGRATION_REQUEST_BYTES", "100000")
+            .env("MIGRATION_VALIDATE", "false")
+            .ok();
+        let diff = sqldiff(&source, d1.file(&id));
+        assert!(diff.is_empty(), "seed {seed}: {}", diff.join("\n"));
+    }
+}
+
+#[test]
+fn a_genuine_orphan_in_a_request_sent_early_is_rejected_after_one_resend() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("levels.sqlite");
+    levels(&source, false);
+    // An order of a customer that does not exist, in the orders' first request.
+    rusqlite::Connection::open(&source)
+        .unwrap()
+        .execute_batch(
+            "PRAGMA foreign_keys = off; INSERT INTO orders VALUES (0, 99999, 0, 'nobody');",
+        )
+        .unwrap();
+    let id = "orphan".to_string();
+    // The small tables' request (customers among them) reaches D1 600 ms late: the orders'
+    // first request goes early, and is refused for want of its table.
+    let d1 = LocalD1::start_with(
+        std::slice::from_ref(&id),
+        &[("LOCAL_D1_DELAY_INTO", "regions=600")],
+    );
+    let rejects = dir.path().join("rejects.jsonl");
+    Run::new(&d1, &id, &source)
+        .env("MIGRATION_REQUEST_BYTES", "100000")
+        .env("MIGRATION_VALIDATE", "false")
+        .env("MIGRATION_ON_BAD_ROW", "skip")
+        .env("MIGRATION_REJECT_FILE", &rejects)
+        .ok();
+    assert_eq!(
+        crate::harness::rejected_keys(&rejects),
+        [("orders".to_string(), "0".to_string())]
+            .into_iter()
+            .collect()
+    );
+    let diff = sqldiff(&source, d1.file(&id));
+    assert_eq!(diff.len(), 1, "{}", diff.join("\n"));
+    assert!(
+        diff[0].starts_with("DELETE FROM orders WHERE id=0"),
+        "{diff:?}"
+    );
+    // Early, then once more as an ordinary request, which D1 refused for the orphan: then
+    // split down to it, as any request.
+    let requests = d1.settled_requests();
+    let first = into(&requests, "\"orders\"")[0];
+    assert_eq!(times_sent(&requests, first), 2, "{requests:?}");
 }
 
 #[test]
