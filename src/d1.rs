@@ -380,6 +380,12 @@ impl D1Client {
         self.rate.waited()
     }
 
+    /// The shortest recent round trip of a write, if any was measured: the wire's share and
+    /// D1's own time, for a request that found D1 idle.
+    pub fn shortest_round_trip(&self) -> Option<Duration> {
+        self.writes.round_trip()
+    }
+
     /// The largest window of writes in flight reached.
     pub fn window_peak(&self) -> usize {
         self.writes.peak()
