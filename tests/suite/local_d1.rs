@@ -66,6 +66,58 @@ fn a_failing_statement_rolls_back_the_whole_request() {
     assert_eq!(d1.sql(&db, &["SELECT count(*) FROM t"])[0], json!([[0]]));
 }
 
+/// What the guard of the objects after the data (`load::guard_sql`) relies on: it fails at run
+/// time exactly when a row it asks for is missing (SQLite cannot fold it when it prepares it),
+/// and D1 then rolls back the whole request: the rows before it and the DDL after it.
+#[test]
+fn the_tails_guard_fails_the_whole_request_exactly_when_a_row_it_asks_for_is_missing() {
+    use d1_migrator::load::guard_sql;
+    let d1 = LocalD1::shared();
+    let db = d1.fresh_database();
+    d1.sql(
+        &db,
+        &[
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v)",
+            "CREATE TABLE w(a TEXT, b INT, PRIMARY KEY (a, b)) WITHOUT ROWID",
+            "CREATE TABLE seen(x)",
+            "INSERT INTO t VALUES (1, 'a'), (5, 'b')",
+            "INSERT INTO w VALUES ('o''neil', 2)",
+        ],
+    );
+    let request = |exists: &[&str], n: i64| {
+        let exists: Vec<String> = exists.iter().map(|e| e.to_string()).collect();
+        json!({"batch": [
+            {"sql": format!("INSERT INTO t VALUES ({n}, 'x') ON CONFLICT DO NOTHING")},
+            {"sql": guard_sql(&exists)},
+            {"sql": format!("CREATE INDEX i{n} ON t(v)")},
+            {"sql": format!("CREATE TRIGGER tr{n} AFTER INSERT ON t BEGIN INSERT INTO seen VALUES (NEW.id); END")},
+        ]})
+    };
+    let five = "EXISTS(SELECT 1 FROM \"t\" WHERE \"id\" = 5)";
+    let quoted = "EXISTS(SELECT 1 FROM \"w\" WHERE \"a\" = 'o''neil' AND \"b\" = 2)";
+    for missing in [
+        "EXISTS(SELECT 1 FROM \"t\" WHERE \"id\" = 6)",
+        "EXISTS(SELECT 1 FROM \"w\" WHERE \"a\" = 'oneil' AND \"b\" = 2)",
+        "EXISTS(SELECT 1 FROM \"t\" WHERE rowid = 7)",
+    ] {
+        let (status, answer) = d1.post(&db, request(&[five, missing, quoted], 10), Some(TOKEN));
+        assert_eq!(status, 400, "{answer}");
+        let message = answer["errors"][0]["message"].as_str().unwrap();
+        assert!(message.contains("malformed JSON"), "{message}");
+    }
+    // Nothing of those requests: not their row, index or trigger.
+    let state = [
+        "SELECT group_concat(id) FROM t",
+        "SELECT count(*) FROM sqlite_schema WHERE type IN ('index', 'trigger')",
+    ];
+    assert_eq!(d1.sql(&db, &state), [json!([["1,5"]]), json!([[0]])]);
+    // Every row there: the request goes in whole, its trigger after its row.
+    let (status, answer) = d1.post(&db, request(&[five, quoted], 11), Some(TOKEN));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(d1.sql(&db, &state), [json!([["1,5,11"]]), json!([[2]])]);
+    assert_eq!(d1.sql(&db, &["SELECT count(*) FROM seen"])[0], json!([[0]]));
+}
+
 #[test]
 fn tokens_and_database_ids_are_checked() {
     let d1 = LocalD1::shared();
