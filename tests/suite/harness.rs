@@ -133,12 +133,13 @@ impl LocalD1 {
         LocalD1::launch(ids, None, false)
     }
 
-    /// The server shared by the tests of this process, with many empty databases. workerd
-    /// serves it with no front end of ours, as in the benchmark (so it keeps no request log).
+    /// The server shared by the tests of this process, with many empty databases (160: the
+    /// tests took all of 128). workerd serves it with no front end of ours, as in the benchmark
+    /// (so it keeps no request log).
     pub fn shared() -> &'static LocalD1 {
         static SHARED: OnceLock<LocalD1> = OnceLock::new();
         SHARED.get_or_init(|| {
-            let ids: Vec<String> = (0..128).map(|i| format!("db{i}")).collect();
+            let ids: Vec<String> = (0..160).map(|i| format!("db{i}")).collect();
             LocalD1::launch(&ids, None, false)
         })
     }
