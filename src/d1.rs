@@ -551,6 +551,8 @@ impl D1Client {
                 self.writes.congested();
             } else if slot.is_some() && verdict == Verdict::Success {
                 self.writes.answered(round_trip, body.len());
+            } else if !defer_keys && verdict == Verdict::Success {
+                self.writes.wire(round_trip);
             }
             drop(slot);
             if log::enabled(log::Level::Debug) {

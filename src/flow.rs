@@ -209,6 +209,13 @@ const SIZES: usize = 17;
 /// Where the window starts: two requests keep D1 busy when the wire costs nothing.
 const INITIAL: usize = 2;
 
+/// The wire's round trip, measured by a read before any write, per request the window starts
+/// with beyond [`INITIAL`] (see [`Window::wire`]): 250 ms on the wire starts it at 4.
+const WIRE_STEP: Duration = Duration::from_millis(125);
+
+/// The most a window starts with from the wire's round trip: it grows from there by answers.
+const WIRE_START_MAX: usize = 8;
+
 /// Requests waiting at D1 (beyond the one it executes) below which the window grows, and above
 /// which it shrinks. Two to four, not one to two: on a loaded machine D1's time per request
 /// swings by four times, and with one or two waiting the window settled at 4 to 5 over 250 ms
@@ -313,6 +320,26 @@ impl Window {
         s.peak = s.peak.max(s.limit.floor() as usize);
         drop(s);
         self.freed.notify_all();
+    }
+
+    /// A read answered `round_trip` after it left, before any write was answered: a catalog's
+    /// read costs D1 next to nothing, so its round trip is the wire's. The window then starts
+    /// with one more request per [`WIRE_STEP`] of it (at most [`WIRE_START_MAX`]): the first
+    /// writes keep D1 busy while the answers travel, where two would leave it idle for most of
+    /// the first round trips. A wire of a few milliseconds leaves it at two.
+    pub fn wire(&self, round_trip: Duration) {
+        let mut s = self.state.lock().expect("window lock");
+        if !s.starting || !s.round_trips.is_empty() {
+            return;
+        }
+        let wider = INITIAL + (round_trip.as_secs_f64() / WIRE_STEP.as_secs_f64()) as usize;
+        let start = wider.min(WIRE_START_MAX).min(self.ceiling);
+        if start as f64 > s.limit {
+            s.limit = start as f64;
+            s.peak = s.peak.max(start);
+            drop(s);
+            self.freed.notify_all();
+        }
     }
 
     /// A 429, a timeout or an overloaded D1: D1 or the API is saturated; halve the window.
@@ -576,6 +603,40 @@ mod tests {
             4,
             "MIGRATION_CONCURRENCY is the ceiling"
         );
+    }
+
+    #[test]
+    fn a_long_read_before_any_write_starts_the_window_wider() {
+        let far = Window::new(16);
+        far.wire(MS(285));
+        assert_eq!(far.limit(), 4, "285 ms on the wire: four writes at first");
+        let near = Window::new(16);
+        near.wire(MS(3));
+        assert_eq!(
+            near.limit(),
+            2,
+            "a wire of a few milliseconds leaves it at two"
+        );
+        let very_far = Window::new(16);
+        very_far.wire(MS(3000));
+        assert_eq!(
+            very_far.limit(),
+            WIRE_START_MAX,
+            "it starts at most at eight"
+        );
+        let capped = Window::new(3);
+        capped.wire(MS(3000));
+        assert_eq!(capped.limit(), 3, "never over the ceiling");
+        let started = Window::new(16);
+        started.answered(MS(300), 1 << 20);
+        started.wire(MS(1000));
+        assert_eq!(
+            started.limit(),
+            2,
+            "once a write is answered, the writes say"
+        );
+        let limits = simulate(&far, MS(250), MS(50), 8, |_| false);
+        assert!(limits[0] >= 4, "it grows from there: {limits:?}");
     }
 
     #[test]

@@ -922,6 +922,35 @@ fn the_large_tables_first_request_goes_before_the_small_tables_request_that_crea
 }
 
 #[test]
+fn a_wire_of_400_ms_measured_by_the_catalogs_read_starts_the_window_of_writes_at_five() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("levels.sqlite");
+    levels(&source, false);
+    let id = "wide-start".to_string();
+    let d1 = LocalD1::start(std::slice::from_ref(&id), Some("latency_ms=400"));
+    Run::new(&d1, &id, &source)
+        .env("MIGRATION_REQUEST_BYTES", "100000")
+        .env("MIGRATION_VALIDATE", "false")
+        .ok();
+    let diff = sqldiff(&source, d1.file(&id));
+    assert!(diff.is_empty(), "{}", diff.join("\n"));
+    let requests = d1.settled_requests();
+    let writes: Vec<i64> = requests
+        .iter()
+        .filter(|r| r["method"] == "POST" && !r["into"].as_array().unwrap().is_empty())
+        .map(|r| r["t"].as_u64().unwrap() as i64)
+        .collect();
+    assert!(writes.len() > 5, "{requests:?}");
+    // Each was held 400 ms before D1 ran it (the log's time): the fifth write left before the
+    // first one's answer could be back (a window starting at two holds the third until then).
+    let gap = writes[4] - writes[0];
+    assert!(
+        gap < 400,
+        "the fifth write reached D1 {gap} ms after the first: {writes:?}"
+    );
+}
+
+#[test]
 fn a_request_that_reaches_d1_before_the_request_creating_its_table_goes_again_once_that_is_committed(
 ) {
     let dir = tempfile::tempdir().unwrap();
