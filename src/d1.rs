@@ -551,7 +551,9 @@ impl D1Client {
                 self.writes.congested();
             } else if slot.is_some() && verdict == Verdict::Success {
                 self.writes.answered(round_trip, body.len());
-            } else if !defer_keys && verdict == Verdict::Success {
+            } else if !defer_keys && verdict == Verdict::Success && received <= WIRE_READ_BYTES {
+                // A small read's round trip is the wire's (D1 answers it at once); a page's is
+                // also D1's time to read it.
                 self.writes.wire(round_trip);
             }
             drop(slot);
@@ -773,6 +775,10 @@ impl D1Client {
         cap.mul_f64(jitter).max(Duration::from_millis(10))
     }
 }
+
+/// The largest answer to a read whose round trip tells the wire's (see [`Window::wire`]): a
+/// catalog's, not a page's.
+const WIRE_READ_BYTES: usize = 256 * 1024;
 
 /// One attempt's answer: what it means, its results or error, the bytes received, and whether
 /// it says the API or D1 is saturated (a 429 or a timeout).
