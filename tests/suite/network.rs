@@ -886,6 +886,30 @@ fn times_sent(requests: &[serde_json::Value], r: &serde_json::Value) -> usize {
     requests.iter().filter(|x| x["body"] == r["body"]).count()
 }
 
+/// Copies `source` into `id` on `d1` in requests of 100 KB, without validation, checks the copy
+/// exact and returns D1's request log.
+fn copied_in_requests_of_100_kb(
+    d1: &LocalD1,
+    id: &str,
+    source: &std::path::Path,
+) -> Vec<serde_json::Value> {
+    Run::new(d1, id, source)
+        .env("MIGRATION_REQUEST_BYTES", "100000")
+        .env("MIGRATION_VALIDATE", "false")
+        .ok();
+    let diff = sqldiff(source, d1.file(id));
+    assert!(diff.is_empty(), "{}", diff.join("\n"));
+    d1.settled_requests()
+}
+
+/// Where the log's first request inserting first into `table` (quoted) is.
+fn first_into(requests: &[serde_json::Value], table: &str) -> usize {
+    requests
+        .iter()
+        .position(|r| r["into"][0] == table)
+        .unwrap_or_else(|| panic!("no request into {table}: {requests:?}"))
+}
+
 #[test]
 fn the_large_tables_first_request_goes_before_the_small_tables_request_that_creates_it_is_answered()
 {
@@ -894,13 +918,7 @@ fn the_large_tables_first_request_goes_before_the_small_tables_request_that_crea
     levels(&source, false);
     let id = "opening".to_string();
     let d1 = LocalD1::start(std::slice::from_ref(&id), Some("latency_ms=400"));
-    Run::new(&d1, &id, &source)
-        .env("MIGRATION_REQUEST_BYTES", "100000")
-        .env("MIGRATION_VALIDATE", "false")
-        .ok();
-    let diff = sqldiff(&source, d1.file(&id));
-    assert!(diff.is_empty(), "{}", diff.join("\n"));
-    let requests = d1.settled_requests();
+    let requests = copied_in_requests_of_100_kb(&d1, &id, &source);
     let small = into(&requests, "\"regions\"");
     let orders = into(&requests, "\"orders\"");
     assert_eq!(small.len(), 1, "{requests:?}");
@@ -928,13 +946,7 @@ fn a_wire_of_400_ms_measured_by_the_catalogs_read_starts_the_window_of_writes_at
     levels(&source, false);
     let id = "wide-start".to_string();
     let d1 = LocalD1::start(std::slice::from_ref(&id), Some("latency_ms=400"));
-    Run::new(&d1, &id, &source)
-        .env("MIGRATION_REQUEST_BYTES", "100000")
-        .env("MIGRATION_VALIDATE", "false")
-        .ok();
-    let diff = sqldiff(&source, d1.file(&id));
-    assert!(diff.is_empty(), "{}", diff.join("\n"));
-    let requests = d1.settled_requests();
+    let requests = copied_in_requests_of_100_kb(&d1, &id, &source);
     let writes: Vec<i64> = requests
         .iter()
         .filter(|r| r["method"] == "POST" && !r["into"].as_array().unwrap().is_empty())
@@ -962,21 +974,9 @@ fn a_request_that_reaches_d1_before_the_request_creating_its_table_goes_again_on
         std::slice::from_ref(&id),
         &[("LOCAL_D1_DELAY_INTO", "regions=600")],
     );
-    Run::new(&d1, &id, &source)
-        .env("MIGRATION_REQUEST_BYTES", "100000")
-        .env("MIGRATION_VALIDATE", "false")
-        .ok();
-    let diff = sqldiff(&source, d1.file(&id));
-    assert!(diff.is_empty(), "{}", diff.join("\n"));
-    let requests = d1.settled_requests();
-    let small = requests
-        .iter()
-        .position(|r| r["into"][0] == "\"regions\"")
-        .unwrap();
-    let first = requests
-        .iter()
-        .position(|r| r["into"][0] == "\"orders\"")
-        .unwrap();
+    let requests = copied_in_requests_of_100_kb(&d1, &id, &source);
+    let small = first_into(&requests, "\"regions\"");
+    let first = first_into(&requests, "\"orders\"");
     // It arrived first (no such table), and went again, once.
     assert!(first < small, "{requests:?}");
     assert_eq!(times_sent(&requests, &requests[first]), 2, "{requests:?}");
@@ -1016,21 +1016,9 @@ fn a_childs_request_that_reaches_d1_before_its_parents_rows_goes_again_once_they
         std::slice::from_ref(&id),
         &[("LOCAL_D1_DELAY_INTO", "parent=500")],
     );
-    Run::new(&d1, &id, &source)
-        .env("MIGRATION_REQUEST_BYTES", "100000")
-        .env("MIGRATION_VALIDATE", "false")
-        .ok();
-    let diff = sqldiff(&source, d1.file(&id));
-    assert!(diff.is_empty(), "{}", diff.join("\n"));
-    let requests = d1.settled_requests();
-    let parent = requests
-        .iter()
-        .position(|r| r["into"][0] == "\"parent\"")
-        .unwrap();
-    let child = requests
-        .iter()
-        .position(|r| r["into"][0] == "\"child\"")
-        .unwrap();
+    let requests = copied_in_requests_of_100_kb(&d1, &id, &source);
+    let parent = first_into(&requests, "\"parent\"");
+    let child = first_into(&requests, "\"child\"");
     // The children's first request arrived before the parents' first (a foreign key failed
     // at its commit), and went again, once, behind them.
     assert!(child < parent, "{requests:?}");
@@ -1051,12 +1039,7 @@ fn requests_sent_right_behind_what_they_need_copy_exactly_when_they_reach_d1_in_
         // Each request held 20 to 320 ms: requests sent together reach D1 in another order.
         let faults = format!("latency_ms=20,jitter_ms=300,seed={seed}");
         let d1 = LocalD1::start(std::slice::from_ref(&id), Some(&faults));
-        Run::new(&d1, &id, &source)
-            .env("MIGRATION_REQUEST_BYTES", "100000")
-            .env("MIGRATION_VALIDATE", "false")
-            .ok();
-        let diff = sqldiff(&source, d1.file(&id));
-        assert!(diff.is_empty(), "seed {seed}: {}", diff.join("\n"));
+        copied_in_requests_of_100_kb(&d1, &id, &source);
     }
 }
 
