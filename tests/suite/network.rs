@@ -718,17 +718,12 @@ fn the_objects_after_the_data_leave_with_the_last_rows_before_the_other_requests
         Some(&format!("latency_ms={latency}")),
     );
     let report = dir.path().join("report.json");
-    Run::new(&d1, &id, &source)
-        .env("MIGRATION_REQUEST_BYTES", "100000")
-        .env("MIGRATION_VALIDATE", "false")
-        .env("MIGRATION_REPORT", &report)
-        .ok();
     // Exact: the triggers (on the lines, counting them into their order; on the orders, marking
     // their customer) did not fire on the copied rows; the AUTOINCREMENT counter, the index and
     // the view are the source's.
-    let diff = sqldiff(&source, d1.file(&id));
-    assert!(diff.is_empty(), "{}", diff.join("\n"));
-    let requests = d1.settled_requests();
+    let requests = copied_in_requests_of_100_kb(&d1, &id, &source, |run| {
+        run.env("MIGRATION_REPORT", &report)
+    });
     let tails = with_all(&requests, &["INSERT INTO", "CREATE TRIGGER"]);
     assert_eq!(tails.len(), 1, "{requests:?}");
     let tail = tails[0];
@@ -767,16 +762,11 @@ fn objects_after_the_data_that_reach_d1_before_an_earlier_request_go_again_once_
         )),
     );
     let report = dir.path().join("report.json");
-    Run::new(&d1, &id, &source)
-        .env("MIGRATION_REQUEST_BYTES", "100000")
-        .env("MIGRATION_VALIDATE", "false")
-        .env("MIGRATION_REPORT", &report)
-        .ok();
     // Exact: D1 refused the objects (and the last rows with them) while the held rows were not
     // in; had it created the triggers, one would have fired on them.
-    let diff = sqldiff(&source, d1.file(&id));
-    assert!(diff.is_empty(), "{}", diff.join("\n"));
-    let requests = d1.settled_requests();
+    let requests = copied_in_requests_of_100_kb(&d1, &id, &source, |run| {
+        run.env("MIGRATION_REPORT", &report)
+    });
     let held: Vec<_> = requests
         .iter()
         .filter(|r| r["held_ms"].is_u64())
@@ -886,17 +876,20 @@ fn times_sent(requests: &[serde_json::Value], r: &serde_json::Value) -> usize {
     requests.iter().filter(|x| x["body"] == r["body"]).count()
 }
 
-/// Copies `source` into `id` on `d1` in requests of 100 KB, without validation, checks the copy
-/// exact and returns D1's request log.
+/// Copies `source` into `id` on `d1` in requests of 100 KB, without validation (and whatever
+/// `more` adds to the run), checks the copy exact and returns D1's request log.
 fn copied_in_requests_of_100_kb(
     d1: &LocalD1,
     id: &str,
     source: &std::path::Path,
+    more: impl FnOnce(Run) -> Run,
 ) -> Vec<serde_json::Value> {
-    Run::new(d1, id, source)
-        .env("MIGRATION_REQUEST_BYTES", "100000")
-        .env("MIGRATION_VALIDATE", "false")
-        .ok();
+    more(
+        Run::new(d1, id, source)
+            .env("MIGRATION_REQUEST_BYTES", "100000")
+            .env("MIGRATION_VALIDATE", "false"),
+    )
+    .ok();
     let diff = sqldiff(source, d1.file(id));
     assert!(diff.is_empty(), "{}", diff.join("\n"));
     d1.settled_requests()
@@ -918,7 +911,7 @@ fn the_large_tables_first_request_goes_before_the_small_tables_request_that_crea
     levels(&source, false);
     let id = "opening".to_string();
     let d1 = LocalD1::start(std::slice::from_ref(&id), Some("latency_ms=400"));
-    let requests = copied_in_requests_of_100_kb(&d1, &id, &source);
+    let requests = copied_in_requests_of_100_kb(&d1, &id, &source, |run| run);
     let small = into(&requests, "\"regions\"");
     let orders = into(&requests, "\"orders\"");
     assert_eq!(small.len(), 1, "{requests:?}");
@@ -946,7 +939,7 @@ fn a_wire_of_400_ms_measured_by_the_catalogs_read_starts_the_window_of_writes_at
     levels(&source, false);
     let id = "wide-start".to_string();
     let d1 = LocalD1::start(std::slice::from_ref(&id), Some("latency_ms=400"));
-    let requests = copied_in_requests_of_100_kb(&d1, &id, &source);
+    let requests = copied_in_requests_of_100_kb(&d1, &id, &source, |run| run);
     let writes: Vec<i64> = requests
         .iter()
         .filter(|r| r["method"] == "POST" && !r["into"].as_array().unwrap().is_empty())
@@ -974,7 +967,7 @@ fn a_request_that_reaches_d1_before_the_request_creating_its_table_goes_again_on
         std::slice::from_ref(&id),
         &[("LOCAL_D1_DELAY_INTO", "regions=600")],
     );
-    let requests = copied_in_requests_of_100_kb(&d1, &id, &source);
+    let requests = copied_in_requests_of_100_kb(&d1, &id, &source, |run| run);
     let small = first_into(&requests, "\"regions\"");
     let first = first_into(&requests, "\"orders\"");
     // It arrived first (no such table), and went again, once.
@@ -1016,7 +1009,7 @@ fn a_childs_request_that_reaches_d1_before_its_parents_rows_goes_again_once_they
         std::slice::from_ref(&id),
         &[("LOCAL_D1_DELAY_INTO", "parent=500")],
     );
-    let requests = copied_in_requests_of_100_kb(&d1, &id, &source);
+    let requests = copied_in_requests_of_100_kb(&d1, &id, &source, |run| run);
     let parent = first_into(&requests, "\"parent\"");
     let child = first_into(&requests, "\"child\"");
     // The children's first request arrived before the parents' first (a foreign key failed
@@ -1039,7 +1032,7 @@ fn requests_sent_right_behind_what_they_need_copy_exactly_when_they_reach_d1_in_
         // Each request held 20 to 320 ms: requests sent together reach D1 in another order.
         let faults = format!("latency_ms=20,jitter_ms=300,seed={seed}");
         let d1 = LocalD1::start(std::slice::from_ref(&id), Some(&faults));
-        copied_in_requests_of_100_kb(&d1, &id, &source);
+        copied_in_requests_of_100_kb(&d1, &id, &source, |run| run);
     }
 }
 
