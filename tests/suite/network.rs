@@ -836,7 +836,14 @@ fn a_large_child_starts_before_its_large_parent_is_finished_and_waits_only_for_t
     let source = dir.path().join("levels.sqlite");
     levels(&source, false);
     let id = "gated".to_string();
-    let d1 = LocalD1::start(std::slice::from_ref(&id), Some("latency_ms=1"));
+    // Each of the parent's requests is answered 150 ms late: the child's reader, however slow
+    // the machine, has its first request packed and waiting while the parent's are still being
+    // sent (with answers in a millisecond, a loaded machine let the parent's reader queue all of
+    // its requests first, and CI saw the child start after the parent's last request).
+    let d1 = LocalD1::start_with(
+        std::slice::from_ref(&id),
+        &[("LOCAL_D1_DELAY_INTO", "orders=150")],
+    );
     // One request at a time: the log's order is the order requests were sent in.
     Run::new(&d1, &id, &source)
         .env("MIGRATION_REQUEST_BYTES", "100000")
