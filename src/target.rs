@@ -83,7 +83,9 @@ pub fn missing<'a>(
         .collect()
 }
 
-/// Runs DDL in one request; if D1 refuses it, runs each alone to name the one at fault.
+/// Runs DDL in one request; if D1 refuses it, runs each alone to name the one at fault: with
+/// none of this client's other requests in flight, since D1 fails the requests beside one that
+/// breaks a foreign key (a row sent early, ahead of its parent) with that request's message.
 fn execute_named(client: &D1Client, items: &[(&str, &str)]) -> Result<()> {
     if items.is_empty() {
         return Ok(());
@@ -94,18 +96,17 @@ fn execute_named(client: &D1Client, items: &[(&str, &str)]) -> Result<()> {
         Err(Failure {
             error: D1Error::Sql { .. },
             ..
-        }) if items.len() > 1 => {
+        }) => {
             for ((name, _), sql) in items.iter().zip(&sqls) {
-                client
-                    .execute(&[sql])
-                    .map_err(|f| Error::Refused(format!("creating {name:?} on D1: {}", f.error)))?;
+                client.execute_alone(&[sql]).map_err(|f| match f.error {
+                    D1Error::Sql { .. } => {
+                        Error::Refused(format!("creating {name:?} on D1: {}", f.error))
+                    }
+                    other => other.into(),
+                })?;
             }
             Ok(())
         }
-        Err(f) if matches!(f.error, D1Error::Sql { .. }) => Err(Error::Refused(format!(
-            "creating {:?} on D1: {}",
-            items[0].0, f.error
-        ))),
         Err(f) => Err(f.error.into()),
     }
 }
@@ -156,7 +157,8 @@ fn send_sequence(client: &D1Client, statements: &[String]) -> Result<()> {
     if statements.is_empty() {
         return Ok(());
     }
-    client.execute(statements).map_err(|f| {
+    // Alone: it follows a refused request, which may have been refused for another's fault.
+    client.execute_alone(statements).map_err(|f| {
         Error::Refused(format!(
             "setting sqlite_sequence and sqlite_stat1 on D1: {}",
             f.error

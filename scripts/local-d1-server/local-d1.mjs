@@ -34,6 +34,10 @@
 //   LOCAL_D1_DELAY_INTO e.g. "orders=300,regions=500": a request whose first INSERT is into that table
 //                       (its name as written, without quotes) waits that many ms more before D1 runs
 //                       it, so that requests sent after it reach D1 first, deterministically
+//   LOCAL_D1_BESIDE_BROKEN_KEY  text: a request whose body holds the text, received while another
+//                       request is in flight, fails without running as D1 fails the requests beside
+//                       one that breaks a foreign key (the database is reset: HTTP 400, code 7500,
+//                       "Durable Object was reset …"); sent with nothing else in flight, it runs
 //   LOCAL_D1_LOG        file to append one JSON line per request to (default: none): when, method,
 //                       path, bytes, fault, requests in flight, each statement's first two words
 //                       (`statements`), the tables it inserts into (`into`) and a hash of its body
@@ -60,6 +64,7 @@ const account = env.LOCAL_D1_ACCOUNT || "";
 const faults = parseFaults(env.LOCAL_D1_FAULTS || "");
 const logPath = env.LOCAL_D1_LOG || "";
 const delayInto = parseDelays(env.LOCAL_D1_DELAY_INTO || "");
+const besideBrokenKey = env.LOCAL_D1_BESIDE_BROKEN_KEY || "";
 
 function parseDelays(text) {
   const delays = new Map();
@@ -175,7 +180,7 @@ async function launcher(request) {
   return new Response("ok");
 }
 
-const frontEnd = Boolean(logPath || env.LOCAL_D1_FAULTS || delayInto.size);
+const frontEnd = Boolean(logPath || env.LOCAL_D1_FAULTS || delayInto.size || besideBrokenKey);
 const mf = new Miniflare({
   modules: true,
   scriptPath: path.join(here, "worker.js"),
@@ -231,6 +236,9 @@ function insertsInto(body) {
 
 // Requests received and not yet answered (logged with each request as `in_flight`).
 let inFlight = 0;
+// Requests received and not yet answered, counted down as soon as the answer is written: a
+// client that has its answer never finds its request counted (LOCAL_D1_BESIDE_BROKEN_KEY).
+let unanswered = 0;
 // Requests received, for hold_request.
 let received = 0;
 
@@ -239,7 +247,8 @@ let received = 0;
 const server = http.createServer((req, res) => {
   inFlight += 1;
   res.on("close", () => { inFlight -= 1; });
-  handle(req, res).catch(() => req.socket.destroy());
+  unanswered += 1;
+  handle(req, res).catch(() => req.socket.destroy()).finally(() => { unanswered -= 1; });
 });
 
 async function handle(req, res) {
@@ -249,7 +258,9 @@ async function handle(req, res) {
   for await (const c of req) chunks.push(c);
   const body = Buffer.concat(chunks);
   const tooLarge = faults.maxBody > 0 && body.length > faults.maxBody;
-  const fault = tooLarge ? "413" : pickFault();
+  // Counted when the body is in: what is in flight beside it then.
+  const beside = besideBrokenKey && unanswered > 1 && body.includes(besideBrokenKey);
+  const fault = tooLarge ? "413" : beside ? "beside_broken_key" : pickFault();
   const into = delayInto.size && req.method !== "PUT" ? insertsInto(body.toString("utf8")) : [];
   const delay = faults.latencyMs + (faults.jitterMs ? jitter() * faults.jitterMs : 0) + held + delayFor(into);
   if (delay) await sleep(delay);
@@ -269,6 +280,14 @@ async function handle(req, res) {
     res.writeHead(413, { "content-type": "text/html" });
     res.end("<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n" +
       "<center><h1>413 Request Entity Too Large</h1></center>\r\n<hr><center>cloudflare</center>\r\n</body>\r\n</html>\r\n");
+    return;
+  }
+  if (fault === "beside_broken_key") {
+    res.writeHead(400, { "content-type": "application/json", "cf-d1": "err=7500" });
+    res.end(JSON.stringify({ result: [], success: false, messages: [], errors: [{ code: 7500, message:
+      "Durable Object was reset and rolled back to its last known good state because the application " +
+      "left the database in a state where constraints were violated: FOREIGN KEY constraint failed: " +
+      "SQLITE_CONSTRAINT (extended: SQLITE_CONSTRAINT_FOREIGNKEY)" }] }));
     return;
   }
   if (fault === "drop") {
