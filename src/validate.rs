@@ -832,6 +832,27 @@ pub struct TableValidation {
     pub ok: bool,
 }
 
+impl TableValidation {
+    /// Adds what a part of the table's comparison found (a key segment's, or a walk's), keeping
+    /// at most `examples` differences and warnings.
+    fn absorb(&mut self, part: TableValidation, examples: usize) {
+        self.compared += part.compared;
+        self.mismatched += part.mismatched;
+        self.missing += part.missing;
+        self.extra += part.extra;
+        for d in part.differences {
+            if self.differences.len() < examples {
+                self.differences.push(d);
+            }
+        }
+        for w in part.warnings {
+            if self.warnings.len() < examples {
+                self.warnings.push(w);
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Validation {
     pub ok: bool,
@@ -1007,29 +1028,52 @@ fn validate_against(
         .filter_map(|(i, p)| p.as_ref().map(|p| (&shapes[i], p.tails.as_slice())))
         .collect();
     let present_shapes: Vec<&Shape> = present.iter().collect();
-    // A table read whole too large for the target to answer at once: the tables are compared
-    // each on its own (a table read whole in pages). Along, the caller reads the catalog first.
-    let (target_schema, target_surveys, mut read, plans) = match target_schema {
-        TargetSchema::Read(schema) => match target.surveys_and_reads(&present_shapes, &reads) {
-            Ok((surveys, read)) => (std::borrow::Cow::Borrowed(schema), surveys, read, plans),
-            Err(e) if e.is_too_large() => (
-                std::borrow::Cow::Borrowed(schema),
-                target.surveys(&present_shapes)?,
-                Vec::new(),
-                plans.into_iter().map(|_| None).collect(),
-            ),
-            Err(e) => return Err(e),
-        },
-        TargetSchema::Along(catalog, discover) => {
-            let (rows, surveys, read) =
-                target.catalog_surveys_and_reads(catalog, &present_shapes, &reads)?;
-            (
-                std::borrow::Cow::Owned(discover(rows)?),
-                surveys,
-                read,
-                plans,
-            )
-        }
+    // A full validation along the target's catalog: every table's walk starts at once, beside
+    // the target's first request (the source's pages end where its own keys say, and the target
+    // is read with the source's shapes): the first pages do not wait a round trip for the
+    // catalog. A target that lacks a table or a column refuses that request (and such a
+    // table's reads): the walks stop at their next page, and the catalog's error is returned,
+    // as before.
+    let early = matches!(target_schema, TargetSchema::Along(..)) && options.all_rows;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (first, walked) = std::thread::scope(|scope| {
+        let first = scope.spawn(|| {
+            let first = read_target_first(target, target_schema, &present_shapes, &reads);
+            if first.is_err() {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            first
+        });
+        let walked: Vec<Option<Result<TableValidation>>> = if early {
+            parallel_map(&order, workers, |i| {
+                if merged_by_name(tables[i]) {
+                    return None;
+                }
+                let walk = comparison(i).full_until(sources[i].rows, &stop);
+                if walk.is_err() {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                Some(walk.map_err(|e| e.in_table(&tables[i].name)))
+            })
+        } else {
+            tables.iter().map(|_| None).collect()
+        };
+        (first.join().expect("the target's first read"), walked)
+    });
+    let (target_schema, target_surveys, mut read, keep_plans) = first?;
+    // The first genuine error of a walk (not one stopped by another's).
+    let mut walked: Vec<Option<TableValidation>> = walked
+        .into_iter()
+        .map(|w| match w {
+            Some(Err(e)) if !stopped(&e) => Err(e),
+            Some(Err(_)) | None => Ok(None),
+            Some(Ok(v)) => Ok(Some(v)),
+        })
+        .collect::<Result<_>>()?;
+    let plans: Vec<Option<SamplePlan>> = if keep_plans {
+        plans
+    } else {
+        plans.into_iter().map(|_| None).collect()
     };
     let target_schema: &Schema = &target_schema;
     let targets: HashMap<String, u64> = present
@@ -1046,6 +1090,8 @@ fn validate_against(
         .into_iter()
         .rev()
         .collect();
+    let walked: Vec<std::sync::Mutex<Option<TableValidation>>> =
+        walked.drain(..).map(std::sync::Mutex::new).collect();
     let results: Vec<Result<TableValidation>> = parallel_map(&order, workers, |i| {
         let table = tables[i];
         let sizes = Sizes {
@@ -1056,12 +1102,14 @@ fn validate_against(
                 .unwrap_or(0),
         };
         let prefetched = prefetched[i].lock().expect("prefetched").take();
+        let walked = walked[i].lock().expect("walked").take();
         validate_table(
             &comparison(i),
             target_schema,
             rechecks.get(&table.name),
             sizes,
             prefetched,
+            walked,
         )
         .map_err(|e| e.in_table(&table.name))
     });
@@ -1092,6 +1140,56 @@ fn validate_against(
         tables,
         index_problems,
     })
+}
+
+/// What [`read_target_first`] read: the target's schema, surveys and rows, and whether the rows
+/// were read.
+type TargetFirst<'s> = (std::borrow::Cow<'s, Schema>, Vec<Survey>, Vec<Rows>, bool);
+
+/// The target's schema (as read before, or read now with its catalog), its surveys of `shapes`
+/// and its rows of `reads`, in one request where they fit; and whether the reads were made (a
+/// table read whole too large for the target to answer at once: none, each table is then
+/// compared on its own).
+fn read_target_first<'s>(
+    target: &dyn RowSide,
+    target_schema: TargetSchema<'s>,
+    shapes: &[&Shape],
+    reads: &[(&Shape, &[String])],
+) -> Result<TargetFirst<'s>> {
+    match target_schema {
+        TargetSchema::Read(schema) => match target.surveys_and_reads(shapes, reads) {
+            Ok((surveys, read)) => Ok((std::borrow::Cow::Borrowed(schema), surveys, read, true)),
+            Err(e) if e.is_too_large() => Ok((
+                std::borrow::Cow::Borrowed(schema),
+                target.surveys(shapes)?,
+                Vec::new(),
+                false,
+            )),
+            Err(e) => Err(e),
+        },
+        TargetSchema::Along(catalog, discover) => {
+            let (rows, surveys, read) = target.catalog_surveys_and_reads(catalog, shapes, reads)?;
+            Ok((
+                std::borrow::Cow::Owned(discover(rows)?),
+                surveys,
+                read,
+                true,
+            ))
+        }
+    }
+}
+
+/// What a walk started beside the target's first request returns when another walk or that
+/// request failed first: it stopped at its next page.
+const STOPPED: &str = "validation stopped: another read failed";
+
+/// Whether `e` is a walk's [`STOPPED`].
+fn stopped(e: &Error) -> bool {
+    match e {
+        Error::Refused(m) => m == STOPPED,
+        Error::Table { source, .. } => stopped(source),
+        _ => false,
+    }
 }
 
 /// A table's size on each side, surveyed before the tables are compared.
@@ -1152,6 +1250,7 @@ fn validate_table(
     recheck: Option<&Recheck>,
     sizes: Sizes,
     prefetched: Option<(SamplePlan, Rows)>,
+    walked: Option<TableValidation>,
 ) -> Result<TableValidation> {
     let table = comparison.table;
     let target = comparison.target;
@@ -1176,6 +1275,8 @@ fn validate_table(
     if let Some(recheck) = recheck {
         comparison.keyed(&mut v, &recheck.keys)?;
         v.compared += recheck.equal_rows;
+    } else if let Some(walked) = walked {
+        v.absorb(walked, options.max_examples);
     } else if options.all_rows {
         comparison.full(&mut v)?;
     } else if let Some((plan, rows)) = prefetched {
@@ -1664,9 +1765,35 @@ impl Comparison<'_> {
 
     /// Compares the rows in `ranges` (several at once).
     fn full_ranges(&self, v: &mut TableValidation, ranges: &[KeyRange]) -> Result<()> {
+        self.full_ranges_until(v, ranges, None)
+    }
+
+    /// [`Comparison::full`] of a table of `rows` source rows into a validation of its own,
+    /// stopping at the next page once `stop` is set (with [`STOPPED`]).
+    fn full_until(
+        &self,
+        rows: u64,
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> Result<TableValidation> {
+        let mut v = TableValidation::default();
+        let ranges = self.walker().ranges(rows)?;
+        self.full_ranges_until(&mut v, &ranges, Some(stop))?;
+        Ok(v)
+    }
+
+    /// [`Comparison::full_ranges`], stopping at the next page once `stop` is set.
+    fn full_ranges_until(
+        &self,
+        v: &mut TableValidation,
+        ranges: &[KeyRange],
+        stop: Option<&std::sync::atomic::AtomicBool>,
+    ) -> Result<()> {
         let parts = self
             .walker()
             .walk_all(ranges, TableValidation::default, |part, page| {
+                if stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed)) {
+                    return Err(Error::Refused(STOPPED.into()));
+                }
                 self.check_json(page.source, part);
                 if page.equal {
                     part.compared += page.source.len() as u64;
@@ -1676,20 +1803,7 @@ impl Comparison<'_> {
                 Ok(())
             })?;
         for part in parts {
-            v.compared += part.compared;
-            v.mismatched += part.mismatched;
-            v.missing += part.missing;
-            v.extra += part.extra;
-            for d in part.differences {
-                if v.differences.len() < self.options.max_examples {
-                    v.differences.push(d);
-                }
-            }
-            for w in part.warnings {
-                if v.warnings.len() < self.options.max_examples {
-                    v.warnings.push(w);
-                }
-            }
+            v.absorb(part, self.options.max_examples);
         }
         Ok(())
     }
@@ -1920,7 +2034,7 @@ mod tests {
             survey,
             permits: &permits,
         };
-        validate_table(&comparison, &schema, None, sizes, None).unwrap()
+        validate_table(&comparison, &schema, None, sizes, None, None).unwrap()
     }
 
     #[test]

@@ -52,11 +52,16 @@ impl LocalD1 {
     }
 
     /// Stops this server and starts another on the same state folder (and request log).
-    pub fn restart(mut self) -> LocalD1 {
+    pub fn restart(self) -> LocalD1 {
+        self.restart_with(None)
+    }
+
+    /// [`LocalD1::restart`] with `faults` (LOCAL_D1_FAULTS) from now on.
+    pub fn restart_with(mut self, faults: Option<&str>) -> LocalD1 {
         self.stop();
         let ids = std::mem::take(&mut self.ids);
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
-        LocalD1::launch_in(dir, &ids, None, true, &[])
+        LocalD1::launch_in(dir, &ids, faults, true, &[])
     }
 
     fn launch_in(

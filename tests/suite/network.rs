@@ -515,18 +515,127 @@ fn validated(
 }
 
 #[test]
-fn a_full_validation_asks_for_its_first_pages_after_one_round_trip() {
+fn a_full_validation_asks_for_its_first_pages_beside_d1s_catalog_not_after_its_answer() {
     let dir = tempfile::tempdir().unwrap();
     let source = shop(dir.path());
-    let (d1, before, _) = validated(dir.path(), &source, "latency_ms=1");
+    let id = "beside".to_string();
+    let d1 = LocalD1::start(std::slice::from_ref(&id), None);
+    Run::new(&d1, &id, &source)
+        .env("MIGRATION_VALIDATE", "false")
+        .ok();
+    // Every request reaches D1 two seconds after it left.
+    let d1 = d1.restart_with(Some("latency_ms=2000"));
+    let before = d1.settled_requests().len();
+    validate_all_rows(&d1, &id, &source, dir.path());
     let requests = &d1.settled_requests()[before..];
+    let at = |r: &serde_json::Value| r["t"].as_f64().unwrap();
+    let catalog = requests
+        .iter()
+        .find(|r| {
+            r["statements"][0]
+                .as_str()
+                .is_some_and(|s| s.starts_with("SELECT NAME"))
+        })
+        .unwrap_or_else(|| panic!("D1's catalog was not read: {requests:?}"));
     let first_page = requests
         .iter()
-        .position(|r| r["statements"][0] == "SELECT CASE")
-        .expect("a page was read");
-    // D1's catalog, with the source's tables' columns, and every table's rows in one round
-    // trip (the catalog alone first was one more).
-    assert_eq!(first_page, 1, "{:?}", &requests[..first_page]);
+        .filter(|r| r["statements"][0] == "SELECT CASE")
+        .map(at)
+        .fold(f64::INFINITY, f64::min);
+    // The pages leave with D1's catalog (and the counts), not once it is answered: the first
+    // reaches D1 well within the two seconds a page sent after the catalog's answer would
+    // come after it.
+    assert!(
+        first_page < at(catalog) + 1000.0,
+        "the first page reached D1 {} ms after the catalog",
+        first_page - at(catalog)
+    );
+    // No request more: the catalog and counts, the orders' pages, the small tables' pages.
+    assert_eq!(requests.len(), 7, "{requests:?}");
+}
+
+/// Validates every row of `source` against `id` on `d1` (`MIGRATION_MODE=validate`), which
+/// must find the copy exact; returns the report.
+fn validate_all_rows(
+    d1: &LocalD1,
+    id: &str,
+    source: &std::path::Path,
+    dir: &std::path::Path,
+) -> serde_json::Value {
+    let report = dir.join("validate.json");
+    Run::new(d1, id, source)
+        .env("MIGRATION_MODE", "validate")
+        .env("MIGRATION_VALIDATE_ALL_ROWS", "true")
+        .env("MIGRATION_REPORT", &report)
+        .ok();
+    let report = read_json(&report);
+    let validation = &report["validation"];
+    assert_eq!(validation["ok"], true, "{validation}");
+    for t in validation["tables"].as_array().unwrap() {
+        assert_eq!(t["compared"], t["source_rows"], "{t}");
+    }
+    report
+}
+
+#[test]
+fn a_full_validation_of_a_d1_that_lacks_a_table_stops_its_walks_reads_the_catalog_first_and_names_it(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    // About 13 MB of rows: pages of 2 MiB of values, walked with two pages at once.
+    let source = dir.path().join("words.sqlite");
+    rusqlite::Connection::open(&source)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE words (id INTEGER PRIMARY KEY, body TEXT);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 36000)
+             INSERT INTO words (body) SELECT hex(randomblob(150)) FROM n;
+             CREATE TABLE gone (id INTEGER PRIMARY KEY);
+             INSERT INTO gone VALUES (1);",
+        )
+        .unwrap();
+    let id = "lacking".to_string();
+    let d1 = LocalD1::start(std::slice::from_ref(&id), None);
+    Run::new(&d1, &id, &source)
+        .env("MIGRATION_VALIDATE", "false")
+        .ok();
+    let validate = |d1: &LocalD1| {
+        let report = dir.path().join("validate.json");
+        let before = d1.settled_requests().len();
+        Run::new(d1, &id, &source)
+            .env("MIGRATION_MODE", "validate")
+            .env("MIGRATION_VALIDATE_ALL_ROWS", "true")
+            .env("MIGRATION_CONCURRENCY", "1")
+            .env("MIGRATION_PARALLEL_TABLES", "1")
+            .env("MIGRATION_REPORT", &report)
+            .output();
+        let pages = d1.settled_requests()[before..]
+            .iter()
+            .filter(|r| r["statements"][0] == "SELECT CASE")
+            .count();
+        (read_json(&report), pages)
+    };
+    let (_, pages) = validate(&d1);
+    assert!(pages >= 6, "{pages} pages");
+    d1.sql(&id, &["DROP TABLE gone"]);
+    // Answers come 300 ms after their requests left: D1's refusal of the catalog with its
+    // counts (no table gone) comes while the walk's first pages are on their way.
+    let d1 = d1.restart_with(Some("latency_ms=300"));
+    let (report, read) = validate(&d1);
+    let tables = report["validation"]["tables"].as_array().unwrap();
+    let gone = tables.iter().find(|t| t["table"] == "gone").unwrap();
+    assert!(
+        gone["schema_problems"].to_string().contains("has no table"),
+        "{gone}"
+    );
+    let words = tables.iter().find(|t| t["table"] == "words").unwrap();
+    assert_eq!(words["compared"], 36000, "{words}");
+    // The walk begun beside the refused request stopped at its next page: the words were
+    // read once after the catalog, and at most the pages asked for before the refusal (two at
+    // once, and one more) besides; walked to its end, it read every page twice.
+    assert!(
+        read <= pages + 3,
+        "{read} pages read, {pages} in a validation"
+    );
 }
 
 #[test]
