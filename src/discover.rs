@@ -302,13 +302,67 @@ enum Stat1 {
 
 /// [`discover`] in one round of queries where the catalog allows it: every table's columns,
 /// keys and unique sets are asked for beside the lists (the pragma functions joined to
-/// `pragma_table_list`), and `sqlite_sequence` with them. A catalog without `sqlite_sequence`
-/// (or with `sqlite_stat1`) takes a second round; one that refuses the joined queries, the
-/// rounds of [`discover`]. A catalog across a network (a rollback's D1) saves a round trip.
-pub fn discover_at_once(db: &dyn Catalog) -> Result<Schema> {
-    discover_rounds(db, &[], true, Stat1::Listed, true)
-        .or_else(|_| discover_rounds(db, &[], false, Stat1::Listed, true))
-        .or_else(|_| discover(db))
+/// `pragma_table_list`). `sqlite_sequence` and `sqlite_stat1`, when the lists hold them, are
+/// left to the caller ([`Later`]), to be read with its next request: asked for in the first
+/// round, a missing `sqlite_sequence` failed the round, and `sqlite_stat1` took a round of its
+/// own. A catalog that refuses the joined queries takes the rounds of [`discover`] (and reads
+/// both itself). A catalog across a network (a rollback's D1) saves a round trip or two.
+pub fn discover_at_once(db: &dyn Catalog) -> Result<(Schema, Later)> {
+    discover_rounds_leaving(db, &[], false, Stat1::Listed, true, true)
+        .or_else(|_| discover(db).map(|schema| (schema, Later::default())))
+}
+
+/// What [`discover_at_once`] left to its caller: the queries of `sqlite_sequence` and
+/// `sqlite_stat1` that the catalog lists (none when it lists neither), for the caller to send
+/// with its next request and hand back to [`Later::fill`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Later {
+    pub queries: Vec<String>,
+    sequence: bool,
+    stat1: bool,
+}
+
+impl Later {
+    /// Puts the rows of [`Later::queries`] (in their order, read as the catalog reads them) into
+    /// `schema`, keeping those of its tables (as [`select_tables`] does).
+    pub fn fill(&self, schema: &mut Schema, rows: Vec<Vec<Vec<Value>>>) {
+        let mut rows = rows.into_iter();
+        if self.sequence {
+            fill_sequence(schema, rows.next().unwrap_or_default());
+            let tables: Vec<String> = schema.tables.iter().map(|t| t.name.clone()).collect();
+            schema
+                .sequence
+                .retain(|s| tables.iter().any(|t| t.eq_ignore_ascii_case(&s.name)));
+        }
+        if self.stat1 {
+            fill_stat1(schema, rows.next().unwrap_or_default());
+        }
+    }
+}
+
+/// `sqlite_sequence`'s rows (rowid, name, seq) into `schema`.
+fn fill_sequence(schema: &mut Schema, rows: Vec<Vec<Value>>) {
+    for row in rows {
+        schema.sequence.push(SequenceRow {
+            rowid: int(&row[0]),
+            name: text(&row[1]),
+            seq: row[2].clone(),
+        });
+    }
+}
+
+/// `sqlite_stat1`'s rows (rowid, tbl, idx, stat) into `schema`, those of its tables kept.
+fn fill_stat1(schema: &mut Schema, rows: Vec<Vec<Value>>) {
+    for row in rows {
+        schema.stat1.push(StatRow {
+            rowid: int(&row[0]),
+            tbl: text(&row[1]),
+            idx: row[2].clone(),
+            stat: row[3].clone(),
+        });
+    }
+    // Rows of D1's own tables, of tables not copied, or left behind by hand, stay behind.
+    schema.retain_owned_statistics();
 }
 
 /// Every table's columns, foreign keys and unique sets, each row led by the table's name:
@@ -379,7 +433,21 @@ fn discover_rounds(
     stat1: Stat1,
     at_once: bool,
 ) -> Result<Schema> {
+    discover_rounds_leaving(db, expected, sequence, stat1, at_once, false).map(|(s, _)| s)
+}
+
+/// [`discover_rounds`]; with `leave`, `sqlite_sequence` and `sqlite_stat1` not read in the
+/// first round are left to the caller ([`Later`]) rather than read in a second.
+fn discover_rounds_leaving(
+    db: &dyn Catalog,
+    expected: &[String],
+    sequence: bool,
+    stat1: Stat1,
+    at_once: bool,
+    leave: bool,
+) -> Result<(Schema, Later)> {
     let mut schema = Schema::default();
+    let mut later = Later::default();
     let queries = round_queries(expected, sequence, stat1, at_once);
     let expected: Vec<&String> = expected.iter().filter(|n| !is_d1_internal(n)).collect();
     let mut first = db.query_many(&queries)?.into_iter();
@@ -466,12 +534,22 @@ fn discover_rounds(
         second.extend(table_queries(name));
     }
     if has_sequence && early_sequence.is_none() {
-        second.push(SEQUENCE_SQL.to_string());
+        if leave {
+            later.queries.push(SEQUENCE_SQL.to_string());
+            later.sequence = true;
+        } else {
+            second.push(SEQUENCE_SQL.to_string());
+        }
     }
     let has_stat1 = early_stat1.is_some()
         || (stat1 == Stat1::Listed && list.iter().any(|r| text(&r[0]) == "sqlite_stat1"));
     if has_stat1 && early_stat1.is_none() {
-        second.push(STAT1_SQL.to_string());
+        if leave {
+            later.queries.push(STAT1_SQL.to_string());
+            later.stat1 = true;
+        } else {
+            second.push(STAT1_SQL.to_string());
+        }
     }
     let mut answers = if second.is_empty() {
         Vec::new().into_iter()
@@ -519,36 +597,21 @@ fn discover_rounds(
         });
     }
 
-    if has_sequence {
+    if has_sequence && !later.sequence {
         let rows = match early_sequence {
             Some(rows) => rows,
             None => answers.next().unwrap_or_default(),
         };
-        for row in rows {
-            schema.sequence.push(SequenceRow {
-                rowid: int(&row[0]),
-                name: text(&row[1]),
-                seq: row[2].clone(),
-            });
-        }
+        fill_sequence(&mut schema, rows);
     }
-    if has_stat1 {
+    if has_stat1 && !later.stat1 {
         let rows = match early_stat1 {
             Some(rows) => rows,
             None => answers.next().unwrap_or_default(),
         };
-        for row in rows {
-            schema.stat1.push(StatRow {
-                rowid: int(&row[0]),
-                tbl: text(&row[1]),
-                idx: row[2].clone(),
-                stat: row[3].clone(),
-            });
-        }
-        // Rows of D1's own tables, of tables not copied, or left behind by hand, stay behind.
-        schema.retain_owned_statistics();
+        fill_stat1(&mut schema, rows);
     }
-    Ok(schema)
+    Ok((schema, later))
 }
 
 /// The first round of [`discover_expecting`]'s queries (same arguments): the table list, the

@@ -17,7 +17,7 @@ use rusqlite::{Connection, ToSql};
 
 use crate::config::{Config, RollbackMode};
 use crate::d1::D1Client;
-use crate::discover::{discover_at_once, select_tables, Schema};
+use crate::discover::{discover_at_once, select_tables, Later, Schema};
 use crate::error::{Error, Result};
 use crate::flow::{Permit, Permits};
 use crate::pack::Shape;
@@ -53,14 +53,18 @@ pub fn rollback(
             path.display()
         )));
     }
-    let mut schema = discover_at_once(&D1Catalog(client))?;
+    // D1's catalog in one round trip; `sqlite_sequence` and `sqlite_stat1` ride with the
+    // tables' surveys (see `copy_rows`).
+    let (mut schema, later) = discover_at_once(&D1Catalog(client))?;
     select_tables(&mut schema, &config.tables, &config.exclude_tables)?;
     report.set_skipped(&schema.skipped);
 
     if exists && config.rollback_mode == RollbackMode::Missing {
         let mut conn = Connection::open(path)?;
         conn.execute_batch("PRAGMA foreign_keys = OFF")?;
-        write_all(config, client, progress, &schema, &mut conn, true, report)?;
+        write_all(
+            config, client, progress, schema, &later, &mut conn, true, report,
+        )?;
         return Ok(());
     }
 
@@ -72,7 +76,9 @@ pub fn rollback(
             "PRAGMA foreign_keys = OFF; PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
              PRAGMA cache_size = -32768",
         )?;
-        write_all(config, client, progress, &schema, &mut conn, false, report)?;
+        write_all(
+            config, client, progress, schema, &later, &mut conn, false, report,
+        )?;
         conn.execute_batch("PRAGMA journal_mode = DELETE")?;
         drop(conn);
         std::fs::File::open(&partial)
@@ -110,12 +116,15 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Schema, data, sequence, then indexes, views and triggers, into `conn`.
+/// Schema, data, sequence, then indexes, views and triggers, into `conn`; `later`'s counters and
+/// statistics are read with the tables' surveys.
+#[allow(clippy::too_many_arguments)]
 fn write_all(
     config: &Config,
     client: &D1Client,
     progress: &Progress,
-    schema: &Schema,
+    mut schema: Schema,
+    later: &Later,
     conn: &mut Connection,
     only_missing: bool,
     report: &mut Report,
@@ -137,7 +146,18 @@ fn write_all(
         tx.execute_batch(&if_not_exists(&t.sql))
             .map_err(|e| Error::from(e).in_table(&t.name))?;
     }
-    copy_rows(config, client, progress, schema, &tx, only_missing, report)?;
+    let counters = copy_rows(
+        config,
+        client,
+        progress,
+        &schema,
+        later,
+        &tx,
+        only_missing,
+        report,
+    )?;
+    later.fill(&mut schema, counters);
+    let schema = &schema;
     // FTS5 indexes of external content are rebuilt from their content table, not copied.
     for t in schema
         .tables
@@ -285,16 +305,19 @@ fn places_at_once(config: &Config) -> usize {
     2 * config.concurrency + config.parallel_tables
 }
 
-/// Readers (one per table in flight) page through D1; this thread writes.
+/// Readers (one per table in flight) page through D1; this thread writes. Returns the rows of
+/// `later`'s queries, read with the tables' surveys.
+#[allow(clippy::too_many_arguments)]
 fn copy_rows(
     config: &Config,
     client: &D1Client,
     progress: &Progress,
     schema: &Schema,
+    later: &Later,
     tx: &rusqlite::Transaction<'_>,
     only_missing: bool,
     report: &mut Report,
-) -> Result<()> {
+) -> Result<Vec<Vec<Vec<Value>>>> {
     let shapes: Vec<Shape> = schema.tables.iter().map(|t| Shape::new(t, &[])).collect();
     let side = D1Side {
         client,
@@ -320,10 +343,22 @@ fn copy_rows(
              (SELECT max({key}) FROM {table} WHERE {key} < '')"
         )
     }));
+    let surveyed = sqls.len();
+    sqls.extend(later.queries.iter().cloned());
     let mut answers = Vec::with_capacity(sqls.len());
     for chunk in sqls.chunks(READS_PER_REQUEST) {
         answers.extend(client.read(chunk)?);
     }
+    let counters: Vec<Vec<Vec<Value>>> = answers
+        .split_off(surveyed.min(answers.len()))
+        .into_iter()
+        .map(|r| {
+            r.rows
+                .into_iter()
+                .map(|row| row.into_iter().map(crate::remote::json_value).collect())
+                .collect()
+        })
+        .collect();
     let (survey_answers, range_answers) = answers.split_at(shapes.len().min(answers.len()));
     let surveys: Vec<Survey> = survey_answers
         .iter()
@@ -458,7 +493,7 @@ fn copy_rows(
         s.duration_ms = elapsed;
         report.tables.push(s);
     }
-    Ok(())
+    Ok(counters)
 }
 
 /// Writes the pages as they come, each table's with its prepared statement, counting in

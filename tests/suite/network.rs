@@ -465,6 +465,68 @@ fn a_rollback_asks_for_its_first_pages_after_two_round_trips_and_reads_its_small
     );
 }
 
+#[test]
+fn a_rollback_from_a_d1_without_sqlite_sequence_reads_its_catalog_in_one_round_trip_and_its_statistics_with_the_surveys(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    // No AUTOINCREMENT (no sqlite_sequence), the planner's statistics (sqlite_stat1).
+    let source = dir.path().join("plain.sqlite");
+    rusqlite::Connection::open(&source)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE colours (id INTEGER PRIMARY KEY, name TEXT UNIQUE);
+             INSERT INTO colours (name) VALUES ('red'), ('green'), ('blue');
+             CREATE TABLE items (id INTEGER PRIMARY KEY, colour INTEGER REFERENCES colours(id),
+                                 note TEXT);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
+             INSERT INTO items SELECT i, 1 + i % 3, hex(randomblob(20)) FROM n;
+             CREATE INDEX items_by_colour ON items(colour);
+             ANALYZE;
+             DROP TABLE IF EXISTS sqlite_stat4;",
+        )
+        .unwrap();
+    let (d1, before, _) = round_trip(dir.path(), &source, "latency_ms=1");
+    let back = dir.path().join("back.sqlite");
+    let requests = &d1.settled_requests()[before..];
+    let first_page = requests
+        .iter()
+        .position(|r| r["statements"][0] == "SELECT CASE")
+        .expect("a page was read");
+    // D1's catalog, then the tables' surveys with sqlite_stat1's rows. Before: the catalog
+    // asked with sqlite_sequence (refused: there is none), again without it, then
+    // sqlite_stat1 in a round of its own, then the surveys (the first page fifth).
+    assert_eq!(first_page, 2, "{:?}", &requests[..first_page]);
+    assert!(
+        requests[1]["statements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w == "SELECT ROWID,"),
+        "{:?}",
+        requests[1]
+    );
+    let stat1 = |path: &std::path::Path| -> Vec<(i64, String, Option<String>, String)> {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT rowid, tbl, idx, stat FROM sqlite_stat1 ORDER BY rowid")
+            .unwrap();
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap();
+        rows.map(Result::unwrap).collect()
+    };
+    assert_eq!(stat1(&back), stat1(&source));
+    let has_sequence: i64 = rusqlite::Connection::open(&back)
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'sqlite_sequence'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(has_sequence, 0);
+}
+
 /// A shop: a table of 40,000 orders, two small tables (one WITHOUT ROWID), an empty one.
 fn shop(dir: &std::path::Path) -> std::path::PathBuf {
     let source = dir.join("shop.sqlite");
