@@ -133,6 +133,7 @@ pub(crate) fn send_job(out: &Outlet<'_>, job: Job<'_>) {
         statements: &job.request.statements,
         relax_checks: job.request.relax_checks,
         posted: (job.posted.is_some() || listener.is_some()).then_some(&on_its_way),
+        whole: true,
     };
     let mut sent = Sent::default();
     let result = if job.early {
@@ -181,6 +182,8 @@ struct Outgoing<'s> {
     relax_checks: bool,
     /// Called as it leaves for D1: see [`Job::posted`].
     posted: Option<&'s dyn Fn()>,
+    /// The request as packed, not a part of one D1 refused.
+    whole: bool,
 }
 
 impl<'s> Outgoing<'s> {
@@ -191,9 +194,16 @@ impl<'s> Outgoing<'s> {
     {
         Outgoing {
             statements,
+            whole: false,
             ..*self
         }
     }
+}
+
+/// Whether D1 refused a request by resetting the database for a broken constraint, which it
+/// does to every request in flight beside the one that broke it (D1_FACTS).
+fn reset_by_a_constraint(error: &D1Error) -> bool {
+    matches!(error, D1Error::Sql { message } if message.contains("was reset and rolled back"))
 }
 
 /// Sends statements as one request. When D1 says they are too large, or rejects them, sends
@@ -209,6 +219,7 @@ fn send_statements(
         statements,
         relax_checks,
         posted,
+        whole,
     } = request;
     let sqls: Vec<&str> = statements.iter().map(|s| s.sql.as_str()).collect();
     sent.requests += 1;
@@ -227,6 +238,25 @@ fn send_statements(
             if !splittable {
                 return Err(error.into());
             }
+            // Its own failure, sent alone.
+            let mut alone_failed = None;
+            if whole && reset_by_a_constraint(&error) {
+                // Perhaps another's: the whole request goes again alone before any of it is
+                // split or blamed (one request more, not the halves'). Only the whole request:
+                // refused alone, its rows are at fault, and its parts are split as before, down
+                // to the row, which goes alone before it is blamed.
+                sent.requests += 1;
+                match out.client.execute_alone(&sqls_sent) {
+                    Ok(_) => {
+                        sent.committed(&sqls);
+                        return Ok(());
+                    }
+                    Err(f) if f.shrink || matches!(f.error, D1Error::Sql { .. }) => {
+                        alone_failed = Some(f.error)
+                    }
+                    Err(f) => return Err(f.error.into()),
+                }
+            }
             if statements.len() > 1 {
                 let (a, b) = statements.split_at(statements.len() / 2);
                 send_statements(out, table, request.part(a), sent)?;
@@ -239,14 +269,19 @@ fn send_statements(
             let statement = &statements[0];
             // Before a row is blamed, it is sent once more alone: a request that breaks a
             // constraint makes D1 fail the requests in flight beside it with its own message.
-            sent.requests += 1;
             let alone = [statement.sql.as_str()];
-            let error = match out.client.execute_alone(&relaxed(&alone, relax_checks)) {
-                Ok(_) => {
-                    sent.committed(&alone);
-                    return Ok(());
+            let error = match alone_failed {
+                Some(error) => error,
+                None => {
+                    sent.requests += 1;
+                    match out.client.execute_alone(&relaxed(&alone, relax_checks)) {
+                        Ok(_) => {
+                            sent.committed(&alone);
+                            return Ok(());
+                        }
+                        Err(Failure { error, .. }) => error,
+                    }
                 }
-                Err(Failure { error, .. }) => error,
             };
             let key = statement
                 .single_key()

@@ -999,6 +999,60 @@ fn a_tables_create_refused_for_a_request_beside_it_that_broke_a_foreign_key_goes
     );
 }
 
+#[test]
+fn a_data_request_refused_beside_a_request_that_broke_a_foreign_key_goes_again_whole_and_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("levels.sqlite");
+    levels(&source, false);
+    rusqlite::Connection::open(&source)
+        .unwrap()
+        .execute(
+            "UPDATE orders SET note = 'beside a broken key' WHERE id = 1500",
+            [],
+        )
+        .unwrap();
+    // The orders' requests as D1 got them, and how many different ones.
+    let copy = |id: &str, vars: &[(&str, &str)]| {
+        let d1 = LocalD1::start_with(&[id.to_string()], vars);
+        let requests = copied_in_requests_of_100_kb(&d1, id, &source, |run| run);
+        let bodies: std::collections::HashSet<_> = into(&requests, "\"orders\"")
+            .iter()
+            .map(|r| r["body"].clone())
+            .collect();
+        (requests, bodies.len())
+    };
+    let (_, plain) = copy("plain", &[]);
+    // The orders' request holding the marked row, sent among others (answers 100 ms away), is
+    // refused as D1 refuses the requests beside one that breaks a foreign key.
+    let (requests, beside) = copy(
+        "beside",
+        &[
+            ("LOCAL_D1_FAULTS", "latency_ms=100"),
+            ("LOCAL_D1_BESIDE_BROKEN_KEY", "beside a broken key"),
+        ],
+    );
+    let failed: Vec<_> = requests
+        .iter()
+        .filter(|r| r["fault"] == "beside_broken_key")
+        .collect();
+    assert!(!failed.is_empty(), "{requests:?}");
+    // It went again whole (the same body; sent early, it was refused once more as an
+    // ordinary request), and at last alone, and was not split: its halves would be requests
+    // of their own.
+    let sends: Vec<_> = requests
+        .iter()
+        .filter(|r| r["body"] == failed[0]["body"])
+        .collect();
+    assert!(
+        sends[..sends.len() - 1]
+            .iter()
+            .all(|r| r["fault"] == "beside_broken_key")
+            && sends[sends.len() - 1]["fault"].is_null(),
+        "{requests:?}"
+    );
+    assert_eq!(beside, plain, "{requests:?}");
+}
+
 /// Copies the `levels` source with its two rows D1 refuses (skipped to the rejects file) into
 /// `id`, and checks that everything else arrived.
 fn copies_levels_but_its_two_bad_rows(d1: &LocalD1, id: &str) {
@@ -1246,7 +1300,7 @@ fn requests_sent_right_behind_what_they_need_copy_exactly_when_they_reach_d1_in_
 }
 
 #[test]
-fn a_genuine_orphan_in_a_request_sent_early_is_rejected_after_one_resend() {
+fn a_genuine_orphan_in_a_request_sent_early_is_rejected_after_two_resends() {
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("levels.sqlite");
     levels(&source, false);
@@ -1283,11 +1337,12 @@ fn a_genuine_orphan_in_a_request_sent_early_is_rejected_after_one_resend() {
         diff[0].starts_with("DELETE FROM orders WHERE id=0"),
         "{diff:?}"
     );
-    // Early, then once more as an ordinary request, which D1 refused for the orphan: then
+    // Early, then once more as an ordinary request, which D1 refused for the orphan with its
+    // reset message (which can be another request's), then once more alone, refused again: then
     // split down to it, as any request.
     let requests = d1.settled_requests();
     let first = into(&requests, "\"orders\"")[0];
-    assert_eq!(times_sent(&requests, first), 2, "{requests:?}");
+    assert_eq!(times_sent(&requests, first), 3, "{requests:?}");
 }
 
 #[test]
