@@ -854,13 +854,20 @@ fn the_tables_are_created_with_the_small_tables_rows_and_the_objects_after_the_d
 /// The `levels` source with a trigger on each large table, writing to another table: the
 /// copy differs from it if either fires on copied rows.
 fn levels_with_triggers(path: &std::path::Path) {
-    levels(path, false);
-    let conn = rusqlite::Connection::open(path).unwrap();
-    conn.execute_batch(
+    levels_then(
+        path,
         "CREATE TRIGGER orders_seen AFTER INSERT ON orders
            BEGIN UPDATE customers SET name = name || '+' WHERE id = NEW.customer; END;",
-    )
-    .unwrap();
+    );
+}
+
+/// The `levels` source (without its bad rows), then `sql` run on it.
+fn levels_then(path: &std::path::Path, sql: &str) {
+    levels(path, false);
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .execute_batch(sql)
+        .unwrap();
 }
 
 /// The requests the dry run of the `levels` source predicts (on a D1 of its own).
@@ -1003,14 +1010,10 @@ fn a_tables_create_refused_for_a_request_beside_it_that_broke_a_foreign_key_goes
 fn a_data_request_refused_beside_a_request_that_broke_a_foreign_key_goes_again_whole_and_alone() {
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("levels.sqlite");
-    levels(&source, false);
-    rusqlite::Connection::open(&source)
-        .unwrap()
-        .execute(
-            "UPDATE orders SET note = 'beside a broken key' WHERE id = 1500",
-            [],
-        )
-        .unwrap();
+    levels_then(
+        &source,
+        "UPDATE orders SET note = 'beside a broken key' WHERE id = 1500",
+    );
     // The orders' requests as D1 got them, and how many different ones.
     let copy = |id: &str, vars: &[(&str, &str)]| {
         let d1 = LocalD1::start_with(&[id.to_string()], vars);
@@ -1303,14 +1306,11 @@ fn requests_sent_right_behind_what_they_need_copy_exactly_when_they_reach_d1_in_
 fn a_genuine_orphan_in_a_request_sent_early_is_rejected_after_two_resends() {
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("levels.sqlite");
-    levels(&source, false);
     // An order of a customer that does not exist, in the orders' first request.
-    rusqlite::Connection::open(&source)
-        .unwrap()
-        .execute_batch(
-            "PRAGMA foreign_keys = off; INSERT INTO orders VALUES (0, 99999, 0, 'nobody');",
-        )
-        .unwrap();
+    levels_then(
+        &source,
+        "PRAGMA foreign_keys = off; INSERT INTO orders VALUES (0, 99999, 0, 'nobody');",
+    );
     let id = "orphan".to_string();
     // The small tables' request (customers among them) reaches D1 600 ms late: the orders'
     // first request goes early, and is refused for want of its table.
