@@ -441,6 +441,11 @@ pub struct PhaseStats {
     /// After such an answer, the bytes of values a page held at most from then on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub page_bytes: Option<u64>,
+    /// Writes D1 refused for another request's sake, sent again whole: sent right behind what
+    /// they need, they reached D1 first; or D1 refused them beside a request that broke a
+    /// foreign key.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub sent_again: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -451,7 +456,7 @@ impl PhaseStats {
     /// A line of the end-of-run summary.
     pub fn summary(&self) -> String {
         format!(
-            "phase {:<10} {:>6} requests, {:>4} retries, {:>8.1} MB, {:>8.0} requests/GB, rate-limit wait {:.1} s{}{}\n",
+            "phase {:<10} {:>6} requests, {:>4} retries, {:>8.1} MB, {:>8.0} requests/GB, rate-limit wait {:.1} s{}{}{}\n",
             self.phase,
             self.requests,
             self.retries,
@@ -473,6 +478,12 @@ impl PhaseStats {
                     max as f64 / 1000.0
                 ),
                 (n, None) => format!(", {n} answers too large (read again smaller)"),
+            },
+            match self.sent_again {
+                0 => String::new(),
+                n => format!(
+                    ", {n} requests sent again (refused for another's sake: they reached D1 before what they need, or beside a request that broke a foreign key)"
+                ),
             }
         )
     }
@@ -536,6 +547,23 @@ mod tests {
     use super::*;
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn a_phases_line_says_how_many_requests_went_again_for_anothers_sake_only_when_some_did() {
+        let mut p = PhaseStats {
+            phase: "forward".into(),
+            requests: 26,
+            ..PhaseStats::default()
+        };
+        assert!(!p.summary().contains("sent again"), "{}", p.summary());
+        p.sent_again = 2;
+        assert!(
+            p.summary()
+                .contains(", 2 requests sent again (refused for another's sake"),
+            "{}",
+            p.summary()
+        );
+    }
 
     /// Runs `answers` requests through a simulated D1 that executes one request at a time in
     /// `service`, `latency` away (half each way), with as many in flight as the window allows;

@@ -147,6 +147,7 @@ pub(crate) fn send_job(out: &Outlet<'_>, job: Job<'_>) {
                 Ok(())
             }
             Err(f) => {
+                out.client.phases.record(|p| p.sent_again += 1);
                 let reason = f.error.to_string();
                 let _ = job.ack.send((
                     seq,
@@ -246,6 +247,7 @@ fn send_statements(
                 // refused alone, its rows are at fault, and its parts are split as before, down
                 // to the row, which goes alone before it is blamed.
                 sent.requests += 1;
+                out.client.phases.record(|p| p.sent_again += 1);
                 match out.client.execute_alone(&sqls_sent) {
                     Ok(_) => {
                         sent.committed(&sqls);

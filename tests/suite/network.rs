@@ -1017,17 +1017,20 @@ fn a_data_request_refused_beside_a_request_that_broke_a_foreign_key_goes_again_w
     // The orders' requests as D1 got them, and how many different ones.
     let copy = |id: &str, vars: &[(&str, &str)]| {
         let d1 = LocalD1::start_with(&[id.to_string()], vars);
-        let requests = copied_in_requests_of_100_kb(&d1, id, &source, |run| run);
+        let report = dir.path().join(format!("{id}.json"));
+        let requests = copied_in_requests_of_100_kb(&d1, id, &source, |run| {
+            run.env("MIGRATION_REPORT", &report)
+        });
         let bodies: std::collections::HashSet<_> = into(&requests, "\"orders\"")
             .iter()
             .map(|r| r["body"].clone())
             .collect();
-        (requests, bodies.len())
+        (requests, bodies.len(), read_json(&report))
     };
-    let (_, plain) = copy("plain", &[]);
+    let (_, plain, _) = copy("plain", &[]);
     // The orders' request holding the marked row, sent among others (answers 100 ms away), is
     // refused as D1 refuses the requests beside one that breaks a foreign key.
-    let (requests, beside) = copy(
+    let (requests, beside, report) = copy(
         "beside",
         &[
             ("LOCAL_D1_FAULTS", "latency_ms=100"),
@@ -1054,6 +1057,7 @@ fn a_data_request_refused_beside_a_request_that_broke_a_foreign_key_goes_again_w
         "{requests:?}"
     );
     assert_eq!(beside, plain, "{requests:?}");
+    assert_sent_again_counted(&report, &requests);
 }
 
 /// Copies the `levels` source with its two rows D1 refuses (skipped to the rejects file) into
@@ -1233,12 +1237,39 @@ fn a_request_that_reaches_d1_before_the_request_creating_its_table_goes_again_on
         std::slice::from_ref(&id),
         &[("LOCAL_D1_DELAY_INTO", "regions=600")],
     );
-    let requests = copied_in_requests_of_100_kb(&d1, &id, &source, |run| run);
+    let report = dir.path().join("report.json");
+    let requests = copied_in_requests_of_100_kb(&d1, &id, &source, |run| {
+        run.env("MIGRATION_REPORT", &report)
+    });
     let small = first_into(&requests, "\"regions\"");
     let first = first_into(&requests, "\"orders\"");
     // It arrived first (no such table), and went again, once.
     assert!(first < small, "{requests:?}");
     assert_eq!(times_sent(&requests, &requests[first]), 2, "{requests:?}");
+    // The report counts what went again (the summary says it).
+    assert_sent_again_counted(&read_json(&report), &requests);
+}
+
+/// The report's `sent_again` (over its phases) is the number of writes the log holds more than
+/// once, beyond their first (in a run without retries).
+fn assert_sent_again_counted(report: &serde_json::Value, requests: &[serde_json::Value]) {
+    let counted: u64 = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["sent_again"].as_u64().unwrap_or(0))
+        .sum();
+    let writes: Vec<_> = requests
+        .iter()
+        .filter(|r| r["method"] == "POST" && !r["into"].as_array().unwrap().is_empty())
+        .collect();
+    let distinct: std::collections::HashSet<_> = writes.iter().map(|r| &r["body"]).collect();
+    assert!(counted > 0, "{report}");
+    assert_eq!(
+        counted as usize,
+        writes.len() - distinct.len(),
+        "{report} {requests:?}"
+    );
 }
 
 /// Parents in one request of 84 KB, and children that refer only to the first ten of them.
