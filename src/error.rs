@@ -33,6 +33,13 @@ pub enum D1Error {
 }
 
 impl D1Error {
+    /// Whether D1 refused a request by resetting the database for a broken constraint, which it
+    /// does to every request in flight beside the one that broke it (D1_FACTS): perhaps
+    /// another request's fault.
+    pub fn reset_by_a_constraint(&self) -> bool {
+        matches!(self, D1Error::Sql { message } if message.contains("was reset and rolled back"))
+    }
+
     /// The error of an answer that refused a request: by D1's codes first (7000 "No route for
     /// that URI" and 7003 "Could not route to ...": a wrong base URL or a malformed id, whatever
     /// the HTTP status), then by status. `statement`: the request carried SQL.

@@ -201,10 +201,19 @@ impl<'s> Outgoing<'s> {
     }
 }
 
-/// Whether D1 refused a request by resetting the database for a broken constraint, which it
-/// does to every request in flight beside the one that broke it (D1_FACTS).
-fn reset_by_a_constraint(error: &D1Error) -> bool {
-    matches!(error, D1Error::Sql { message } if message.contains("was reset and rolled back"))
+/// Sends `sqls` (as `sqls_sent`: relaxed or not) with none of the run's other requests in
+/// flight, counting them in `sent` once committed: D1 fails the requests beside one that breaks a
+/// constraint with that one's message, so only a request refused alone is refused for itself.
+fn send_alone(
+    out: &Outlet<'_>,
+    sqls: &[&str],
+    sqls_sent: &[&str],
+    sent: &mut Sent,
+) -> std::result::Result<(), Failure> {
+    sent.requests += 1;
+    out.client.execute_alone(sqls_sent)?;
+    sent.committed(sqls);
+    Ok(())
 }
 
 /// Sends statements as one request. When D1 says they are too large, or rejects them, sends
@@ -241,18 +250,14 @@ fn send_statements(
             }
             // Its own failure, sent alone.
             let mut alone_failed = None;
-            if whole && reset_by_a_constraint(&error) {
+            if whole && error.reset_by_a_constraint() {
                 // Perhaps another's: the whole request goes again alone before any of it is
                 // split or blamed (one request more, not the halves'). Only the whole request:
                 // refused alone, its rows are at fault, and its parts are split as before, down
                 // to the row, which goes alone before it is blamed.
-                sent.requests += 1;
                 out.client.phases.record(|p| p.sent_again += 1);
-                match out.client.execute_alone(&sqls_sent) {
-                    Ok(_) => {
-                        sent.committed(&sqls);
-                        return Ok(());
-                    }
+                match send_alone(out, &sqls, &sqls_sent, sent) {
+                    Ok(()) => return Ok(()),
                     Err(f) if f.shrink || matches!(f.error, D1Error::Sql { .. }) => {
                         alone_failed = Some(f.error)
                     }
@@ -274,16 +279,10 @@ fn send_statements(
             let alone = [statement.sql.as_str()];
             let error = match alone_failed {
                 Some(error) => error,
-                None => {
-                    sent.requests += 1;
-                    match out.client.execute_alone(&relaxed(&alone, relax_checks)) {
-                        Ok(_) => {
-                            sent.committed(&alone);
-                            return Ok(());
-                        }
-                        Err(Failure { error, .. }) => error,
-                    }
-                }
+                None => match send_alone(out, &alone, &relaxed(&alone, relax_checks), sent) {
+                    Ok(()) => return Ok(()),
+                    Err(Failure { error, .. }) => error,
+                },
             };
             let key = statement
                 .single_key()
